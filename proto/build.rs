@@ -1,0 +1,20 @@
+//! Compiles `chat/v1/chat.proto` with protox (pure Rust), so no system `protoc` is needed,
+//! and writes the descriptor set that the server's reflection service serves.
+
+use prost::Message;
+use std::{env, fs, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=chat");
+    let fds = protox::compile(["chat/v1/chat.proto"], ["."])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(out.join("chat_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // The `Connect` RPC would clash with the generated `connect(dst)` constructor;
+        // clients build a `Channel` themselves and call `ChatServiceClient::new`.
+        .build_transport(false)
+        .compile_fds(fds)?;
+    Ok(())
+}

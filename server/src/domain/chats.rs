@@ -1,0 +1,242 @@
+//! Chats and membership: opening direct chats, creating groups, adding and removing members,
+//! and reading a chat as one of its members sees it.
+
+use super::{ids, model::*, page_size, page_token::PageTokens};
+use crate::auth::check_user_id;
+use crate::store::{ActivityKey, Membership, NewChat, Store};
+use crate::{Error, Result};
+use std::sync::Arc;
+
+const MAX_TITLE_BYTES: usize = 256;
+
+/// A caller's standing in a chat, once it is known that they are a member.
+#[derive(Debug, Clone, Copy)]
+pub struct Access {
+    pub role: Role,
+    pub kind: ChatKind,
+    pub joined_seq: u64,
+    pub last_seq: u64,
+}
+
+/// Checks the chat id and that `user_id` is a member: malformed → INVALID_ARGUMENT, unknown →
+/// NOT_FOUND, not a member → PERMISSION_DENIED.
+pub async fn member_access(store: &dyn Store, chat_id: &str, user_id: &str) -> Result<Access> {
+    ids::check_chat_id(chat_id)?;
+    match store.membership(chat_id, user_id).await? {
+        Membership::NoSuchChat => Err(Error::NotFound(format!("chat {chat_id} not found"))),
+        Membership::NotMember => Err(Error::PermissionDenied(format!(
+            "not a member of chat {chat_id}"
+        ))),
+        Membership::Member {
+            role,
+            kind,
+            joined_seq,
+            last_seq,
+        } => Ok(Access {
+            role,
+            kind,
+            joined_seq,
+            last_seq,
+        }),
+    }
+}
+
+pub struct Chats {
+    store: Arc<dyn Store>,
+    tokens: PageTokens,
+    /// Largest group, the creator included.
+    max_group_size: u32,
+}
+
+impl Chats {
+    pub fn new(store: Arc<dyn Store>, tokens: PageTokens, max_group_size: u32) -> Self {
+        Chats {
+            store,
+            tokens,
+            max_group_size,
+        }
+    }
+
+    pub async fn open_direct(
+        &self,
+        user_id: &str,
+        peer_user_id: &str,
+        now: i64,
+    ) -> Result<ChatView> {
+        check_user_id("peer_user_id", peer_user_id)?;
+        if peer_user_id == user_id {
+            return Err(Error::invalid("peer_user_id", "must be another user"));
+        }
+        let (a, b) = if user_id < peer_user_id {
+            (user_id, peer_user_id)
+        } else {
+            (peer_user_id, user_id)
+        };
+        let (chat, _) = self
+            .store
+            .create_chat(NewChat {
+                kind: ChatKind::Direct,
+                title: String::new(),
+                direct_key: Some(format!("{a}\n{b}")),
+                members: vec![(a.to_string(), Role::Member), (b.to_string(), Role::Member)],
+                created_at: now,
+            })
+            .await?;
+        self.view(&chat.chat_id, user_id).await
+    }
+
+    pub async fn create_group(
+        &self,
+        user_id: &str,
+        title: &str,
+        member_user_ids: &[String],
+        now: i64,
+    ) -> Result<ChatView> {
+        if title.len() > MAX_TITLE_BYTES || title.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "title",
+                format!("must be at most {MAX_TITLE_BYTES} bytes without control characters"),
+            ));
+        }
+        let others = distinct_users("member_user_ids", member_user_ids, Some(user_id))?;
+        let total = others.len() + 1;
+        if total > self.max_group_size as usize {
+            return Err(Error::FailedPrecondition(format!(
+                "the group would have {total} members; the limit is {}",
+                self.max_group_size
+            )));
+        }
+        let mut members = vec![(user_id.to_string(), Role::Admin)];
+        members.extend(others.into_iter().map(|u| (u, Role::Member)));
+        let (chat, _) = self
+            .store
+            .create_chat(NewChat {
+                kind: ChatKind::Group,
+                title: title.to_string(),
+                direct_key: None,
+                members,
+                created_at: now,
+            })
+            .await?;
+        self.view(&chat.chat_id, user_id).await
+    }
+
+    pub async fn get(&self, user_id: &str, chat_id: &str) -> Result<ChatView> {
+        member_access(self.store.as_ref(), chat_id, user_id).await?;
+        self.view(chat_id, user_id).await
+    }
+
+    /// The caller's chats, most recently active first.
+    pub async fn list(
+        &self,
+        user_id: &str,
+        requested_page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<ChatView>, String)> {
+        let limit = page_size(requested_page_size)?;
+        let scope = format!("chats:{user_id}");
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            let pos = self.tokens.open(&scope, page_token)?;
+            let (at, id) = pos
+                .split_at_checked(8)
+                .ok_or_else(|| Error::invalid("page_token", "is malformed"))?;
+            let at = i64::from_be_bytes(
+                at.try_into()
+                    .map_err(|_| Error::invalid("page_token", "is malformed"))?,
+            );
+            let chat_id = String::from_utf8(id.to_vec())
+                .map_err(|_| Error::invalid("page_token", "is malformed"))?;
+            Some(ActivityKey {
+                last_activity_at: at,
+                chat_id,
+            })
+        };
+        let mut views = self.store.list_chats(user_id, after, limit + 1).await?;
+        let next = if views.len() > limit as usize {
+            views.truncate(limit as usize);
+            let last = &views[views.len() - 1].chat;
+            let mut pos = last.last_activity_at.to_be_bytes().to_vec();
+            pos.extend_from_slice(last.chat_id.as_bytes());
+            self.tokens.seal(&scope, &pos)
+        } else {
+            String::new()
+        };
+        Ok((views, next))
+    }
+
+    pub async fn add_members(
+        &self,
+        user_id: &str,
+        chat_id: &str,
+        user_ids: &[String],
+        now: i64,
+    ) -> Result<ChatView> {
+        let access = member_access(self.store.as_ref(), chat_id, user_id).await?;
+        let users = distinct_users("user_ids", user_ids, None)?;
+        if users.is_empty() {
+            return Err(Error::invalid("user_ids", "must name at least one user"));
+        }
+        if access.kind == ChatKind::Direct {
+            return Err(Error::FailedPrecondition(
+                "members cannot be added to a direct chat".into(),
+            ));
+        }
+        if access.role != Role::Admin {
+            return Err(Error::PermissionDenied(
+                "only a group admin may add members".into(),
+            ));
+        }
+        self.store
+            .add_members(chat_id, users, self.max_group_size, now)
+            .await?;
+        self.view(chat_id, user_id).await
+    }
+
+    /// Admins remove anyone; anyone removes themselves. Returns the chat after the change.
+    pub async fn remove_member(
+        &self,
+        user_id: &str,
+        chat_id: &str,
+        target: &str,
+        now: i64,
+    ) -> Result<Chat> {
+        let access = member_access(self.store.as_ref(), chat_id, user_id).await?;
+        check_user_id("user_id", target)?;
+        if access.kind == ChatKind::Direct {
+            return Err(Error::FailedPrecondition(
+                "members cannot be removed from a direct chat".into(),
+            ));
+        }
+        if target != user_id && access.role != Role::Admin {
+            return Err(Error::PermissionDenied(
+                "only a group admin may remove other members".into(),
+            ));
+        }
+        self.store.remove_member(chat_id, target, now).await
+    }
+
+    async fn view(&self, chat_id: &str, user_id: &str) -> Result<ChatView> {
+        self.store
+            .chat_view(chat_id, user_id)
+            .await?
+            .ok_or_else(|| Error::PermissionDenied(format!("not a member of chat {chat_id}")))
+    }
+}
+
+/// Validated user ids without repeats (and without `except`, the caller).
+fn distinct_users(
+    field: &'static str,
+    ids: &[String],
+    except: Option<&str>,
+) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::with_capacity(ids.len());
+    for id in ids {
+        check_user_id(field, id)?;
+        if Some(id.as_str()) != except && !out.contains(id) {
+            out.push(id.clone());
+        }
+    }
+    Ok(out)
+}

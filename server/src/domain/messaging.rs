@@ -1,0 +1,152 @@
+//! Sending, history and delivery cursors.
+
+use super::{
+    chats::member_access, content::check_content, ids, limits::RateLimiter, model::*, page_size,
+    page_token::PageTokens,
+};
+use crate::store::{Appended, NewMessage, SeqRange, Store};
+use crate::{Error, Result};
+use std::sync::Arc;
+
+/// What a client asks to send.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub client_msg_id: String,
+    pub chat_id: String,
+    pub content: Option<Content>,
+}
+
+pub struct Messaging {
+    store: Arc<dyn Store>,
+    tokens: PageTokens,
+    limiter: RateLimiter,
+    max_message_bytes: u32,
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    /// Newest first: messages before `seq`.
+    Older = 0,
+    /// Oldest first: messages after `seq`.
+    Newer = 1,
+}
+
+impl Messaging {
+    pub fn new(
+        store: Arc<dyn Store>,
+        tokens: PageTokens,
+        limiter: RateLimiter,
+        max_message_bytes: u32,
+    ) -> Self {
+        Messaging {
+            store,
+            tokens,
+            limiter,
+            max_message_bytes,
+        }
+    }
+
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// Validates, rate-limits and commits one message. `Ok` means it is durable.
+    pub async fn send(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        req: SendRequest,
+        now: i64,
+    ) -> Result<Appended> {
+        ids::check_client_msg_id(&req.client_msg_id)?;
+        ids::check_chat_id(&req.chat_id)?;
+        check_content(req.content.as_ref(), self.max_message_bytes)?;
+        self.limiter
+            .check(user_id, device_id)
+            .map_err(|retry_after_ms| Error::RateLimited { retry_after_ms })?;
+        self.store
+            .append_message(NewMessage {
+                chat_id: req.chat_id,
+                sender_user_id: user_id.to_string(),
+                sender_device_id: device_id.to_string(),
+                client_msg_id: req.client_msg_id,
+                content: req.content.unwrap_or_default(),
+                created_at: now,
+            })
+            .await
+    }
+
+    /// One page of a chat's history as the member sees it (only messages after they joined).
+    pub async fn history(
+        &self,
+        user_id: &str,
+        chat_id: &str,
+        requested_page_size: u32,
+        page_token: &str,
+        after_seq: u64,
+    ) -> Result<(Vec<Message>, String)> {
+        let limit = page_size(requested_page_size)?;
+        let access = member_access(self.store.as_ref(), chat_id, user_id).await?;
+        let scope = format!("history:{chat_id}");
+        let (direction, from) = if after_seq > 0 {
+            (Direction::Newer, after_seq)
+        } else if page_token.is_empty() {
+            (Direction::Older, u64::MAX)
+        } else {
+            let pos = self.tokens.open(&scope, page_token)?;
+            match pos.as_slice() {
+                [d, rest @ ..] if rest.len() == 8 => {
+                    let seq = u64::from_be_bytes(
+                        rest.try_into()
+                            .map_err(|_| Error::invalid("page_token", "is malformed"))?,
+                    );
+                    (
+                        if *d == 1 {
+                            Direction::Newer
+                        } else {
+                            Direction::Older
+                        },
+                        seq,
+                    )
+                }
+                _ => return Err(Error::invalid("page_token", "is malformed")),
+            }
+        };
+        let range = match direction {
+            Direction::Older => SeqRange {
+                after: access.joined_seq,
+                before: from,
+                newest_first: true,
+            },
+            Direction::Newer => SeqRange {
+                after: from.max(access.joined_seq),
+                before: u64::MAX,
+                newest_first: false,
+            },
+        };
+        let mut messages = self.store.messages(chat_id, range, limit + 1).await?;
+        let next = if messages.len() > limit as usize {
+            messages.truncate(limit as usize);
+            let mut pos = vec![direction as u8];
+            pos.extend_from_slice(&messages[messages.len() - 1].seq.to_be_bytes());
+            self.tokens.seal(&scope, &pos)
+        } else {
+            String::new()
+        };
+        Ok((messages, next))
+    }
+
+    /// Moves a device's delivered cursor forward.
+    pub async fn ack_delivered(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        chat_id: &str,
+        seq: u64,
+    ) -> Result<()> {
+        ids::check_chat_id(chat_id)?;
+        self.store
+            .ack_delivered(user_id, device_id, chat_id, seq)
+            .await
+    }
+}

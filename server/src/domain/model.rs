@@ -1,0 +1,117 @@
+//! The chat domain's data: what a message, a chat and a member are, independent of the wire
+//! format and of the storage engine.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Content {
+    pub text: String,
+    /// Opaque end-to-end encrypted payload, relayed untouched.
+    pub ciphertext: Vec<u8>,
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub message_id: String,
+    pub chat_id: String,
+    pub seq: u64,
+    pub sender_user_id: String,
+    pub sender_device_id: String,
+    pub client_msg_id: String,
+    pub content: Content,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatKind {
+    Direct,
+    Group,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Member,
+    Admin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub user_id: String,
+    pub role: Role,
+    pub joined_at: i64,
+    /// The chat's last seq when this member joined: they see only messages after it.
+    pub joined_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chat {
+    pub chat_id: String,
+    pub kind: ChatKind,
+    pub title: String,
+    pub members: Vec<Member>,
+    pub last_seq: u64,
+    pub created_at: i64,
+    pub last_activity_at: i64,
+}
+
+impl Chat {
+    pub fn member(&self, user_id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.user_id == user_id)
+    }
+}
+
+/// A chat as one member sees it: their read position, unread count and preview.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatView {
+    pub chat: Chat,
+    pub read_seq: u64,
+    pub unread_count: u64,
+    pub last_message: Option<Message>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatChangeKind {
+    Created,
+    MemberAdded,
+    MemberRemoved,
+}
+
+/// A committed change of a chat's membership, fanned out to members like a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatChange {
+    pub kind: ChatChangeKind,
+    /// The chat after the change.
+    pub chat: Chat,
+    /// Users added or removed (all members for `Created`).
+    pub user_ids: Vec<String>,
+}
+
+impl ChatChange {
+    /// Everyone who must hear of the change: the members after it and anyone who just left.
+    pub fn audience(&self) -> impl Iterator<Item = &str> {
+        let removed = match self.kind {
+            ChatChangeKind::MemberRemoved => self.user_ids.as_slice(),
+            _ => &[],
+        };
+        self.chat
+            .members
+            .iter()
+            .map(|m| m.user_id.as_str())
+            .chain(removed.iter().map(String::as_str))
+    }
+}
+
+/// What a session can receive from the fan-out.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Message(Arc<Message>),
+    Chat(Arc<ChatChange>),
+}
+
+/// An event in commit order, tagged with the id of the store commit that produced it.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub commit_id: u64,
+    pub event: Event,
+}

@@ -1,0 +1,174 @@
+//! `chatd`: `serve` (the default), `token`.
+
+use chatd::{
+    auth,
+    config::{Config, Overrides},
+    node,
+};
+use clap::{Args, Parser, Subcommand};
+use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "chatd",
+    version,
+    about = "Chat server: gRPC streams for messages over a durable store"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Print a signed JWT for a user and device.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Clone, Default)]
+struct ServeArgs {
+    /// TOML file with settings (keys as the flags, with underscores)
+    #[arg(long, env = "CHATD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Overrides,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The user id (the token's `sub`)
+    #[arg(long)]
+    user: String,
+    /// The device the token is for
+    #[arg(long)]
+    device: Option<String>,
+    /// Lifetime, e.g. 30m, 24h, 7d
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Give the token the admin role
+    #[arg(long)]
+    admin: bool,
+    /// Data directory whose secret signs the token [env: CHATD_DATA_DIR] [default: ./chatd-data]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TOML file with settings
+    #[arg(long, env = "CHATD_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(args)) => token(args),
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    }
+}
+
+fn resolve(config_file: Option<&PathBuf>, flags: Overrides) -> Result<Config, String> {
+    let file = config_file
+        .map(|p| Overrides::from_file(p))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let env = Overrides::from_env(|k| std::env::var(k).ok());
+    Config::resolve(file, env, flags).map_err(|e| e.to_string())
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let flags = Overrides {
+        data_dir: args.data_dir.clone(),
+        ..Default::default()
+    };
+    let config = match resolve(args.config.as_ref(), flags) {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("chatd token: {e}")),
+    };
+    if let Some(device) = &args.device {
+        if let Err(e) = chatd::domain::ids::check_device_id(device) {
+            return fail(&format!("chatd token: --device: {e}"));
+        }
+    }
+    let secret = match auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(&format!(
+                "chatd token: cannot read or create the secret in {}: {e}",
+                config.data_dir.display()
+            ))
+        }
+    };
+    match auth::Authenticator::new(&secret).mint(
+        &args.user,
+        args.device.as_deref(),
+        args.ttl,
+        args.admin,
+    ) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("chatd token: --user: {e}")),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match resolve(args.config.as_ref(), args.settings) {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("chatd: {e}")),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("chatd: cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let on_listen = |addr| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "chatd listening on {addr}");
+            let _ = out.flush();
+        };
+        match node::run(config, shutdown, on_listen).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("chatd: {e}")),
+        }
+    })
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    shutdown.cancel();
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("{msg}");
+    ExitCode::FAILURE
+}

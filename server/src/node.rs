@@ -1,0 +1,173 @@
+//! The composition root: the one place that reads the configuration, builds the backends and
+//! services, and serves them on one port until told to stop.
+
+use crate::auth::{self, Authenticator};
+use crate::bus::local::LocalFanout;
+use crate::config::Config;
+use crate::domain::{
+    chats::Chats, limits::RateLimiter, messaging::Messaging, page_token::PageTokens,
+};
+use crate::session::{self, Directory};
+use crate::store::{sqlite::SqliteStore, Store};
+use crate::transport::{grpc::ChatApi, http};
+use chat_proto::v1::chat_service_server::ChatServiceServer;
+use futures_util::StreamExt;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+/// How long shutdown waits for sessions and in-flight calls before it gives up on them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read or create the JWT secret in {dir}: {source}")]
+    Secret { dir: String, source: std::io::Error },
+    #[error("cannot open the store: {0}")]
+    Store(crate::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("cannot start gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+/// A random node id for `Welcome.node_id` and session ids.
+fn node_id() -> String {
+    format!("node-{}", &crate::domain::ids::new_id()[24..])
+}
+
+/// Runs a node until `shutdown` is cancelled; `on_listen` hears the bound address first.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    on_listen: impl FnOnce(SocketAddr),
+) -> Result<(), StartError> {
+    let secret = auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)
+        .map_err(|source| StartError::Secret {
+            dir: config.data_dir.display().to_string(),
+            source,
+        })?;
+    let authenticator = Authenticator::new(&secret);
+    let tokens = PageTokens::new(&secret);
+
+    let (sqlite, outbox) = SqliteStore::open(&config.data_dir).map_err(StartError::Store)?;
+    let store: Arc<dyn Store> = sqlite;
+    let directory = Arc::new(Directory::default());
+    let fanout = tokio::spawn(LocalFanout::new(store.clone(), directory.clone()).run(outbox));
+
+    let limiter = RateLimiter::new(config.rate_limit_per_sec, config.rate_limit_burst);
+    let messaging = Arc::new(Messaging::new(
+        store.clone(),
+        tokens.clone(),
+        limiter,
+        config.max_message_bytes,
+    ));
+    let chats = Arc::new(Chats::new(store.clone(), tokens, config.max_group_size));
+    let sessions = Arc::new(session::Services {
+        messaging: messaging.clone(),
+        store: store.clone(),
+        directory: directory.clone(),
+        settings: session::Settings {
+            node_id: node_id(),
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+            heartbeat_timeout_ms: config.heartbeat_timeout_ms,
+            queue: config.session_queue,
+        },
+        shutdown: shutdown.clone(),
+    });
+    let sweeper = tokio::spawn(sweep_rate_limits(messaging.clone(), shutdown.clone()));
+
+    let chat_service =
+        ChatServiceServer::new(ChatApi::new(authenticator, chats, messaging, sessions))
+            .max_decoding_message_size(config.max_frame_bytes());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ChatServiceServer<ChatApi>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chat_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // v1 for current tools, v1alpha for older grpcurl and Postman builds.
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let router = Routes::new(chat_service)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .into_axum_router()
+        .merge(http::probes(store.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    on_listen(local);
+    tracing::info!(%local, data_dir = %config.data_dir.display(), "chatd serving");
+
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
+    let keepalive = Duration::from_millis(config.heartbeat_interval_ms.into());
+    let server = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_routes(Routes::from(router))
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    let mut server = tokio::spawn(server);
+
+    let served = tokio::select! {
+        r = &mut server => Some(r),
+        _ = shutdown.cancelled() => None,
+    };
+    let result = match served {
+        Some(r) => r.unwrap_or(Ok(())),
+        None => {
+            tracing::info!("shutting down: closing sessions and finishing in-flight calls");
+            health.set_not_serving::<ChatServiceServer<ChatApi>>().await;
+            match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+                Ok(r) => r.unwrap_or(Ok(())),
+                Err(_) => {
+                    tracing::warn!("connections still open after the drain timeout; closing them");
+                    server.abort();
+                    Ok(())
+                }
+            }
+        }
+    };
+    shutdown.cancel();
+    sweeper.abort();
+    // Every acknowledged write is already committed; this finishes whatever is still queued.
+    store.close().await;
+    let _ = fanout.await;
+    result.map_err(StartError::from)
+}
+
+/// Drops rate-limit buckets that have refilled, so idle devices cost no memory.
+async fn sweep_rate_limits(messaging: Arc<Messaging>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => { messaging.limiter().sweep(std::time::Instant::now()); }
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

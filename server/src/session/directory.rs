@@ -1,0 +1,187 @@
+//! The sessions connected to this node, by user: where the fan-out finds the queues to deliver
+//! to. Each session has a bounded queue; a session whose queue is full is told to close (it
+//! resumes from its cursor on reconnect), so one slow reader never slows anyone else down or
+//! makes memory grow.
+
+use crate::domain::model::Committed;
+use parking_lot::Mutex;
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+};
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_util::sync::CancellationToken;
+
+const SHARDS: usize = 64;
+
+struct Entry {
+    session_id: u64,
+    device_id: Arc<str>,
+    queue: mpsc::Sender<Committed>,
+    /// Cancelled when the queue overflowed: the session must end.
+    overflow: CancellationToken,
+}
+
+pub struct Directory {
+    shards: Vec<Mutex<HashMap<Arc<str>, Vec<Entry>>>>,
+    hasher: RandomState,
+    next_id: AtomicU64,
+    sessions: AtomicUsize,
+}
+
+/// A session's place in the directory; leaving it (drop) unregisters the session.
+pub struct Registration {
+    directory: Arc<Directory>,
+    user_id: Arc<str>,
+    pub session_id: u64,
+    pub events: mpsc::Receiver<Committed>,
+    pub overflow: CancellationToken,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.directory.unregister(&self.user_id, self.session_id);
+    }
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        Directory {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            next_id: AtomicU64::new(1),
+            sessions: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Directory {
+    fn shard(&self, user_id: &str) -> &Mutex<HashMap<Arc<str>, Vec<Entry>>> {
+        &self.shards[(self.hasher.hash_one(user_id) as usize) % SHARDS]
+    }
+
+    pub fn register(
+        self: &Arc<Self>,
+        user_id: &str,
+        device_id: &str,
+        capacity: usize,
+    ) -> Registration {
+        let session_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (queue, events) = mpsc::channel(capacity.max(1));
+        let overflow = CancellationToken::new();
+        let user_id: Arc<str> = Arc::from(user_id);
+        self.shard(&user_id)
+            .lock()
+            .entry(user_id.clone())
+            .or_default()
+            .push(Entry {
+                session_id,
+                device_id: Arc::from(device_id),
+                queue,
+                overflow: overflow.clone(),
+            });
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        Registration {
+            directory: self.clone(),
+            user_id,
+            session_id,
+            events,
+            overflow,
+        }
+    }
+
+    fn unregister(&self, user_id: &str, session_id: u64) {
+        let mut shard = self.shard(user_id).lock();
+        if let Some(entries) = shard.get_mut(user_id) {
+            let before = entries.len();
+            entries.retain(|e| e.session_id != session_id);
+            if entries.len() < before {
+                self.sessions.fetch_sub(1, Ordering::Relaxed);
+            }
+            if entries.is_empty() {
+                shard.remove(user_id);
+            }
+        }
+    }
+
+    /// Queues `event` for every session of `user_id`, except those of `skip_device`.
+    pub fn deliver(&self, user_id: &str, skip_device: Option<&str>, event: &Committed) {
+        let shard = self.shard(user_id).lock();
+        let Some(entries) = shard.get(user_id) else {
+            return;
+        };
+        for e in entries {
+            if Some(&*e.device_id) == skip_device {
+                continue;
+            }
+            match e.queue.try_send(event.clone()) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => e.overflow.cancel(),
+                Err(TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    /// Sessions connected to this node.
+    pub fn len(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::{Event, Message};
+
+    fn event(seq: u64) -> Committed {
+        let m = Message {
+            message_id: "m".into(),
+            chat_id: "c".into(),
+            seq,
+            sender_user_id: "a".into(),
+            sender_device_id: "phone".into(),
+            client_msg_id: "x".into(),
+            content: Default::default(),
+            created_at: 0,
+        };
+        Committed {
+            commit_id: seq,
+            event: Event::Message(Arc::new(m)),
+        }
+    }
+
+    #[test]
+    fn delivers_to_every_device_but_the_skipped_one() {
+        let dir = Arc::new(Directory::default());
+        let mut phone = dir.register("a", "phone", 4);
+        let mut laptop = dir.register("a", "laptop", 4);
+        dir.deliver("a", Some("phone"), &event(1));
+        assert!(phone.events.try_recv().is_err());
+        assert!(laptop.events.try_recv().is_ok());
+        assert_eq!(dir.len(), 2);
+        drop(phone);
+        assert_eq!(dir.len(), 1);
+    }
+
+    #[test]
+    fn a_full_queue_closes_only_that_session() {
+        let dir = Arc::new(Directory::default());
+        let slow = dir.register("a", "slow", 1);
+        let mut fast = dir.register("b", "fast", 8);
+        for seq in 1..=3 {
+            dir.deliver("a", None, &event(seq));
+            dir.deliver("b", None, &event(seq));
+        }
+        assert!(slow.overflow.is_cancelled());
+        assert!(!fast.overflow.is_cancelled());
+        assert_eq!(fast.events.try_recv().map(|c| c.commit_id).ok(), Some(1));
+    }
+}

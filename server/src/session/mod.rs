@@ -1,0 +1,533 @@
+//! One connected device: hello, resume, live events, heartbeats and its bounded queue.
+//!
+//! A session registers in the [`Directory`] *before* it reads its backlog, so nothing committed
+//! during the replay is missed; events that arrive meanwhile wait in its queue and those the
+//! replay already covered are dropped by seq ([`ResumeDedup`]). The session speaks in domain
+//! terms ([`Command`] in, [`Output`] out); the transport turns those into frames.
+
+pub mod directory;
+
+use crate::clock::now_ms;
+use crate::domain::{
+    ids,
+    messaging::{Messaging, SendRequest},
+    model::*,
+};
+use crate::store::{SeqRange, Store};
+use crate::Error;
+pub use directory::Directory;
+use futures_util::{Stream, StreamExt};
+use std::{collections::HashMap, sync::Arc, time::Duration};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Messages read from the store per replay query.
+const REPLAY_PAGE: u32 = 512;
+/// Acks a session may have in flight before it stops reading its client.
+const ACKS_IN_FLIGHT: usize = 64;
+
+/// The opening frame of a session.
+#[derive(Debug, Clone, Default)]
+pub struct Hello {
+    pub device_id: String,
+    /// The device's own positions per chat; they override the stored cursors for this replay.
+    pub delivered_seq: HashMap<String, u64>,
+    pub client_version: String,
+}
+
+/// A client frame, decoded.
+#[derive(Debug, Clone)]
+pub enum Command {
+    Hello(Hello),
+    Send(SendRequest),
+    Ack {
+        chat_id: String,
+        seq: u64,
+    },
+    /// A frame the server does not act on yet; `name` is its oneof name.
+    Unsupported {
+        name: &'static str,
+        chat_id: String,
+    },
+    Ping {
+        nonce: u64,
+    },
+    /// A frame with no oneof member set.
+    Empty,
+}
+
+/// What a session sends to its device.
+#[derive(Debug)]
+pub enum Output {
+    Welcome {
+        session_id: String,
+        node_id: String,
+        heartbeat_interval_ms: u32,
+        heartbeat_timeout_ms: u32,
+    },
+    Event(Event),
+    SendAck {
+        client_msg_id: String,
+        message: Arc<Message>,
+        duplicate: bool,
+    },
+    SendError {
+        client_msg_id: String,
+        error: Error,
+    },
+    FrameError {
+        frame: &'static str,
+        error: Error,
+        chat_id: String,
+    },
+    SyncComplete {
+        replayed: u64,
+    },
+    Pong {
+        nonce: u64,
+        server_time: i64,
+    },
+    /// The last output: the stream ends with this status after what is queued before it.
+    End(Error),
+}
+
+/// Session timing and limits.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_id: String,
+    pub heartbeat_interval_ms: u32,
+    pub heartbeat_timeout_ms: u32,
+    /// Capacity of the queue between the fan-out and the session.
+    pub queue: usize,
+}
+
+/// What every session of this node shares.
+pub struct Services {
+    pub messaging: Arc<Messaging>,
+    pub store: Arc<dyn Store>,
+    pub directory: Arc<Directory>,
+    pub settings: Settings,
+    /// Cancelled when the node shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// The two ways a session's output reaches the transport: an ordered queue, and an abort
+/// signal that ends the stream at once, ahead of anything still queued.
+pub struct Outlet {
+    pub out: mpsc::Sender<Output>,
+    pub abort: oneshot::Sender<Error>,
+}
+
+/// Why a session stopped.
+enum Stop {
+    /// The client went away; nothing more to say.
+    Gone,
+    /// End after what is queued (protocol errors).
+    End(Error),
+    /// End now (slow consumer, shutdown, heartbeat timeout).
+    Abort(Error),
+}
+
+/// De-duplicates live events against the replay: the replay covered each chat up to
+/// `last[chat]` and every commit with an id up to `watermark` is visible to it.
+struct ResumeDedup {
+    last: HashMap<String, u64>,
+    watermark: u64,
+}
+
+impl ResumeDedup {
+    /// `None` once the dedup is no longer needed: events come in commit order, so after the
+    /// first one past the watermark none can be a replay duplicate.
+    fn filter(mut this: Option<Self>, c: &Committed) -> (Option<Self>, bool) {
+        let Some(d) = this.as_mut() else {
+            return (None, true);
+        };
+        if c.commit_id > d.watermark {
+            return (None, true);
+        }
+        let keep = match &c.event {
+            Event::Message(m) => d.last.get(&m.chat_id).is_none_or(|&last| m.seq > last),
+            Event::Chat(_) => true,
+        };
+        (this, keep)
+    }
+}
+
+struct Session {
+    svc: Arc<Services>,
+    user_id: String,
+    device_id: String,
+    out: mpsc::Sender<Output>,
+    registration: directory::Registration,
+    dedup: Option<ResumeDedup>,
+    acks: Arc<Semaphore>,
+}
+
+/// Runs a `Connect` session: `inbound` yields the client's frames (an `Err` ends the session).
+pub async fn run_connect<S>(
+    svc: Arc<Services>,
+    user_id: String,
+    device_hint: Option<String>,
+    mut inbound: S,
+    outlet: Outlet,
+) where
+    S: Stream<Item = Result<Command, Error>> + Unpin + Send,
+{
+    let timeout = Duration::from_millis(svc.settings.heartbeat_timeout_ms.into());
+    let hello = match tokio::time::timeout(timeout, inbound.next()).await {
+        Ok(Some(Ok(Command::Hello(h)))) => h,
+        Ok(Some(Ok(_))) => {
+            return end(
+                outlet,
+                Error::invalid("frame", "the first frame must be hello"),
+            )
+        }
+        Ok(Some(Err(e))) => return end(outlet, e),
+        Ok(None) => return,
+        Err(_) => {
+            return end(
+                outlet,
+                Error::invalid("frame", "no hello received within the heartbeat timeout"),
+            )
+        }
+    };
+    if let Some(hint) = device_hint.filter(|h| *h != hello.device_id) {
+        return end(
+            outlet,
+            Error::invalid(
+                "device_id",
+                format!(
+                    "hello names {:?} but x-device-id is {hint:?}",
+                    hello.device_id
+                ),
+            ),
+        );
+    }
+    run(svc, user_id, hello, Some(inbound), outlet).await
+}
+
+/// Runs a `Subscribe` session: the same events, no client frames.
+pub async fn run_subscribe(svc: Arc<Services>, user_id: String, hello: Hello, outlet: Outlet) {
+    run::<futures_util::stream::Empty<Result<Command, Error>>>(svc, user_id, hello, None, outlet)
+        .await
+}
+
+fn end(outlet: Outlet, error: Error) {
+    let _ = outlet.abort.send(error);
+}
+
+async fn run<S>(
+    svc: Arc<Services>,
+    user_id: String,
+    hello: Hello,
+    inbound: Option<S>,
+    outlet: Outlet,
+) where
+    S: Stream<Item = Result<Command, Error>> + Unpin + Send,
+{
+    if let Err(e) = ids::check_device_id(&hello.device_id) {
+        return end(outlet, e);
+    }
+    if let Err(e) = svc
+        .store
+        .register_device(&user_id, &hello.device_id, now_ms())
+        .await
+    {
+        return end(outlet, e);
+    }
+    let registration = svc
+        .directory
+        .register(&user_id, &hello.device_id, svc.settings.queue);
+    let mut session = Session {
+        svc,
+        user_id,
+        device_id: hello.device_id.clone(),
+        out: outlet.out,
+        registration,
+        dedup: None,
+        acks: Arc::new(Semaphore::new(ACKS_IN_FLIGHT)),
+    };
+    let stop = match session.start(&hello).await {
+        Ok(()) => session.live(inbound).await,
+        Err(stop) => stop,
+    };
+    match stop {
+        Stop::Gone => {}
+        Stop::End(e) => {
+            if session.emit(Output::End(e.clone())).await.is_err() {
+                let _ = outlet.abort.send(e);
+            }
+        }
+        Stop::Abort(e) => {
+            tracing::debug!(user = %session.user_id, device = %session.device_id, error = %e, "session aborted");
+            let _ = outlet.abort.send(e);
+        }
+    }
+}
+
+impl Session {
+    /// Sends one output, unless the session must stop first.
+    async fn emit(&self, output: Output) -> Result<(), Stop> {
+        tokio::select! {
+            biased;
+            _ = self.registration.overflow.cancelled() => Err(slow_consumer()),
+            _ = self.svc.shutdown.cancelled() => Err(shutting_down()),
+            sent = self.out.send(output) => sent.map_err(|_| Stop::Gone),
+        }
+    }
+
+    /// Welcome, the backlog, SyncComplete.
+    async fn start(&mut self, hello: &Hello) -> Result<(), Stop> {
+        let settings = &self.svc.settings;
+        self.emit(Output::Welcome {
+            session_id: format!("{}-{}", settings.node_id, self.registration.session_id),
+            node_id: settings.node_id.clone(),
+            heartbeat_interval_ms: settings.heartbeat_interval_ms,
+            heartbeat_timeout_ms: settings.heartbeat_timeout_ms,
+        })
+        .await?;
+        let plan = self
+            .svc
+            .store
+            .resume_plan(&self.user_id, &self.device_id)
+            .await
+            .map_err(Stop::Abort)?;
+        let mut last = HashMap::with_capacity(plan.chats.len());
+        let mut replayed = 0u64;
+        for chat in plan.chats {
+            let cursor = hello
+                .delivered_seq
+                .get(&chat.chat_id)
+                .copied()
+                .unwrap_or(chat.delivered_seq);
+            let mut after = cursor.max(chat.joined_seq);
+            while after < chat.last_seq {
+                let range = SeqRange {
+                    after,
+                    before: chat.last_seq + 1,
+                    newest_first: false,
+                };
+                let page = self
+                    .svc
+                    .store
+                    .messages(&chat.chat_id, range, REPLAY_PAGE)
+                    .await
+                    .map_err(Stop::Abort)?;
+                let Some(newest) = page.last().map(|m| m.seq) else {
+                    break;
+                };
+                for m in page {
+                    self.emit(Output::Event(Event::Message(Arc::new(m))))
+                        .await?;
+                    replayed += 1;
+                }
+                after = newest;
+            }
+            last.insert(chat.chat_id, chat.last_seq);
+        }
+        self.dedup = Some(ResumeDedup {
+            last,
+            watermark: plan.watermark,
+        });
+        self.emit(Output::SyncComplete { replayed }).await
+    }
+
+    async fn live<S>(&mut self, mut inbound: Option<S>) -> Stop
+    where
+        S: Stream<Item = Result<Command, Error>> + Unpin + Send,
+    {
+        let timeout = Duration::from_millis(self.svc.settings.heartbeat_timeout_ms.into());
+        let mut deadline = Instant::now() + timeout;
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = self.registration.overflow.cancelled() => Err(slow_consumer()),
+                _ = self.svc.shutdown.cancelled() => Err(shutting_down()),
+                event = self.registration.events.recv() => match event {
+                    Some(c) => self.forward(c).await,
+                    None => Err(Stop::Gone),
+                },
+                frame = next_frame(&mut inbound) => match frame {
+                    Some(Ok(cmd)) => {
+                        deadline = Instant::now() + timeout;
+                        self.handle(cmd).await
+                    }
+                    Some(Err(e)) => Err(Stop::Abort(e)),
+                    None => Err(Stop::Gone),
+                },
+                _ = sleep_until(deadline), if inbound.is_some() => Err(Stop::Abort(Error::Unavailable(format!(
+                    "no frame received for {} ms (heartbeat timeout); reconnect to resume",
+                    timeout.as_millis()
+                )))),
+            };
+            if let Err(stop) = step {
+                return stop;
+            }
+        }
+    }
+
+    async fn forward(&mut self, c: Committed) -> Result<(), Stop> {
+        let (dedup, keep) = ResumeDedup::filter(self.dedup.take(), &c);
+        self.dedup = dedup;
+        if keep {
+            self.emit(Output::Event(c.event)).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, cmd: Command) -> Result<(), Stop> {
+        match cmd {
+            Command::Send(req) => {
+                let client_msg_id = req.client_msg_id.clone();
+                let result = self
+                    .svc
+                    .messaging
+                    .send(&self.user_id, &self.device_id, req, now_ms())
+                    .await;
+                self.emit(match result {
+                    Ok(a) => Output::SendAck {
+                        client_msg_id,
+                        message: a.message,
+                        duplicate: a.duplicate,
+                    },
+                    Err(error) => Output::SendError {
+                        client_msg_id,
+                        error,
+                    },
+                })
+                .await
+            }
+            Command::Ack { chat_id, seq } => {
+                // Acks don't answer on success, so they need not hold up the session: up to
+                // ACKS_IN_FLIGHT commit in the background, then the session waits.
+                let permit = self
+                    .acks
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Stop::Gone)?;
+                let (messaging, out) = (self.svc.messaging.clone(), self.out.clone());
+                let (user_id, device_id) = (self.user_id.clone(), self.device_id.clone());
+                tokio::spawn(async move {
+                    if let Err(error) = messaging
+                        .ack_delivered(&user_id, &device_id, &chat_id, seq)
+                        .await
+                    {
+                        let _ = out
+                            .send(Output::FrameError {
+                                frame: "ack",
+                                error,
+                                chat_id,
+                            })
+                            .await;
+                    }
+                    drop(permit);
+                });
+                Ok(())
+            }
+            Command::Ping { nonce } => {
+                self.emit(Output::Pong {
+                    nonce,
+                    server_time: now_ms(),
+                })
+                .await
+            }
+            Command::Hello(_) => {
+                let error = Error::invalid("hello", "the session already received its hello");
+                self.emit(Output::FrameError {
+                    frame: "hello",
+                    error: error.clone(),
+                    chat_id: String::new(),
+                })
+                .await?;
+                Err(Stop::End(error))
+            }
+            Command::Unsupported { name, chat_id } => {
+                let error = Error::Unimplemented(format!(
+                    "{name} frames are not supported by this server yet"
+                ));
+                self.emit(Output::FrameError {
+                    frame: name,
+                    error,
+                    chat_id,
+                })
+                .await
+            }
+            Command::Empty => {
+                let error = Error::invalid("frame", "the client frame has no content");
+                self.emit(Output::FrameError {
+                    frame: "",
+                    error,
+                    chat_id: String::new(),
+                })
+                .await
+            }
+        }
+    }
+}
+
+async fn next_frame<S>(inbound: &mut Option<S>) -> Option<Result<Command, Error>>
+where
+    S: Stream<Item = Result<Command, Error>> + Unpin,
+{
+    match inbound {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn slow_consumer() -> Stop {
+    Stop::Abort(Error::ResourceExhausted(
+        "the session's outgoing queue is full (the client reads too slowly); reconnect to resume"
+            .into(),
+    ))
+}
+
+fn shutting_down() -> Stop {
+    Stop::Abort(Error::Unavailable(
+        "the server is shutting down; reconnect to resume".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(chat: &str, seq: u64, commit_id: u64) -> Committed {
+        let m = Message {
+            message_id: format!("m{seq}"),
+            chat_id: chat.into(),
+            seq,
+            sender_user_id: "a".into(),
+            sender_device_id: "d".into(),
+            client_msg_id: format!("c{seq}"),
+            content: Default::default(),
+            created_at: 0,
+        };
+        Committed {
+            commit_id,
+            event: Event::Message(Arc::new(m)),
+        }
+    }
+
+    #[test]
+    fn dedup_drops_replayed_seqs_until_past_the_watermark() {
+        let d = Some(ResumeDedup {
+            last: HashMap::from([("c1".to_string(), 5)]),
+            watermark: 10,
+        });
+        let (d, keep) = ResumeDedup::filter(d, &message("c1", 5, 9));
+        assert!(!keep, "seq 5 was replayed");
+        let (d, keep) = ResumeDedup::filter(d, &message("c1", 6, 10));
+        assert!(keep, "seq 6 was committed after the plan read chat c1");
+        let (d, keep) = ResumeDedup::filter(d, &message("c2", 1, 10));
+        assert!(keep, "chat c2 was not replayed");
+        assert!(d.is_some());
+        let (d, keep) = ResumeDedup::filter(d, &message("c1", 4, 11));
+        assert!(
+            keep && d.is_none(),
+            "past the watermark nothing is a replay duplicate"
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! Protobuf ⇄ domain conversions.
+
+use crate::domain::{messaging::SendRequest, model as d};
+use crate::session::{Command, Hello, Output};
+use chat_proto::v1 as pb;
+use pb::{client_frame::Frame as In, server_frame::Frame as Out};
+use std::collections::BTreeMap;
+
+pub fn content_from(c: pb::Content) -> d::Content {
+    d::Content {
+        text: c.text,
+        ciphertext: c.ciphertext,
+        attributes: c.attributes.into_iter().collect::<BTreeMap<_, _>>(),
+    }
+}
+
+fn content_to(c: &d::Content) -> pb::Content {
+    pb::Content {
+        text: c.text.clone(),
+        ciphertext: c.ciphertext.clone(),
+        attributes: c
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+pub fn message(m: &d::Message) -> pb::Message {
+    pb::Message {
+        message_id: m.message_id.clone(),
+        chat_id: m.chat_id.clone(),
+        seq: m.seq,
+        sender_user_id: m.sender_user_id.clone(),
+        sender_device_id: m.sender_device_id.clone(),
+        client_msg_id: m.client_msg_id.clone(),
+        content: Some(content_to(&m.content)),
+        created_at: m.created_at,
+    }
+}
+
+/// A chat without a particular member's view (read position, unread count, preview).
+pub fn chat(c: &d::Chat) -> pb::Chat {
+    pb::Chat {
+        chat_id: c.chat_id.clone(),
+        kind: match c.kind {
+            d::ChatKind::Direct => pb::ChatKind::Direct,
+            d::ChatKind::Group => pb::ChatKind::Group,
+        } as i32,
+        title: c.title.clone(),
+        members: c
+            .members
+            .iter()
+            .map(|m| pb::Member {
+                user_id: m.user_id.clone(),
+                role: match m.role {
+                    d::Role::Member => pb::MemberRole::Member,
+                    d::Role::Admin => pb::MemberRole::Admin,
+                } as i32,
+                joined_at: m.joined_at,
+            })
+            .collect(),
+        last_seq: c.last_seq,
+        created_at: c.created_at,
+        read_seq: 0,
+        unread_count: 0,
+        last_message: None,
+        last_activity_at: c.last_activity_at,
+    }
+}
+
+pub fn chat_view(v: &d::ChatView) -> pb::Chat {
+    pb::Chat {
+        read_seq: v.read_seq,
+        unread_count: v.unread_count,
+        last_message: v.last_message.as_ref().map(message),
+        ..chat(&v.chat)
+    }
+}
+
+fn event(e: &d::Event) -> Out {
+    match e {
+        d::Event::Message(m) => Out::Message(pb::MessageEvent {
+            message: Some(message(m)),
+        }),
+        d::Event::Chat(c) => Out::Chat(pb::ChatEvent {
+            kind: match c.kind {
+                d::ChatChangeKind::Created => pb::ChatEventKind::Created,
+                d::ChatChangeKind::MemberAdded => pb::ChatEventKind::MemberAdded,
+                d::ChatChangeKind::MemberRemoved => pb::ChatEventKind::MemberRemoved,
+            } as i32,
+            chat: Some(chat(&c.chat)),
+            user_ids: c.user_ids.clone(),
+        }),
+    }
+}
+
+/// A session output as a frame; `End` is not a frame but the stream's final status.
+pub fn output(o: Output) -> Result<pb::ServerFrame, tonic::Status> {
+    let frame = match o {
+        Output::Welcome {
+            session_id,
+            node_id,
+            heartbeat_interval_ms,
+            heartbeat_timeout_ms,
+        } => Out::Welcome(pb::Welcome {
+            session_id,
+            node_id,
+            server_time: crate::clock::now_ms(),
+            heartbeat_interval_ms,
+            heartbeat_timeout_ms,
+        }),
+        Output::Event(e) => event(&e),
+        Output::SendAck {
+            client_msg_id,
+            message: m,
+            duplicate,
+        } => Out::SendAck(pb::SendAck {
+            client_msg_id,
+            message: Some(message(&m)),
+            duplicate,
+        }),
+        Output::SendError {
+            client_msg_id,
+            error,
+        } => Out::SendError(pb::SendError {
+            client_msg_id,
+            code: super::status::code(&error) as i32,
+            message: error.to_string(),
+            retry_after_ms: match error {
+                crate::Error::RateLimited { retry_after_ms } => retry_after_ms,
+                _ => 0,
+            },
+        }),
+        Output::FrameError {
+            frame,
+            error,
+            chat_id,
+        } => Out::Error(pb::Error {
+            frame: frame.to_string(),
+            code: super::status::code(&error) as i32,
+            message: error.to_string(),
+            chat_id,
+        }),
+        Output::SyncComplete { replayed } => Out::SyncComplete(pb::SyncComplete { replayed }),
+        Output::Pong { nonce, server_time } => Out::Pong(pb::Pong { nonce, server_time }),
+        Output::End(e) => return Err(super::status::status(&e)),
+    };
+    Ok(pb::ServerFrame { frame: Some(frame) })
+}
+
+pub fn hello(h: pb::Hello) -> Hello {
+    Hello {
+        device_id: h.device_id,
+        delivered_seq: h.delivered_seq.into_iter().collect(),
+        client_version: h.client_version,
+    }
+}
+
+pub fn command(f: pb::ClientFrame) -> Command {
+    match f.frame {
+        None => Command::Empty,
+        Some(In::Hello(h)) => Command::Hello(hello(h)),
+        Some(In::Send(s)) => Command::Send(SendRequest {
+            client_msg_id: s.client_msg_id,
+            chat_id: s.chat_id,
+            content: s.content.map(content_from),
+        }),
+        Some(In::Ack(a)) => Command::Ack {
+            chat_id: a.chat_id,
+            seq: a.seq,
+        },
+        Some(In::Read(r)) => Command::Unsupported {
+            name: "read",
+            chat_id: r.chat_id,
+        },
+        Some(In::Typing(t)) => Command::Unsupported {
+            name: "typing",
+            chat_id: t.chat_id,
+        },
+        Some(In::WatchPresence(_)) => Command::Unsupported {
+            name: "watch_presence",
+            chat_id: String::new(),
+        },
+        Some(In::Ping(p)) => Command::Ping { nonce: p.nonce },
+    }
+}
