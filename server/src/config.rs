@@ -31,6 +31,12 @@ pub struct Config {
     pub heartbeat_timeout_ms: u32,
     /// Capacity of a session's outgoing event queue; a session that lets it fill is closed.
     pub session_queue: usize,
+    /// Chats with more members get no live receipts for other members (only `GetReceipts`).
+    pub live_receipts_max_members: u32,
+    /// Messages older than this many days are purged (fractions allowed).
+    pub retention_days: f64,
+    /// How often the retention purge runs.
+    pub retention_interval_ms: u32,
 }
 
 impl Default for Config {
@@ -46,6 +52,9 @@ impl Default for Config {
             heartbeat_interval_ms: 30_000,
             heartbeat_timeout_ms: 90_000,
             session_queue: 1024,
+            live_receipts_max_members: 100,
+            retention_days: 30.0,
+            retention_interval_ms: 60_000,
         }
     }
 }
@@ -83,6 +92,15 @@ pub struct Overrides {
     /// Outgoing event queue per session [env: CHATD_SESSION_QUEUE] [default: 1024]
     #[arg(long)]
     pub session_queue: Option<String>,
+    /// Largest chat whose receipts are pushed live to other members [env: CHATD_LIVE_RECEIPTS_MAX_MEMBERS] [default: 100]
+    #[arg(long)]
+    pub live_receipts_max_members: Option<String>,
+    /// Days messages are kept; fractions allowed [env: CHATD_RETENTION_DAYS] [default: 30]
+    #[arg(long)]
+    pub retention_days: Option<String>,
+    /// Interval of the retention purge in ms [env: CHATD_RETENTION_INTERVAL_MS] [default: 60000]
+    #[arg(long)]
+    pub retention_interval_ms: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -129,6 +147,9 @@ struct FileLayer {
     heartbeat_interval_ms: Option<toml::Value>,
     heartbeat_timeout_ms: Option<toml::Value>,
     session_queue: Option<toml::Value>,
+    live_receipts_max_members: Option<toml::Value>,
+    retention_days: Option<toml::Value>,
+    retention_interval_ms: Option<toml::Value>,
 }
 
 fn value_text(v: Option<toml::Value>) -> Option<String> {
@@ -154,6 +175,9 @@ impl From<FileLayer> for Overrides {
             heartbeat_interval_ms: value_text(f.heartbeat_interval_ms),
             heartbeat_timeout_ms: value_text(f.heartbeat_timeout_ms),
             session_queue: value_text(f.session_queue),
+            live_receipts_max_members: value_text(f.live_receipts_max_members),
+            retention_days: value_text(f.retention_days),
+            retention_interval_ms: value_text(f.retention_interval_ms),
         }
     }
 }
@@ -183,6 +207,9 @@ impl Overrides {
             heartbeat_interval_ms: get("CHATD_HEARTBEAT_INTERVAL_MS"),
             heartbeat_timeout_ms: get("CHATD_HEARTBEAT_TIMEOUT_MS"),
             session_queue: get("CHATD_SESSION_QUEUE"),
+            live_receipts_max_members: get("CHATD_LIVE_RECEIPTS_MAX_MEMBERS"),
+            retention_days: get("CHATD_RETENTION_DAYS"),
+            retention_interval_ms: get("CHATD_RETENTION_INTERVAL_MS"),
         }
     }
 
@@ -236,6 +263,26 @@ impl Overrides {
         }
         if let Some(v) = self.session_queue {
             cfg.session_queue = parse_range(layer, "session_queue", &v, 1, 1_000_000)?;
+        }
+        if let Some(v) = self.live_receipts_max_members {
+            cfg.live_receipts_max_members =
+                parse_range(layer, "live_receipts_max_members", &v, 0, 100_000)?;
+        }
+        if let Some(v) = self.retention_days {
+            let days: f64 = parse(layer, "retention_days", &v)?;
+            if !(days.is_finite() && days > 0.0 && days <= 36_500.0) {
+                return Err(invalid(
+                    layer,
+                    "retention_days",
+                    &v,
+                    "must be a number of days between 0 (exclusive) and 36500",
+                ));
+            }
+            cfg.retention_days = days;
+        }
+        if let Some(v) = self.retention_interval_ms {
+            cfg.retention_interval_ms =
+                parse_range(layer, "retention_interval_ms", &v, 10, 86_400_000)?;
         }
         Ok(())
     }
@@ -309,6 +356,11 @@ impl Config {
     /// The largest gRPC frame the server decodes: room for a full message plus envelope. A larger
     /// frame ends its stream with a status; a content over `max_message_bytes` but under this
     /// gets a per-send error and the stream stays open.
+    /// How old a message may get before the purge removes it.
+    pub fn retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.retention_days * 86_400.0)
+    }
+
     pub fn max_frame_bytes(&self) -> usize {
         (self.max_message_bytes as usize).saturating_mul(4) + 64 * 1024
     }
@@ -386,6 +438,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("heartbeat_timeout_ms"), "{err}");
+        for bad in ["0", "-1", "NaN", "x"] {
+            let err = Config::resolve(
+                None,
+                env(&[("CHATD_RETENTION_DAYS", bad)]),
+                Overrides::default(),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("CHATD_RETENTION_DAYS"), "{err}");
+        }
+        let cfg = Config::resolve(
+            None,
+            env(&[("CHATD_RETENTION_DAYS", "0.5")]),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.retention(), std::time::Duration::from_secs(43_200));
     }
 
     #[test]

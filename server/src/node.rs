@@ -5,18 +5,29 @@ use crate::auth::{self, Authenticator};
 use crate::bus::local::LocalFanout;
 use crate::config::Config;
 use crate::domain::{
-    chats::Chats, limits::RateLimiter, messaging::Messaging, page_token::PageTokens,
+    chats::Chats,
+    limits::RateLimiter,
+    messaging::Messaging,
+    page_token::PageTokens,
+    presence::PresenceService,
+    retention,
+    typing::{Typing, TypingService},
 };
+use crate::metrics::Gauge;
+use crate::registry::local::LocalRegistry;
 use crate::session::{self, Directory};
 use crate::store::{sqlite::SqliteStore, Store};
 use crate::transport::{grpc::ChatApi, http};
 use chat_proto::v1::chat_service_server::ChatServiceServer;
 use futures_util::StreamExt;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
+/// Typing events waiting for the fan-out; beyond this they are dropped.
+const EPHEMERAL_QUEUE: usize = 4096;
 /// How long shutdown waits for sessions and in-flight calls before it gives up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -57,9 +68,40 @@ pub async fn run(
     let tokens = PageTokens::new(&secret);
 
     let (sqlite, outbox) = SqliteStore::open(&config.data_dir).map_err(StartError::Store)?;
-    let store: Arc<dyn Store> = sqlite;
+    let store: Arc<dyn Store> = sqlite.clone();
     let directory = Arc::new(Directory::default());
-    let fanout = tokio::spawn(LocalFanout::new(store.clone(), directory.clone()).run(outbox));
+    let typing = Arc::new(Typing::default());
+    let (ephemeral_tx, ephemeral_rx) = mpsc::channel(EPHEMERAL_QUEUE);
+    let fanout = LocalFanout::new(
+        store.clone(),
+        directory.clone(),
+        typing.clone(),
+        config.live_receipts_max_members as usize,
+    );
+    let fanout = tokio::spawn(fanout.run(outbox, ephemeral_rx));
+    let registry = Arc::new(LocalRegistry::default());
+    let gauges: http::GaugeSource = {
+        let (directory, registry) = (directory.clone(), registry.clone());
+        Arc::new(move || {
+            vec![
+                Gauge {
+                    name: "chatd_sessions",
+                    help: "Sessions connected to this node.",
+                    value: directory.len() as f64,
+                },
+                Gauge {
+                    name: "chatd_users_online",
+                    help: "Users with at least one live device on this node.",
+                    value: registry.users_online() as f64,
+                },
+                Gauge {
+                    name: "chatd_store_write_queue",
+                    help: "Writes waiting for the store writer.",
+                    value: sqlite.write_queue_depth() as f64,
+                },
+            ]
+        })
+    };
 
     let limiter = RateLimiter::new(config.rate_limit_per_sec, config.rate_limit_burst);
     let messaging = Arc::new(Messaging::new(
@@ -71,6 +113,12 @@ pub async fn run(
     let chats = Arc::new(Chats::new(store.clone(), tokens, config.max_group_size));
     let sessions = Arc::new(session::Services {
         messaging: messaging.clone(),
+        presence: Arc::new(PresenceService::new(registry, store.clone())),
+        typing: Arc::new(TypingService::new(
+            typing.clone(),
+            store.clone(),
+            ephemeral_tx,
+        )),
         store: store.clone(),
         directory: directory.clone(),
         settings: session::Settings {
@@ -81,7 +129,13 @@ pub async fn run(
         },
         shutdown: shutdown.clone(),
     });
-    let sweeper = tokio::spawn(sweep_rate_limits(messaging.clone(), shutdown.clone()));
+    let housekeeping = tokio::spawn(housekeeping(
+        store.clone(),
+        messaging.clone(),
+        typing,
+        config.clone(),
+        shutdown.clone(),
+    ));
 
     let chat_service =
         ChatServiceServer::new(ChatApi::new(authenticator, chats, messaging, sessions))
@@ -105,7 +159,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .into_axum_router()
-        .merge(http::probes(store.clone()));
+        .merge(http::routes(store.clone(), gauges));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -154,20 +208,40 @@ pub async fn run(
         }
     };
     shutdown.cancel();
-    sweeper.abort();
+    housekeeping.abort();
     // Every acknowledged write is already committed; this finishes whatever is still queued.
     store.close().await;
     let _ = fanout.await;
     result.map_err(StartError::from)
 }
 
-/// Drops rate-limit buckets that have refilled, so idle devices cost no memory.
-async fn sweep_rate_limits(messaging: Arc<Messaging>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
+/// Periodic chores: the retention purge, and forgetting rate-limit buckets and typing
+/// indicators that have run out, so idle devices cost no memory.
+async fn housekeeping(
+    store: Arc<dyn Store>,
+    messaging: Arc<Messaging>,
+    typing: Arc<Typing>,
+    config: Config,
+    shutdown: CancellationToken,
+) {
+    let mut purge =
+        tokio::time::interval(Duration::from_millis(config.retention_interval_ms.into()));
+    let mut sweep = tokio::time::interval(Duration::from_secs(10));
     loop {
         tokio::select! {
-            _ = tick.tick() => { messaging.limiter().sweep(std::time::Instant::now()); }
             _ = shutdown.cancelled() => return,
+            _ = purge.tick() => {
+                match retention::purge(store.as_ref(), config.retention(), crate::clock::now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(purged = n, "retention purge"),
+                    Err(e) => tracing::warn!(error = %e, "retention purge failed; retrying next round"),
+                }
+            }
+            _ = sweep.tick() => {
+                let now = std::time::Instant::now();
+                messaging.limiter().sweep(now);
+                typing.sweep(now);
+            }
         }
     }
 }

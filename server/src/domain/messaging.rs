@@ -4,9 +4,10 @@ use super::{
     chats::member_access, content::check_content, ids, limits::RateLimiter, model::*, page_size,
     page_token::PageTokens,
 };
-use crate::store::{Appended, NewMessage, SeqRange, Store};
+use crate::metrics::METRICS;
+use crate::store::{Appended, CursorMove, NewMessage, SeqRange, Store};
 use crate::{Error, Result};
-use std::sync::Arc;
+use std::sync::{atomic::Ordering::Relaxed, Arc};
 
 /// What a client asks to send.
 #[derive(Debug, Clone)]
@@ -58,13 +59,18 @@ impl Messaging {
         req: SendRequest,
         now: i64,
     ) -> Result<Appended> {
+        let started = std::time::Instant::now();
         ids::check_client_msg_id(&req.client_msg_id)?;
         ids::check_chat_id(&req.chat_id)?;
         check_content(req.content.as_ref(), self.max_message_bytes)?;
         self.limiter
             .check(user_id, device_id)
-            .map_err(|retry_after_ms| Error::RateLimited { retry_after_ms })?;
-        self.store
+            .map_err(|retry_after_ms| {
+                METRICS.rate_limited.fetch_add(1, Relaxed);
+                Error::RateLimited { retry_after_ms }
+            })?;
+        let appended = self
+            .store
             .append_message(NewMessage {
                 chat_id: req.chat_id,
                 sender_user_id: user_id.to_string(),
@@ -73,7 +79,14 @@ impl Messaging {
                 content: req.content.unwrap_or_default(),
                 created_at: now,
             })
-            .await
+            .await?;
+        if !appended.duplicate {
+            METRICS.messages_received.fetch_add(1, Relaxed);
+            METRICS
+                .send_latency
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Ok(appended)
     }
 
     /// One page of a chat's history as the member sees it (only messages after they joined).
@@ -136,17 +149,33 @@ impl Messaging {
         Ok((messages, next))
     }
 
-    /// Moves a device's delivered cursor forward.
-    pub async fn ack_delivered(
+    /// Moves a device's delivered (`Ack`) or read (`Read`) cursor forward. A seq below the
+    /// cursor is accepted and changes nothing; one beyond the chat's last seq is refused.
+    pub async fn move_cursor(
         &self,
         user_id: &str,
         device_id: &str,
         chat_id: &str,
         seq: u64,
+        kind: ReceiptKind,
+        now: i64,
     ) -> Result<()> {
         ids::check_chat_id(chat_id)?;
         self.store
-            .ack_delivered(user_id, device_id, chat_id, seq)
+            .move_cursor(CursorMove {
+                user_id: user_id.to_string(),
+                device_id: device_id.to_string(),
+                chat_id: chat_id.to_string(),
+                seq,
+                kind,
+                at: now,
+            })
             .await
+    }
+
+    /// Who has received and read a chat up to at least `seq`, per device and per user.
+    pub async fn receipts(&self, user_id: &str, chat_id: &str, seq: u64) -> Result<Vec<Receipt>> {
+        member_access(self.store.as_ref(), chat_id, user_id).await?;
+        self.store.receipts(chat_id, seq).await
     }
 }

@@ -9,6 +9,9 @@ pub mod limits;
 pub mod messaging;
 pub mod model;
 pub mod page_token;
+pub mod presence;
+pub mod retention;
+pub mod typing;
 
 /// `page_size` 0 means this many.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;

@@ -102,16 +102,79 @@ impl ChatChange {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptKind {
+    Delivered,
+    Read,
+}
+
+/// "`user_id`'s `device_id` has received / read every message of `chat_id` up to `seq`."
+/// An empty `device_id` speaks for the user as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub chat_id: String,
+    pub user_id: String,
+    pub device_id: String,
+    pub kind: ReceiptKind,
+    pub seq: u64,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceStatus {
+    Online,
+    Offline,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub user_id: String,
+    pub status: PresenceStatus,
+    /// When the last device went away (0 while online or never seen).
+    pub last_seen: i64,
+    pub devices_online: u32,
+}
+
+impl Presence {
+    /// How a user reads to someone who may not see them, or who was never seen.
+    pub fn unknown(user_id: &str) -> Self {
+        Presence {
+            user_id: user_id.to_string(),
+            status: PresenceStatus::Offline,
+            last_seen: 0,
+            devices_online: 0,
+        }
+    }
+}
+
+/// Someone started or stopped typing in a chat. Never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypingNotice {
+    pub chat_id: String,
+    pub user_id: String,
+    pub device_id: String,
+    pub started: bool,
+    /// When receivers should drop the indicator unless refreshed.
+    pub expires_at: i64,
+}
+
 /// What a session can receive from the fan-out.
 #[derive(Debug, Clone)]
 pub enum Event {
     Message(Arc<Message>),
     Chat(Arc<ChatChange>),
+    Receipt(Arc<Receipt>),
+    Typing(Arc<TypingNotice>),
+    Presence(Arc<Presence>),
 }
 
-/// An event in commit order, tagged with the id of the store commit that produced it.
+/// An event in commit order, tagged with the id of the store commit that produced it
+/// ([`EPHEMERAL`] for events that were never stored: typing, presence).
 #[derive(Debug, Clone)]
 pub struct Committed {
     pub commit_id: u64,
     pub event: Event,
 }
+
+/// The commit id of events that were never stored.
+pub const EPHEMERAL: u64 = 0;

@@ -39,6 +39,9 @@ pub struct Registration {
     user_id: Arc<str>,
     pub session_id: u64,
     pub events: mpsc::Receiver<Committed>,
+    /// The sending side of `events`, for deliveries that don't go through the directory
+    /// (presence events to watchers).
+    pub queue: mpsc::Sender<Committed>,
     pub overflow: CancellationToken,
 }
 
@@ -81,7 +84,7 @@ impl Directory {
             .push(Entry {
                 session_id,
                 device_id: Arc::from(device_id),
-                queue,
+                queue: queue.clone(),
                 overflow: overflow.clone(),
             });
         self.sessions.fetch_add(1, Ordering::Relaxed);
@@ -90,6 +93,7 @@ impl Directory {
             user_id,
             session_id,
             events,
+            queue,
             overflow,
         }
     }

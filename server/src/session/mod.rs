@@ -12,11 +12,16 @@ use crate::domain::{
     ids,
     messaging::{Messaging, SendRequest},
     model::*,
+    presence::PresenceService,
+    typing::TypingService,
 };
+use crate::metrics::METRICS;
+use crate::registry::local::Watcher;
 use crate::store::{SeqRange, Store};
 use crate::Error;
 pub use directory::Directory;
 use futures_util::{Stream, StreamExt};
+use std::sync::atomic::Ordering::Relaxed;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::{sleep_until, Instant};
@@ -45,10 +50,17 @@ pub enum Command {
         chat_id: String,
         seq: u64,
     },
-    /// A frame the server does not act on yet; `name` is its oneof name.
-    Unsupported {
-        name: &'static str,
+    Read {
         chat_id: String,
+        seq: u64,
+    },
+    /// `started` is `None` for an unspecified state.
+    Typing {
+        chat_id: String,
+        started: Option<bool>,
+    },
+    WatchPresence {
+        user_ids: Vec<String>,
     },
     Ping {
         nonce: u64,
@@ -105,6 +117,8 @@ pub struct Settings {
 /// What every session of this node shares.
 pub struct Services {
     pub messaging: Arc<Messaging>,
+    pub presence: Arc<PresenceService>,
+    pub typing: Arc<TypingService>,
     pub store: Arc<dyn Store>,
     pub directory: Arc<Directory>,
     pub settings: Settings,
@@ -148,7 +162,7 @@ impl ResumeDedup {
         }
         let keep = match &c.event {
             Event::Message(m) => d.last.get(&m.chat_id).is_none_or(|&last| m.seq > last),
-            Event::Chat(_) => true,
+            _ => true,
         };
         (this, keep)
     }
@@ -156,6 +170,8 @@ impl ResumeDedup {
 
 struct Session {
     svc: Arc<Services>,
+    /// Keeps the device counted online and the presence watches alive while the session is.
+    online: OnlineGuard,
     user_id: String,
     device_id: String,
     out: mpsc::Sender<Output>,
@@ -239,12 +255,19 @@ async fn run<S>(
     let registration = svc
         .directory
         .register(&user_id, &hello.device_id, svc.settings.queue);
+    let online = OnlineGuard::new(
+        &svc.presence,
+        &user_id,
+        &hello.device_id,
+        registration.session_id,
+    );
     let mut session = Session {
         svc,
         user_id,
         device_id: hello.device_id.clone(),
         out: outlet.out,
         registration,
+        online,
         dedup: None,
         acks: Arc::new(Semaphore::new(ACKS_IN_FLIGHT)),
     };
@@ -255,7 +278,9 @@ async fn run<S>(
     match stop {
         Stop::Gone => {}
         Stop::End(e) => {
-            if session.emit(Output::End(e.clone())).await.is_err() {
+            // After what is already queued (a SendAck the client waits for), if there is room;
+            // a client that doesn't read gets the status at once instead.
+            if session.out.try_send(Output::End(e.clone())).is_err() {
                 let _ = outlet.abort.send(e);
             }
         }
@@ -267,13 +292,20 @@ async fn run<S>(
 }
 
 impl Session {
-    /// Sends one output, unless the session must stop first.
+    /// Sends one output, unless the session must stop before there is room for it. Sending
+    /// goes first, so an answer to a committed send still goes out during shutdown.
     async fn emit(&self, output: Output) -> Result<(), Stop> {
+        let message = matches!(output, Output::Event(Event::Message(_)));
         tokio::select! {
             biased;
+            sent = self.out.send(output) => {
+                if message {
+                    METRICS.messages_delivered.fetch_add(1, Relaxed);
+                }
+                sent.map_err(|_| Stop::Gone)
+            }
             _ = self.registration.overflow.cancelled() => Err(slow_consumer()),
             _ = self.svc.shutdown.cancelled() => Err(shutting_down()),
-            sent = self.out.send(output) => sent.map_err(|_| Stop::Gone),
         }
     }
 
@@ -399,32 +431,12 @@ impl Session {
                 .await
             }
             Command::Ack { chat_id, seq } => {
-                // Acks don't answer on success, so they need not hold up the session: up to
-                // ACKS_IN_FLIGHT commit in the background, then the session waits.
-                let permit = self
-                    .acks
-                    .clone()
-                    .acquire_owned()
+                self.cursor_in_background(ReceiptKind::Delivered, chat_id, seq)
                     .await
-                    .map_err(|_| Stop::Gone)?;
-                let (messaging, out) = (self.svc.messaging.clone(), self.out.clone());
-                let (user_id, device_id) = (self.user_id.clone(), self.device_id.clone());
-                tokio::spawn(async move {
-                    if let Err(error) = messaging
-                        .ack_delivered(&user_id, &device_id, &chat_id, seq)
-                        .await
-                    {
-                        let _ = out
-                            .send(Output::FrameError {
-                                frame: "ack",
-                                error,
-                                chat_id,
-                            })
-                            .await;
-                    }
-                    drop(permit);
-                });
-                Ok(())
+            }
+            Command::Read { chat_id, seq } => {
+                self.cursor_in_background(ReceiptKind::Read, chat_id, seq)
+                    .await
             }
             Command::Ping { nonce } => {
                 self.emit(Output::Pong {
@@ -443,17 +455,28 @@ impl Session {
                 .await?;
                 Err(Stop::End(error))
             }
-            Command::Unsupported { name, chat_id } => {
-                let error = Error::Unimplemented(format!(
-                    "{name} frames are not supported by this server yet"
-                ));
-                self.emit(Output::FrameError {
-                    frame: name,
-                    error,
-                    chat_id,
-                })
-                .await
+            Command::Typing { chat_id, started } => {
+                let result = match started {
+                    None => Err(Error::invalid("state", "must be STARTED or STOPPED")),
+                    Some(started) => {
+                        let svc = &self.svc.typing;
+                        svc.set(&self.user_id, &self.device_id, &chat_id, started, now_ms())
+                            .await
+                    }
+                };
+                match result {
+                    Ok(()) => Ok(()),
+                    Err(error) => {
+                        self.emit(Output::FrameError {
+                            frame: "typing",
+                            error,
+                            chat_id,
+                        })
+                        .await
+                    }
+                }
             }
+            Command::WatchPresence { user_ids } => self.watch_presence(user_ids).await,
             Command::Empty => {
                 let error = Error::invalid("frame", "the client frame has no content");
                 self.emit(Output::FrameError {
@@ -464,6 +487,128 @@ impl Session {
                 .await
             }
         }
+    }
+}
+
+/// A session's presence footprint: its device counts as online and its watches are
+/// registered until this is dropped, however the session ends.
+struct OnlineGuard {
+    presence: Arc<PresenceService>,
+    user_id: String,
+    device_id: String,
+    session_id: u64,
+    /// The users this session watches (those it may see).
+    watched: Vec<String>,
+}
+
+impl OnlineGuard {
+    fn new(
+        presence: &Arc<PresenceService>,
+        user_id: &str,
+        device_id: &str,
+        session_id: u64,
+    ) -> Self {
+        presence.device_connected(user_id, device_id);
+        OnlineGuard {
+            presence: presence.clone(),
+            user_id: user_id.to_string(),
+            device_id: device_id.to_string(),
+            session_id,
+            watched: Vec::new(),
+        }
+    }
+}
+
+impl Drop for OnlineGuard {
+    fn drop(&mut self) {
+        self.presence
+            .registry()
+            .unwatch(self.session_id, &self.watched);
+        self.presence
+            .device_disconnected(&self.user_id, &self.device_id, now_ms());
+    }
+}
+
+impl Session {
+    /// Replaces the watched set and sends the current presence of every user asked for.
+    async fn watch_presence(&mut self, user_ids: Vec<String>) -> Result<(), Stop> {
+        let watcher = Watcher {
+            queue: self.registration.queue.clone(),
+            overflow: self.registration.overflow.clone(),
+        };
+        let presence = self.svc.presence.clone();
+        let watched = presence
+            .watch(
+                &self.user_id,
+                self.registration.session_id,
+                &watcher,
+                &self.online.watched,
+                &user_ids,
+            )
+            .await;
+        let current = match watched {
+            Ok(watched) => {
+                self.online.watched = watched;
+                presence.get(&self.user_id, &user_ids).await
+            }
+            Err(e) => Err(e),
+        };
+        match current {
+            Ok(list) => {
+                for p in list {
+                    self.emit(Output::Event(Event::Presence(Arc::new(p))))
+                        .await?;
+                }
+                Ok(())
+            }
+            Err(error) => {
+                let frame = Output::FrameError {
+                    frame: "watch_presence",
+                    error,
+                    chat_id: String::new(),
+                };
+                self.emit(frame).await
+            }
+        }
+    }
+
+    /// Cursor moves don't answer on success, so they need not hold up the session: up to
+    /// ACKS_IN_FLIGHT commit in the background, then the session waits. A failure comes back
+    /// as an error frame.
+    async fn cursor_in_background(
+        &self,
+        kind: ReceiptKind,
+        chat_id: String,
+        seq: u64,
+    ) -> Result<(), Stop> {
+        let permit = self
+            .acks
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Stop::Gone)?;
+        let (messaging, out) = (self.svc.messaging.clone(), self.out.clone());
+        let (user_id, device_id) = (self.user_id.clone(), self.device_id.clone());
+        tokio::spawn(async move {
+            let result = messaging
+                .move_cursor(&user_id, &device_id, &chat_id, seq, kind, now_ms())
+                .await;
+            if let Err(error) = result {
+                let frame = match kind {
+                    ReceiptKind::Delivered => "ack",
+                    ReceiptKind::Read => "read",
+                };
+                let _ = out
+                    .send(Output::FrameError {
+                        frame,
+                        error,
+                        chat_id,
+                    })
+                    .await;
+            }
+            drop(permit);
+        });
+        Ok(())
     }
 }
 
@@ -478,6 +623,7 @@ where
 }
 
 fn slow_consumer() -> Stop {
+    METRICS.slow_consumers.fetch_add(1, Relaxed);
     Stop::Abort(Error::ResourceExhausted(
         "the session's outgoing queue is full (the client reads too slowly); reconnect to resume"
             .into(),
@@ -485,7 +631,7 @@ fn slow_consumer() -> Stop {
 }
 
 fn shutting_down() -> Stop {
-    Stop::Abort(Error::Unavailable(
+    Stop::End(Error::Unavailable(
         "the server is shutting down; reconnect to resume".into(),
     ))
 }

@@ -6,10 +6,12 @@
 
 pub mod sqlite;
 
-use crate::domain::model::{Chat, ChatKind, ChatView, Content, Message, Role};
+use crate::domain::model::{
+    Chat, ChatKind, ChatView, Content, Message, Receipt, ReceiptKind, Role,
+};
 use crate::Result;
 use async_trait::async_trait;
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 /// A message to append; the store assigns `seq` and `message_id`.
 #[derive(Debug, Clone)]
@@ -78,6 +80,17 @@ pub struct ResumePlan {
     pub watermark: u64,
 }
 
+/// A request to move a device's cursor in a chat.
+#[derive(Debug, Clone)]
+pub struct CursorMove {
+    pub user_id: String,
+    pub device_id: String,
+    pub chat_id: String,
+    pub seq: u64,
+    pub kind: ReceiptKind,
+    pub at: i64,
+}
+
 /// Position of a chat in a user's chat list, most recent activity first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActivityKey {
@@ -126,15 +139,25 @@ pub trait Store: Send + Sync + 'static {
     /// The chats with messages above the device's cursor.
     async fn resume_plan(&self, user_id: &str, device_id: &str) -> Result<ResumePlan>;
 
-    /// Moves the device's delivered cursor forward (never back). `seq` beyond the chat's last
-    /// seq is `InvalidArgument`; a non-member gets `PermissionDenied`.
-    async fn ack_delivered(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        chat_id: &str,
-        seq: u64,
-    ) -> Result<()>;
+    /// Moves a device's delivered or read cursor (a read also moves the user's read position)
+    /// forward, never back. `seq` beyond the chat's last seq is `InvalidArgument`; a non-member
+    /// gets `PermissionDenied`. Each cursor that moved comes out on the outbox as a receipt.
+    async fn move_cursor(&self, m: CursorMove) -> Result<()>;
+
+    /// Receipts of the devices and users of a chat that reached at least `min_seq`.
+    async fn receipts(&self, chat_id: &str, min_seq: u64) -> Result<Vec<Receipt>>;
+
+    /// Deletes up to `limit` messages created before `before` (unix ms); returns how many.
+    async fn purge_before(&self, before: i64, limit: u32) -> Result<u64>;
+
+    /// Records when a user's last device went away (queued; not waited for).
+    async fn record_last_seen(&self, user_id: &str, at: i64) -> Result<()>;
+
+    /// Recorded last-seen times of those users that have one.
+    async fn last_seen(&self, user_ids: Vec<String>) -> Result<HashMap<String, i64>>;
+
+    /// Those of `candidates` who share at least one chat with `user_id`.
+    async fn contacts_among(&self, user_id: &str, candidates: Vec<String>) -> Result<Vec<String>>;
 
     /// Succeeds when the store can serve reads and writes.
     async fn ping(&self) -> Result<()>;

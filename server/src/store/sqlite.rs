@@ -9,18 +9,19 @@
 //! beside the writer.
 
 use super::{
-    ActivityKey, Appended, Membership, NewChat, NewMessage, ResumeChat, ResumePlan, SeqRange, Store,
+    ActivityKey, Appended, CursorMove, Membership, NewChat, NewMessage, ResumeChat, ResumePlan,
+    SeqRange, Store,
 };
 use crate::domain::model::{
     Chat, ChatChange, ChatChangeKind, ChatKind, ChatView, Committed, Content, Event, Member,
-    Message, Role,
+    Message, Receipt, ReceiptKind, Role,
 };
 use crate::{domain::ids, Error, Result};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::Path,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -29,7 +30,10 @@ use std::{
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/sqlite/0001_core.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/sqlite/0001_core.sql"),
+    include_str!("../../../migrations/sqlite/0002_realtime.sql"),
+];
 /// Most writes folded into one transaction; bounds the latency a batch adds to its last write.
 const MAX_BATCH: usize = 512;
 const WRITE_QUEUE: usize = 8192;
@@ -63,12 +67,15 @@ enum WriteOp {
         now: i64,
         reply: Reply<bool>,
     },
-    Ack {
+    Cursor(CursorMove, Reply<()>),
+    Purge {
+        before: i64,
+        limit: u32,
+        reply: Reply<u64>,
+    },
+    LastSeen {
         user_id: String,
-        device_id: String,
-        chat_id: String,
-        seq: u64,
-        reply: Reply<()>,
+        at: i64,
     },
     Shutdown(oneshot::Sender<()>),
 }
@@ -126,6 +133,11 @@ impl SqliteStore {
             watermark,
         };
         Ok((Arc::new(store), outbox_rx))
+    }
+
+    /// Writes waiting for the writer thread.
+    pub fn write_queue_depth(&self) -> usize {
+        self.writes.max_capacity() - self.writes.capacity()
     }
 
     async fn write<T>(&self, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T> {
@@ -224,6 +236,9 @@ impl Writer {
 
     /// Runs one batch in one transaction. Returns the shutdown signal if the batch held one.
     fn commit_batch(&mut self, batch: &mut Vec<WriteOp>) -> Option<oneshot::Sender<()>> {
+        crate::metrics::METRICS
+            .commit_batch
+            .observe(batch.len() as f64);
         let mut answers: Vec<Pending> = Vec::with_capacity(batch.len());
         let mut events: Vec<Event> = Vec::new();
         let mut shutdown = None;
@@ -294,7 +309,9 @@ fn fail(op: WriteOp, err: &Error) {
             reject(reply, err)
         }
         WriteOp::RegisterDevice { reply, .. } => reject(reply, err),
-        WriteOp::Ack { reply, .. } => reject(reply, err),
+        WriteOp::Cursor(_, reply) => reject(reply, err),
+        WriteOp::Purge { reply, .. } => reject(reply, err),
+        WriteOp::LastSeen { .. } => {}
         WriteOp::Shutdown(done) => {
             let _ = done.send(());
         }
@@ -365,14 +382,18 @@ fn apply(
         } => {
             run!(reply, |c| register_device(c, &user_id, &device_id, now))
         }
-        WriteOp::Ack {
-            user_id,
-            device_id,
-            chat_id,
-            seq,
+        WriteOp::Cursor(m, reply) => run!(reply, |c| move_cursor(c, m, events)),
+        WriteOp::Purge {
+            before,
+            limit,
             reply,
-        } => {
-            run!(reply, |c| ack(c, &user_id, &device_id, &chat_id, seq))
+        } => run!(reply, |c| purge(c, before, limit)),
+        WriteOp::LastSeen { user_id, at } => {
+            let result = in_savepoint(tx, |c| set_last_seen(c, &user_id, at));
+            if let Err(e) = &result {
+                tracing::warn!(user_id, error = %e, "cannot record last seen");
+            }
+            (None, result.is_ok())
         }
         WriteOp::Shutdown(done) => {
             *shutdown = Some(done);
@@ -631,24 +652,100 @@ fn register_device(c: &Connection, user_id: &str, device_id: &str, now: i64) -> 
     Ok(true)
 }
 
-fn ack(c: &Connection, user_id: &str, device_id: &str, chat_id: &str, seq: u64) -> Result<()> {
-    let last_seq = match membership(c, chat_id, user_id)? {
-        Membership::NoSuchChat => return Err(Error::NotFound(format!("chat {chat_id} not found"))),
-        Membership::NotMember => return Err(not_member(chat_id)),
+/// Moves a delivered or read cursor forward and reports the receipts that changed. `seq`
+/// beyond the chat's last seq is an error, a `seq` at or below the cursor changes nothing.
+/// Reading implies having received: a read moves the device's delivered cursor up with it.
+fn move_cursor(c: &Connection, m: CursorMove, events: &mut Vec<Event>) -> Result<()> {
+    let last_seq = match membership(c, &m.chat_id, &m.user_id)? {
+        Membership::NoSuchChat => {
+            return Err(Error::NotFound(format!("chat {} not found", m.chat_id)))
+        }
+        Membership::NotMember => return Err(not_member(&m.chat_id)),
         Membership::Member { last_seq, .. } => last_seq,
     };
-    if seq > last_seq {
+    if m.seq > last_seq {
         return Err(Error::invalid(
             "seq",
-            format!("{seq} is beyond the chat's last seq {last_seq}"),
+            format!("{} is beyond the chat's last seq {last_seq}", m.seq),
         ));
     }
+    let (delivered, read): (i64, i64) = c
+        .prepare_cached(
+            "SELECT delivered_seq, read_seq FROM device_cursors WHERE user_id = ?1 AND device_id = ?2 AND chat_id = ?3",
+        )
+        .map_err(db_err)?
+        .query_row(params![m.user_id, m.device_id, m.chat_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(db_err)?
+        .unwrap_or((0, 0));
+    let seq = m.seq as i64;
+    let moves_delivered = seq > delivered;
+    let moves_read = m.kind == ReceiptKind::Read && seq > read;
+    if !moves_delivered && !moves_read {
+        return Ok(());
+    }
     c.prepare_cached(
-        "INSERT INTO device_cursors (user_id, device_id, chat_id, delivered_seq) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (user_id, device_id, chat_id) DO UPDATE SET delivered_seq = MAX(delivered_seq, excluded.delivered_seq)",
+        "INSERT INTO device_cursors (user_id, device_id, chat_id, delivered_seq, delivered_at, read_seq, read_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (user_id, device_id, chat_id) DO UPDATE SET
+             delivered_seq = excluded.delivered_seq, delivered_at = excluded.delivered_at,
+             read_seq = excluded.read_seq, read_at = excluded.read_at",
     )
     .map_err(db_err)?
-    .execute(params![user_id, device_id, chat_id, seq as i64])
+    .execute(params![
+        m.user_id,
+        m.device_id,
+        m.chat_id,
+        delivered.max(seq),
+        if moves_delivered { m.at } else { 0 },
+        if moves_read { seq } else { read },
+        if moves_read { m.at } else { 0 },
+    ])
+    .map_err(db_err)?;
+    let receipt = |kind| {
+        Event::Receipt(Arc::new(Receipt {
+            chat_id: m.chat_id.clone(),
+            user_id: m.user_id.clone(),
+            device_id: m.device_id.clone(),
+            kind,
+            seq: m.seq,
+            at: m.at,
+        }))
+    };
+    if moves_delivered {
+        events.push(receipt(ReceiptKind::Delivered));
+    }
+    if moves_read {
+        c.prepare_cached(
+            "UPDATE members SET read_seq = ?3, read_at = ?4 WHERE chat_id = ?1 AND user_id = ?2 AND read_seq < ?3",
+        )
+        .map_err(db_err)?
+        .execute(params![m.chat_id, m.user_id, seq, m.at])
+        .map_err(db_err)?;
+        events.push(receipt(ReceiptKind::Read));
+    }
+    Ok(())
+}
+
+/// Deletes up to `limit` messages created before `before`; chats keep their `last_seq`.
+fn purge(c: &Connection, before: i64, limit: u32) -> Result<u64> {
+    let n = c
+        .prepare_cached(
+            "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE created_at < ?1 LIMIT ?2)",
+        )
+        .map_err(db_err)?
+        .execute(params![before, limit])
+        .map_err(db_err)?;
+    Ok(n as u64)
+}
+
+fn set_last_seen(c: &Connection, user_id: &str, at: i64) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO last_seen (user_id, at) VALUES (?1, ?2)
+         ON CONFLICT (user_id) DO UPDATE SET at = MAX(at, excluded.at)",
+    )
+    .map_err(db_err)?
+    .execute(params![user_id, at])
     .map_err(db_err)?;
     Ok(())
 }
@@ -813,6 +910,70 @@ fn chat_view(c: &Connection, chat_id: &str, user_id: &str) -> Result<Option<Chat
         unread_count: unread_count as u64,
         last_message,
     }))
+}
+
+/// Who reached `min_seq` in a chat: each device's delivered and read cursor, and each member's
+/// read position (as a receipt with an empty device id). Only current members count.
+fn receipts(c: &Connection, chat_id: &str, min_seq: u64) -> Result<Vec<Receipt>> {
+    let min = min_seq as i64;
+    let mut out = Vec::new();
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT d.user_id, d.device_id, d.delivered_seq, d.delivered_at, d.read_seq, d.read_at
+             FROM device_cursors d JOIN members m ON m.chat_id = d.chat_id AND m.user_id = d.user_id
+             WHERE d.chat_id = ?1 AND d.delivered_seq >= ?2 AND d.delivered_seq > m.joined_seq
+             ORDER BY d.user_id, d.device_id",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map(params![chat_id, min], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })
+        .map_err(db_err)?;
+    for row in rows {
+        let (user_id, device_id, delivered, delivered_at, read, read_at) = row.map_err(db_err)?;
+        let receipt = |kind, seq: i64, at| Receipt {
+            chat_id: chat_id.to_string(),
+            user_id: user_id.clone(),
+            device_id: device_id.clone(),
+            kind,
+            seq: seq as u64,
+            at,
+        };
+        out.push(receipt(ReceiptKind::Delivered, delivered, delivered_at));
+        if read >= min {
+            out.push(receipt(ReceiptKind::Read, read, read_at));
+        }
+    }
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT user_id, read_seq, read_at FROM members
+             WHERE chat_id = ?1 AND read_seq >= ?2 AND read_seq > joined_seq ORDER BY user_id",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map(params![chat_id, min], |r| {
+            Ok(Receipt {
+                chat_id: chat_id.to_string(),
+                user_id: r.get(0)?,
+                device_id: String::new(),
+                kind: ReceiptKind::Read,
+                seq: r.get::<_, i64>(1)? as u64,
+                at: r.get(2)?,
+            })
+        })
+        .map_err(db_err)?;
+    for r in rows {
+        out.push(r.map_err(db_err)?);
+    }
+    Ok(out)
 }
 
 /// A few read-only connections; a read borrows one on the blocking pool.
@@ -1008,26 +1169,74 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn ack_delivered(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        chat_id: &str,
-        seq: u64,
-    ) -> Result<()> {
-        let (user_id, device_id, chat_id) = (
-            user_id.to_string(),
-            device_id.to_string(),
-            chat_id.to_string(),
-        );
-        self.write(|reply| WriteOp::Ack {
-            user_id,
-            device_id,
-            chat_id,
-            seq,
+    async fn move_cursor(&self, m: CursorMove) -> Result<()> {
+        self.write(|reply| WriteOp::Cursor(m, reply)).await
+    }
+
+    async fn receipts(&self, chat_id: &str, min_seq: u64) -> Result<Vec<Receipt>> {
+        let chat_id = chat_id.to_string();
+        self.readers
+            .run(move |c| receipts(c, &chat_id, min_seq))
+            .await
+    }
+
+    async fn purge_before(&self, before: i64, limit: u32) -> Result<u64> {
+        self.write(|reply| WriteOp::Purge {
+            before,
+            limit,
             reply,
         })
         .await
+    }
+
+    async fn record_last_seen(&self, user_id: &str, at: i64) -> Result<()> {
+        let user_id = user_id.to_string();
+        self.writes
+            .send(WriteOp::LastSeen { user_id, at })
+            .await
+            .map_err(|_| stopped())
+    }
+
+    async fn last_seen(&self, user_ids: Vec<String>) -> Result<HashMap<String, i64>> {
+        self.readers
+            .run(move |c| {
+                let mut stmt = c
+                    .prepare_cached("SELECT at FROM last_seen WHERE user_id = ?1")
+                    .map_err(db_err)?;
+                let mut out = HashMap::new();
+                for u in user_ids {
+                    if let Some(at) = stmt
+                        .query_row([&u], |r| r.get(0))
+                        .optional()
+                        .map_err(db_err)?
+                    {
+                        out.insert(u, at);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn contacts_among(&self, user_id: &str, candidates: Vec<String>) -> Result<Vec<String>> {
+        let user_id = user_id.to_string();
+        self.readers
+            .run(move |c| {
+                let mut stmt = c
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM members a JOIN members b ON b.chat_id = a.chat_id
+                         WHERE a.user_id = ?1 AND b.user_id = ?2)",
+                    )
+                    .map_err(db_err)?;
+                let mut out = Vec::new();
+                for u in candidates {
+                    if stmt.query_row(params![user_id, u], |r| r.get::<_, bool>(0)).map_err(db_err)? {
+                        out.push(u);
+                    }
+                }
+                Ok(out)
+            })
+            .await
     }
 
     async fn ping(&self) -> Result<()> {

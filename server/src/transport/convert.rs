@@ -92,6 +92,58 @@ fn event(e: &d::Event) -> Out {
             chat: Some(chat(&c.chat)),
             user_ids: c.user_ids.clone(),
         }),
+        d::Event::Receipt(r) => Out::Receipt(pb::ReceiptEvent {
+            receipt: Some(receipt(r)),
+        }),
+        d::Event::Typing(t) => Out::Typing(pb::TypingEvent {
+            chat_id: t.chat_id.clone(),
+            user_id: t.user_id.clone(),
+            device_id: t.device_id.clone(),
+            state: if t.started {
+                pb::TypingState::Started
+            } else {
+                pb::TypingState::Stopped
+            } as i32,
+            expires_at: t.expires_at,
+        }),
+        d::Event::Presence(p) => Out::Presence(pb::PresenceEvent {
+            presence: Some(presence(p)),
+        }),
+    }
+}
+
+pub fn receipt(r: &d::Receipt) -> pb::Receipt {
+    pb::Receipt {
+        chat_id: r.chat_id.clone(),
+        user_id: r.user_id.clone(),
+        device_id: r.device_id.clone(),
+        kind: match r.kind {
+            d::ReceiptKind::Delivered => pb::ReceiptKind::Delivered,
+            d::ReceiptKind::Read => pb::ReceiptKind::Read,
+        } as i32,
+        seq: r.seq,
+        at: r.at,
+    }
+}
+
+pub fn presence(p: &d::Presence) -> pb::Presence {
+    pb::Presence {
+        user_id: p.user_id.clone(),
+        status: match p.status {
+            d::PresenceStatus::Online => pb::PresenceStatus::Online,
+            d::PresenceStatus::Offline => pb::PresenceStatus::Offline,
+        } as i32,
+        last_seen: p.last_seen,
+        devices_online: p.devices_online,
+    }
+}
+
+/// A typing state from the wire: `None` unless STARTED or STOPPED.
+pub fn typing_state(state: i32) -> Option<bool> {
+    match pb::TypingState::try_from(state) {
+        Ok(pb::TypingState::Started) => Some(true),
+        Ok(pb::TypingState::Stopped) => Some(false),
+        _ => None,
     }
 }
 
@@ -125,7 +177,7 @@ pub fn output(o: Output) -> Result<pb::ServerFrame, tonic::Status> {
             error,
         } => Out::SendError(pb::SendError {
             client_msg_id,
-            code: super::status::code(&error) as i32,
+            code: super::status::counted(&error) as i32,
             message: error.to_string(),
             retry_after_ms: match error {
                 crate::Error::RateLimited { retry_after_ms } => retry_after_ms,
@@ -138,7 +190,7 @@ pub fn output(o: Output) -> Result<pb::ServerFrame, tonic::Status> {
             chat_id,
         } => Out::Error(pb::Error {
             frame: frame.to_string(),
-            code: super::status::code(&error) as i32,
+            code: super::status::counted(&error) as i32,
             message: error.to_string(),
             chat_id,
         }),
@@ -170,17 +222,16 @@ pub fn command(f: pb::ClientFrame) -> Command {
             chat_id: a.chat_id,
             seq: a.seq,
         },
-        Some(In::Read(r)) => Command::Unsupported {
-            name: "read",
+        Some(In::Read(r)) => Command::Read {
             chat_id: r.chat_id,
+            seq: r.seq,
         },
-        Some(In::Typing(t)) => Command::Unsupported {
-            name: "typing",
+        Some(In::Typing(t)) => Command::Typing {
             chat_id: t.chat_id,
+            started: typing_state(t.state),
         },
-        Some(In::WatchPresence(_)) => Command::Unsupported {
-            name: "watch_presence",
-            chat_id: String::new(),
+        Some(In::WatchPresence(w)) => Command::WatchPresence {
+            user_ids: w.user_ids,
         },
         Some(In::Ping(p)) => Command::Ping { nonce: p.nonce },
     }

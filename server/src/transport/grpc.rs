@@ -4,6 +4,7 @@
 use super::{convert, status::from_stream_status};
 use crate::auth::{Authenticator, Caller};
 use crate::clock::now_ms;
+use crate::domain::model::ReceiptKind;
 use crate::domain::{
     chats::Chats,
     ids,
@@ -240,8 +241,9 @@ impl ChatService for ChatApi {
         let caller = self.caller(&req)?;
         let device = require_device(&req)?;
         let r = req.into_inner();
+        let kind = ReceiptKind::Delivered;
         self.messaging
-            .ack_delivered(&caller.user_id, &device, &r.chat_id, r.seq)
+            .move_cursor(&caller.user_id, &device, &r.chat_id, r.seq, kind, now_ms())
             .await?;
         Ok(Response::new(pb::AckDeliveredResponse {}))
     }
@@ -250,24 +252,45 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::MarkReadRequest>,
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
-        self.caller(&req)?;
-        Err(not_yet("MarkRead"))
+        let caller = self.caller(&req)?;
+        let device = require_device(&req)?;
+        let r = req.into_inner();
+        let kind = ReceiptKind::Read;
+        self.messaging
+            .move_cursor(&caller.user_id, &device, &r.chat_id, r.seq, kind, now_ms())
+            .await?;
+        Ok(Response::new(pb::MarkReadResponse {}))
     }
 
     async fn get_receipts(
         &self,
         req: Request<pb::GetReceiptsRequest>,
     ) -> Result<Response<pb::GetReceiptsResponse>, Status> {
-        self.caller(&req)?;
-        Err(not_yet("GetReceipts"))
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let receipts = self
+            .messaging
+            .receipts(&caller.user_id, &r.chat_id, r.seq)
+            .await?;
+        Ok(Response::new(pb::GetReceiptsResponse {
+            receipts: receipts.iter().map(convert::receipt).collect(),
+        }))
     }
 
     async fn set_typing(
         &self,
         req: Request<pb::SetTypingRequest>,
     ) -> Result<Response<pb::SetTypingResponse>, Status> {
-        self.caller(&req)?;
-        Err(not_yet("SetTyping"))
+        let caller = self.caller(&req)?;
+        let device = device_header(&req)?.unwrap_or_default();
+        let r = req.into_inner();
+        let started = convert::typing_state(r.state)
+            .ok_or_else(|| Error::invalid("state", "must be STARTED or STOPPED"))?;
+        self.sessions
+            .typing
+            .set(&caller.user_id, &device, &r.chat_id, started, now_ms())
+            .await?;
+        Ok(Response::new(pb::SetTypingResponse {}))
     }
 
     async fn open_direct_chat(
@@ -353,8 +376,16 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::GetPresenceRequest>,
     ) -> Result<Response<pb::GetPresenceResponse>, Status> {
-        self.caller(&req)?;
-        Err(not_yet("GetPresence"))
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let list = self
+            .sessions
+            .presence
+            .get(&caller.user_id, &r.user_ids)
+            .await?;
+        Ok(Response::new(pb::GetPresenceResponse {
+            presences: list.iter().map(convert::presence).collect(),
+        }))
     }
 
     async fn register_push_token(

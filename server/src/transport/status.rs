@@ -17,12 +17,19 @@ pub fn code(e: &Error) -> Code {
     }
 }
 
+/// The code for `e`, counted in the errors metric: every error a client sees passes here once.
+pub fn counted(e: &Error) -> Code {
+    let c = code(e);
+    crate::metrics::METRICS.error(c);
+    c
+}
+
 /// The status for `e`. Internal details are logged here and replaced by a generic message.
 pub fn status(e: &Error) -> Status {
     if let Error::Internal(detail) = e {
         tracing::error!(%detail, "internal error");
     }
-    let mut status = Status::new(code(e), e.to_string());
+    let mut status = Status::new(counted(e), e.to_string());
     if let Error::RateLimited { retry_after_ms } = e {
         status
             .metadata_mut()

@@ -1,0 +1,188 @@
+//! Process metrics in the Prometheus text format, served at `GET /metrics`.
+//!
+//! Counters and histograms are plain atomics in one static, cheap enough for the per-message
+//! path; gauges (sessions, queue depths) are read from their owners when scraped.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Upper bounds of the commit batch size buckets, in writes.
+const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+/// gRPC codes 0..=16.
+const CODES: usize = 17;
+
+pub struct Histogram<const N: usize> {
+    bounds: [f64; N],
+    /// Cumulative counts per bucket are computed at render time; these are per bucket.
+    counts: [AtomicU64; N],
+    overflow: AtomicU64,
+    /// Sum of observations in millionths of the unit.
+    sum_micros: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    const fn new(bounds: [f64; N]) -> Self {
+        Histogram {
+            bounds,
+            counts: [const { AtomicU64::new(0) }; N],
+            overflow: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: f64) {
+        match self.bounds.iter().position(|b| value <= *b) {
+            Some(i) => self.counts[i].fetch_add(1, Relaxed),
+            None => self.overflow.fetch_add(1, Relaxed),
+        };
+        self.sum_micros.fetch_add((value * 1e6) as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            cumulative += count.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.overflow.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+pub struct Metrics {
+    /// Messages committed (duplicates excluded).
+    pub messages_received: AtomicU64,
+    /// Message events handed to device streams (live and replayed).
+    pub messages_delivered: AtomicU64,
+    /// Sends refused by the rate limiter.
+    pub rate_limited: AtomicU64,
+    /// Sessions closed because their queue overflowed.
+    pub slow_consumers: AtomicU64,
+    /// Errors returned to clients, by gRPC code.
+    pub errors: [AtomicU64; CODES],
+    /// Time from a send's arrival to its commit.
+    pub send_latency: Histogram<14>,
+    /// Writes per store commit.
+    pub commit_batch: Histogram<10>,
+}
+
+pub static METRICS: Metrics = Metrics {
+    messages_received: AtomicU64::new(0),
+    messages_delivered: AtomicU64::new(0),
+    rate_limited: AtomicU64::new(0),
+    slow_consumers: AtomicU64::new(0),
+    errors: [const { AtomicU64::new(0) }; CODES],
+    send_latency: Histogram::new(LATENCY_BUCKETS),
+    commit_batch: Histogram::new(BATCH_BUCKETS),
+};
+
+impl Metrics {
+    pub fn error(&self, code: tonic::Code) {
+        if let Some(c) = self.errors.get(code as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// A value read when scraped.
+pub struct Gauge {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub value: f64,
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+/// The whole exposition: the static counters plus the given gauges.
+pub fn render(gauges: &[Gauge]) -> String {
+    let m = &METRICS;
+    let mut out = String::with_capacity(4096);
+    for g in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {0} {1}\n# TYPE {0} gauge\n{0} {2}",
+            g.name, g.help, g.value
+        );
+    }
+    counter(
+        &mut out,
+        "chatd_messages_received_total",
+        "Messages committed (duplicates excluded).",
+        m.messages_received.load(Relaxed),
+    );
+    counter(
+        &mut out,
+        "chatd_messages_delivered_total",
+        "Message events sent to device streams, live and replayed.",
+        m.messages_delivered.load(Relaxed),
+    );
+    counter(
+        &mut out,
+        "chatd_rate_limited_total",
+        "Sends refused by the rate limiter.",
+        m.rate_limited.load(Relaxed),
+    );
+    counter(
+        &mut out,
+        "chatd_slow_consumer_closes_total",
+        "Sessions closed because their outgoing queue overflowed.",
+        m.slow_consumers.load(Relaxed),
+    );
+    let _ = writeln!(out, "# HELP chatd_errors_total Errors returned to clients, by gRPC code.\n# TYPE chatd_errors_total counter");
+    for (code, c) in m.errors.iter().enumerate() {
+        let n = c.load(Relaxed);
+        if n > 0 {
+            let name = format!("{:?}", tonic::Code::from_i32(code as i32));
+            let _ = writeln!(out, "chatd_errors_total{{code=\"{name}\"}} {n}");
+        }
+    }
+    m.send_latency.render(
+        &mut out,
+        "chatd_send_latency_seconds",
+        "Time from a send's arrival to its durable commit.",
+    );
+    m.commit_batch.render(
+        &mut out,
+        "chatd_commit_batch_writes",
+        "Writes folded into one store commit.",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new([1.0, 2.0]);
+        h.observe(0.5);
+        h.observe(1.5);
+        h.observe(3.0);
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"1\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"2\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(
+            out.contains("x_count 3\n") && out.contains("x_sum 5\n"),
+            "{out}"
+        );
+    }
+}

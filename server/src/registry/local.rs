@@ -1,0 +1,183 @@
+//! In-process device registry and presence watchers.
+
+use crate::domain::model::{Committed, Event, Presence, PresenceStatus, EPHEMERAL};
+use parking_lot::Mutex;
+use std::{collections::HashMap, sync::Arc};
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_util::sync::CancellationToken;
+
+/// Where a watching session's presence events go.
+#[derive(Clone)]
+pub struct Watcher {
+    pub queue: mpsc::Sender<Committed>,
+    /// Cancelled if the queue overflows, like any other event delivery.
+    pub overflow: CancellationToken,
+}
+
+#[derive(Default)]
+pub struct LocalRegistry {
+    /// user → device → live sessions of that device.
+    online: Mutex<HashMap<String, HashMap<String, u32>>>,
+    /// Last-seen times of users that went offline while this node ran.
+    last_seen: Mutex<HashMap<String, i64>>,
+    /// watched user → watching session id → its queue.
+    watchers: Mutex<HashMap<String, HashMap<u64, Watcher>>>,
+}
+
+impl LocalRegistry {
+    /// A session of `device_id` came up; returns the user's presence after it.
+    pub fn connect(&self, user_id: &str, device_id: &str) -> Presence {
+        let mut online = self.online.lock();
+        let devices = online.entry(user_id.to_string()).or_default();
+        *devices.entry(device_id.to_string()).or_default() += 1;
+        online_presence(user_id, devices.len())
+    }
+
+    /// A session of `device_id` went away at `now`; returns the user's presence after it.
+    pub fn disconnect(&self, user_id: &str, device_id: &str, now: i64) -> Presence {
+        let mut online = self.online.lock();
+        let Some(devices) = online.get_mut(user_id) else {
+            return Presence::unknown(user_id);
+        };
+        if let Some(n) = devices.get_mut(device_id) {
+            *n -= 1;
+            if *n == 0 {
+                devices.remove(device_id);
+            }
+        }
+        if !devices.is_empty() {
+            return online_presence(user_id, devices.len());
+        }
+        online.remove(user_id);
+        drop(online);
+        self.last_seen.lock().insert(user_id.to_string(), now);
+        Presence {
+            user_id: user_id.to_string(),
+            status: PresenceStatus::Offline,
+            last_seen: now,
+            devices_online: 0,
+        }
+    }
+
+    /// The user's presence as this node knows it; `None` if offline with no last-seen here.
+    pub fn snapshot(&self, user_id: &str) -> Option<Presence> {
+        if let Some(devices) = self.online.lock().get(user_id) {
+            return Some(online_presence(user_id, devices.len()));
+        }
+        let last_seen = *self.last_seen.lock().get(user_id)?;
+        Some(Presence {
+            user_id: user_id.to_string(),
+            status: PresenceStatus::Offline,
+            last_seen,
+            devices_online: 0,
+        })
+    }
+
+    /// Users with at least one live device.
+    pub fn users_online(&self) -> usize {
+        self.online.lock().len()
+    }
+
+    /// Makes `session_id` watch `users` instead of `previous`.
+    pub fn watch(&self, session_id: u64, watcher: &Watcher, previous: &[String], users: &[String]) {
+        let mut watchers = self.watchers.lock();
+        remove_watcher(&mut watchers, session_id, previous);
+        for u in users {
+            watchers
+                .entry(u.clone())
+                .or_default()
+                .insert(session_id, watcher.clone());
+        }
+    }
+
+    pub fn unwatch(&self, session_id: u64, users: &[String]) {
+        remove_watcher(&mut self.watchers.lock(), session_id, users);
+    }
+
+    /// Tells every session watching `presence.user_id` about it.
+    pub fn publish(&self, presence: Presence) {
+        let watchers = self.watchers.lock();
+        let Some(sessions) = watchers.get(&presence.user_id) else {
+            return;
+        };
+        let event = Committed {
+            commit_id: EPHEMERAL,
+            event: Event::Presence(Arc::new(presence)),
+        };
+        for w in sessions.values() {
+            if let Err(TrySendError::Full(_)) = w.queue.try_send(event.clone()) {
+                w.overflow.cancel();
+            }
+        }
+    }
+}
+
+fn online_presence(user_id: &str, devices: usize) -> Presence {
+    Presence {
+        user_id: user_id.to_string(),
+        status: PresenceStatus::Online,
+        last_seen: 0,
+        devices_online: devices as u32,
+    }
+}
+
+fn remove_watcher(
+    watchers: &mut HashMap<String, HashMap<u64, Watcher>>,
+    session_id: u64,
+    users: &[String],
+) {
+    for u in users {
+        if let Some(sessions) = watchers.get_mut(u) {
+            sessions.remove(&session_id);
+            if sessions.is_empty() {
+                watchers.remove(u);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn online_while_any_device_is_and_last_seen_after() {
+        let r = LocalRegistry::default();
+        assert_eq!(r.connect("u", "phone").devices_online, 1);
+        assert_eq!(
+            r.connect("u", "phone").devices_online,
+            1,
+            "two sessions, one device"
+        );
+        assert_eq!(r.connect("u", "laptop").devices_online, 2);
+        assert_eq!(
+            r.disconnect("u", "phone", 10).status,
+            PresenceStatus::Online
+        );
+        assert_eq!(r.disconnect("u", "phone", 11).devices_online, 1);
+        let p = r.disconnect("u", "laptop", 12);
+        assert_eq!((p.status, p.last_seen), (PresenceStatus::Offline, 12));
+        assert_eq!(r.snapshot("u").map(|p| p.last_seen), Some(12));
+        assert_eq!(r.snapshot("never"), None);
+    }
+
+    #[test]
+    fn watchers_get_events_until_they_stop_watching() {
+        let r = LocalRegistry::default();
+        let (tx, mut rx) = mpsc::channel(4);
+        let w = Watcher {
+            queue: tx,
+            overflow: CancellationToken::new(),
+        };
+        r.watch(1, &w, &[], &["a".to_string()]);
+        r.publish(r.connect("a", "d"));
+        r.publish(r.connect("b", "d"));
+        assert!(
+            matches!(rx.try_recv().map(|c| c.event), Ok(Event::Presence(p)) if p.user_id == "a")
+        );
+        assert!(rx.try_recv().is_err(), "b is not watched");
+        r.watch(1, &w, &["a".to_string()], &["b".to_string()]);
+        r.publish(r.disconnect("a", "d", 1));
+        assert!(rx.try_recv().is_err(), "a is no longer watched");
+    }
+}
