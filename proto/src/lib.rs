@@ -3,8 +3,12 @@
 
 #![allow(clippy::all, missing_docs)]
 
+pub mod shared;
+
 pub mod v1 {
     tonic::include_proto!("chat.v1");
+
+    pub use crate::shared::MessageEvent;
 
     /// Encoded `FileDescriptorSet` of the contract, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

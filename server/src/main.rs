@@ -130,6 +130,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -150,6 +151,25 @@ fn serve(args: ServeArgs) -> ExitCode {
             Err(e) => fail(&format!("chatd: {e}")),
         }
     })
+}
+
+/// Each session is a socket: lift the soft limit on open files to the hard one, so a node can
+/// hold as many sessions as the operator allowed rather than the shell's default of 1024.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("cannot raise the open-file limit");
+            }
+        }
+    }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -80,9 +80,7 @@ pub fn chat_view(v: &d::ChatView) -> pb::Chat {
 
 fn event(e: &d::Event) -> Out {
     match e {
-        d::Event::Message(m) => Out::Message(pb::MessageEvent {
-            message: Some(message(m)),
-        }),
+        d::Event::Message(m) => Out::Message(pb::MessageEvent::new(message(m))),
         d::Event::Chat(c) => Out::Chat(pb::ChatEvent {
             kind: match c.kind {
                 d::ChatChangeKind::Created => pb::ChatEventKind::Created,
