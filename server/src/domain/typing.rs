@@ -142,8 +142,14 @@ impl TypingService {
     ) -> Result<()> {
         let now = Instant::now();
         if !self.typing.would_forward(chat_id, user_id, started, now) {
-            // Coalesced, but a bad chat id or a stranger still hears about it.
-            crate::domain::ids::check_chat_id(chat_id)?;
+            // A coalesced STARTED follows one that passed the membership check moments ago;
+            // a STOPPED with nothing to stop is rare, so it is checked in full.
+            match started {
+                true => crate::domain::ids::check_chat_id(chat_id)?,
+                false => {
+                    member_access(self.store.as_ref(), chat_id, user_id).await?;
+                }
+            }
             return Ok(());
         }
         member_access(self.store.as_ref(), chat_id, user_id).await?;

@@ -350,6 +350,10 @@ impl Session {
                     break;
                 };
                 for m in page {
+                    // The sending device had its SendAck (or gets it again on retry), as live.
+                    if m.sender_device_id == self.device_id && m.sender_user_id == self.user_id {
+                        continue;
+                    }
                     self.emit(Output::Event(Event::Message(Arc::new(m))))
                         .await?;
                     replayed += 1;
@@ -376,6 +380,9 @@ impl Session {
                 biased;
                 _ = self.registration.overflow.cancelled() => Err(slow_consumer()),
                 _ = self.svc.shutdown.cancelled() => Err(shutting_down()),
+                // A Subscribe client has no frames to end with: its stream being dropped is
+                // the only sign that it left.
+                _ = self.out.closed() => Err(Stop::Gone),
                 event = self.registration.events.recv() => match event {
                     Some(c) => self.forward(c).await,
                     None => Err(Stop::Gone),

@@ -642,12 +642,12 @@ fn register_device(c: &Connection, user_id: &str, device_id: &str, now: i64) -> 
     }
     // A new device starts at the present: older messages are history, not backlog.
     c.prepare_cached(
-        "INSERT OR IGNORE INTO device_cursors (user_id, device_id, chat_id, delivered_seq, read_seq)
-         SELECT ?1, ?2, m.chat_id, c.last_seq, m.read_seq
+        "INSERT OR IGNORE INTO device_cursors (user_id, device_id, chat_id, delivered_seq, delivered_at, read_seq, read_at)
+         SELECT ?1, ?2, m.chat_id, c.last_seq, ?3, m.read_seq, m.read_at
          FROM members m JOIN chats c ON c.chat_id = m.chat_id WHERE m.user_id = ?1",
     )
     .map_err(db_err)?
-    .execute(params![user_id, device_id])
+    .execute(params![user_id, device_id, now])
     .map_err(db_err)?;
     Ok(true)
 }
@@ -669,15 +669,18 @@ fn move_cursor(c: &Connection, m: CursorMove, events: &mut Vec<Event>) -> Result
             format!("{} is beyond the chat's last seq {last_seq}", m.seq),
         ));
     }
-    let (delivered, read): (i64, i64) = c
+    let (delivered, delivered_at, read, read_at): (i64, i64, i64, i64) = c
         .prepare_cached(
-            "SELECT delivered_seq, read_seq FROM device_cursors WHERE user_id = ?1 AND device_id = ?2 AND chat_id = ?3",
+            "SELECT delivered_seq, delivered_at, read_seq, read_at FROM device_cursors
+             WHERE user_id = ?1 AND device_id = ?2 AND chat_id = ?3",
         )
         .map_err(db_err)?
-        .query_row(params![m.user_id, m.device_id, m.chat_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(params![m.user_id, m.device_id, m.chat_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()
         .map_err(db_err)?
-        .unwrap_or((0, 0));
+        .unwrap_or((0, 0, 0, 0));
     let seq = m.seq as i64;
     let moves_delivered = seq > delivered;
     let moves_read = m.kind == ReceiptKind::Read && seq > read;
@@ -697,9 +700,9 @@ fn move_cursor(c: &Connection, m: CursorMove, events: &mut Vec<Event>) -> Result
         m.device_id,
         m.chat_id,
         delivered.max(seq),
-        if moves_delivered { m.at } else { 0 },
+        if moves_delivered { m.at } else { delivered_at },
         if moves_read { seq } else { read },
-        if moves_read { m.at } else { 0 },
+        if moves_read { m.at } else { read_at },
     ])
     .map_err(db_err)?;
     let receipt = |kind| {
@@ -731,7 +734,9 @@ fn move_cursor(c: &Connection, m: CursorMove, events: &mut Vec<Event>) -> Result
 fn purge(c: &Connection, before: i64, limit: u32) -> Result<u64> {
     let n = c
         .prepare_cached(
-            "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE created_at < ?1 LIMIT ?2)",
+            // `messages` has no rowid: its key is (chat_id, seq).
+            "DELETE FROM messages WHERE (chat_id, seq) IN
+                 (SELECT chat_id, seq FROM messages WHERE created_at < ?1 LIMIT ?2)",
         )
         .map_err(db_err)?
         .execute(params![before, limit])
