@@ -1,0 +1,46 @@
+//! Test harness for end-to-end tests of `chatd`.
+//!
+//! Every test starts its own server process ([`TestServer::start`]) with a fresh data directory
+//! and talks to it over gRPC exactly like a real client would:
+//!
+//! ```ignore
+//! let server = TestServer::start().await;
+//! let mut alice = server.client("alice", "phone");
+//! let chat = open_direct(&mut alice, "bob").await;
+//! let mut bob = server.connect("bob", "laptop").await;   // Hello + Welcome + SyncComplete
+//! send_text(&mut alice, &chat.chat_id, "m1", "hi").await;
+//! let msg = bob.expect_message().await;
+//! ```
+//!
+//! The harness is organised so that other backends (PostgreSQL, Redis, Kafka) can be plugged in
+//! later behind the same API: see [`Backend`].
+
+pub mod auth;
+pub mod backend;
+pub mod http;
+pub mod realtime;
+pub mod server;
+pub mod session;
+pub mod util;
+
+pub use auth::{mint_token, Auth, Claims};
+pub use backend::Backend;
+pub use server::{ExitOutput, ServerOptions, TestServer};
+pub use session::{Session, SyncResult};
+pub use util::*;
+
+pub use chat_proto::v1 as pb;
+
+/// Default time to wait for any single expected event. Generous on purpose: tests must pass on a
+/// loaded 2-core machine. Tests never assert that something is *fast*, only that it happens.
+pub const RECV_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long `expect_no_*` helpers watch a stream for unwanted frames.
+pub const QUIET_PERIOD: std::time::Duration = std::time::Duration::from_millis(700);
+
+/// Environment that effectively switches off the per-device rate limiter, for tests that need to
+/// send many messages quickly.
+pub const NO_RATE_LIMIT: &[(&str, &str)] = &[
+    ("CHATD_RATE_LIMIT_PER_SEC", "1000000"),
+    ("CHATD_RATE_LIMIT_BURST", "1000000"),
+];
