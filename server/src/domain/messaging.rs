@@ -5,7 +5,7 @@ use super::{
     page_token::PageTokens,
 };
 use crate::metrics::METRICS;
-use crate::store::{Appended, CursorMove, NewMessage, SeqRange, Store};
+use crate::store::{Appended, CursorMove, NewMessage, PendingAppend, SeqRange, Store};
 use crate::{Error, Result};
 use std::sync::{atomic::Ordering::Relaxed, Arc};
 
@@ -59,6 +59,19 @@ impl Messaging {
         req: SendRequest,
         now: i64,
     ) -> Result<Appended> {
+        self.submit(user_id, device_id, req, now).await?.await
+    }
+
+    /// Validates, rate-limits and queues one message; the returned future resolves when it is
+    /// durable. A session submits its sends one after another and awaits them concurrently,
+    /// so they commit in order and share commits.
+    pub async fn submit(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        req: SendRequest,
+        now: i64,
+    ) -> Result<PendingAppend> {
         let started = std::time::Instant::now();
         ids::check_client_msg_id(&req.client_msg_id)?;
         ids::check_chat_id(&req.chat_id)?;
@@ -69,9 +82,9 @@ impl Messaging {
                 METRICS.rate_limited.fetch_add(1, Relaxed);
                 Error::RateLimited { retry_after_ms }
             })?;
-        let appended = self
+        let pending = self
             .store
-            .append_message(NewMessage {
+            .submit_message(NewMessage {
                 chat_id: req.chat_id,
                 sender_user_id: user_id.to_string(),
                 sender_device_id: device_id.to_string(),
@@ -80,13 +93,16 @@ impl Messaging {
                 created_at: now,
             })
             .await?;
-        if !appended.duplicate {
-            METRICS.messages_received.fetch_add(1, Relaxed);
-            METRICS
-                .send_latency
-                .observe(started.elapsed().as_secs_f64());
-        }
-        Ok(appended)
+        Ok(Box::pin(async move {
+            let appended = pending.await?;
+            if !appended.duplicate {
+                METRICS.messages_received.fetch_add(1, Relaxed);
+                METRICS
+                    .send_latency
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Ok(appended)
+        }))
     }
 
     /// One page of a chat's history as the member sees it (only messages after they joined).

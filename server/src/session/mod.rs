@@ -17,16 +17,20 @@ use crate::domain::{
 };
 use crate::metrics::METRICS;
 use crate::registry::local::Watcher;
+use crate::store::Appended;
 use crate::store::{SeqRange, Store};
 use crate::Error;
 pub use directory::Directory;
-use futures_util::{Stream, StreamExt};
+use futures_util::{stream::FuturesOrdered, Stream, StreamExt};
 use std::sync::atomic::Ordering::Relaxed;
 use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// Sends one session may have waiting for their commit; they share commits with each other.
+const MAX_SENDS_IN_FLIGHT: usize = 64;
 /// Messages read from the store per replay query.
 const REPLAY_PAGE: u32 = 512;
 /// Acks a session may have in flight before it stops reading its client.
@@ -168,8 +172,13 @@ impl ResumeDedup {
     }
 }
 
+/// A send queued in the store, answered when its commit is durable.
+type InFlightSend = Pin<Box<dyn Future<Output = (String, crate::Result<Appended>)> + Send>>;
+
 struct Session {
     svc: Arc<Services>,
+    /// Sends waiting for their commit, answered in the order they were sent.
+    sends: FuturesOrdered<InFlightSend>,
     /// Keeps the device counted online and the presence watches alive while the session is.
     online: OnlineGuard,
     user_id: String,
@@ -268,6 +277,7 @@ async fn run<S>(
         out: outlet.out,
         registration,
         online,
+        sends: FuturesOrdered::new(),
         dedup: None,
         acks: Arc::new(Semaphore::new(ACKS_IN_FLIGHT)),
     };
@@ -294,7 +304,7 @@ async fn run<S>(
 impl Session {
     /// Sends one output, unless the session must stop before there is room for it. Sending
     /// goes first, so an answer to a committed send still goes out during shutdown.
-    async fn emit(&self, output: Output) -> Result<(), Stop> {
+    async fn emit(&mut self, output: Output) -> Result<(), Stop> {
         let message = matches!(output, Output::Event(Event::Message(_)));
         tokio::select! {
             biased;
@@ -379,15 +389,22 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 _ = self.registration.overflow.cancelled() => Err(slow_consumer()),
-                _ = self.svc.shutdown.cancelled() => Err(shutting_down()),
+                _ = self.svc.shutdown.cancelled() => {
+                    self.finish_sends().await;
+                    Err(shutting_down())
+                }
                 // A Subscribe client has no frames to end with: its stream being dropped is
                 // the only sign that it left.
                 _ = self.out.closed() => Err(Stop::Gone),
+                Some((client_msg_id, result)) = self.sends.next(), if !self.sends.is_empty() => {
+                    self.emit(send_answer(client_msg_id, result)).await
+                }
                 event = self.registration.events.recv() => match event {
                     Some(c) => self.forward(c).await,
                     None => Err(Stop::Gone),
                 },
-                frame = next_frame(&mut inbound) => match frame {
+                // With MAX_SENDS_IN_FLIGHT sends pending, the client waits for an answer.
+                frame = next_frame(&mut inbound), if self.sends.len() < MAX_SENDS_IN_FLIGHT => match frame {
                     Some(Ok(cmd)) => {
                         deadline = Instant::now() + timeout;
                         self.handle(cmd).await
@@ -406,6 +423,16 @@ impl Session {
         }
     }
 
+    /// Answers the sends still waiting for their commit (they commit regardless), as long as
+    /// the client takes the answers.
+    async fn finish_sends(&mut self) {
+        while let Some((client_msg_id, result)) = self.sends.next().await {
+            if self.emit(send_answer(client_msg_id, result)).await.is_err() {
+                return;
+            }
+        }
+    }
+
     async fn forward(&mut self, c: Committed) -> Result<(), Stop> {
         let (dedup, keep) = ResumeDedup::filter(self.dedup.take(), &c);
         self.dedup = dedup;
@@ -419,23 +446,20 @@ impl Session {
         match cmd {
             Command::Send(req) => {
                 let client_msg_id = req.client_msg_id.clone();
-                let result = self
-                    .svc
-                    .messaging
-                    .send(&self.user_id, &self.device_id, req, now_ms())
+                let now = now_ms();
+                let messaging = &self.svc.messaging;
+                // Refusals queue behind earlier sends too: answers come in the order of sends.
+                let submitted = messaging
+                    .submit(&self.user_id, &self.device_id, req, now)
                     .await;
-                self.emit(match result {
-                    Ok(a) => Output::SendAck {
-                        client_msg_id,
-                        message: a.message,
-                        duplicate: a.duplicate,
-                    },
-                    Err(error) => Output::SendError {
-                        client_msg_id,
-                        error,
-                    },
-                })
-                .await
+                self.sends.push_back(Box::pin(async move {
+                    let result = match submitted {
+                        Ok(pending) => pending.await,
+                        Err(error) => Err(error),
+                    };
+                    (client_msg_id, result)
+                }));
+                Ok(())
             }
             Command::Ack { chat_id, seq } => {
                 self.cursor_in_background(ReceiptKind::Delivered, chat_id, seq)
@@ -583,7 +607,7 @@ impl Session {
     /// ACKS_IN_FLIGHT commit in the background, then the session waits. A failure comes back
     /// as an error frame.
     async fn cursor_in_background(
-        &self,
+        &mut self,
         kind: ReceiptKind,
         chat_id: String,
         seq: u64,
@@ -616,6 +640,20 @@ impl Session {
             drop(permit);
         });
         Ok(())
+    }
+}
+
+fn send_answer(client_msg_id: String, result: crate::Result<Appended>) -> Output {
+    match result {
+        Ok(a) => Output::SendAck {
+            client_msg_id,
+            message: a.message,
+            duplicate: a.duplicate,
+        },
+        Err(error) => Output::SendError {
+            client_msg_id,
+            error,
+        },
     }
 }
 

@@ -98,11 +98,23 @@ pub struct ActivityKey {
     pub chat_id: String,
 }
 
+/// A queued append, resolving when its commit is durable.
+pub type PendingAppend =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Appended>> + Send>>;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Appends a message with the next seq of its chat, or returns the original message when
-    /// `(sender_user_id, client_msg_id)` was seen before. Checks membership atomically.
-    async fn append_message(&self, message: NewMessage) -> Result<Appended>;
+    /// Queues a message to be appended with the next seq of its chat (or to return the original
+    /// message when `(sender_user_id, client_msg_id)` was seen before; membership is checked
+    /// atomically). Returns once the message has its place in the write order; the returned
+    /// future resolves when it is committed. So one device can have several sends in flight,
+    /// committed in the order it sent them.
+    async fn submit_message(&self, message: NewMessage) -> Result<PendingAppend>;
+
+    /// [`Store::submit_message`] and wait for the commit.
+    async fn append_message(&self, message: NewMessage) -> Result<Appended> {
+        self.submit_message(message).await?.await
+    }
 
     /// Creates a chat; for a direct chat whose key exists, returns the existing one and `false`.
     async fn create_chat(&self, chat: NewChat) -> Result<(Chat, bool)>;

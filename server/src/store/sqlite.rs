@@ -9,8 +9,8 @@
 //! beside the writer.
 
 use super::{
-    ActivityKey, Appended, CursorMove, Membership, NewChat, NewMessage, ResumeChat, ResumePlan,
-    SeqRange, Store,
+    ActivityKey, Appended, CursorMove, Membership, NewChat, NewMessage, PendingAppend, ResumeChat,
+    ResumePlan, SeqRange, Store,
 };
 use crate::domain::model::{
     Chat, ChatChange, ChatChangeKind, ChatKind, ChatView, Committed, Content, Event, Member,
@@ -1011,8 +1011,13 @@ impl Readers {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn append_message(&self, message: NewMessage) -> Result<Appended> {
-        self.write(|reply| WriteOp::Append(message, reply)).await
+    async fn submit_message(&self, message: NewMessage) -> Result<PendingAppend> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send(WriteOp::Append(message, tx))
+            .await
+            .map_err(|_| stopped())?;
+        Ok(Box::pin(async move { rx.await.map_err(|_| stopped())? }))
     }
 
     async fn create_chat(&self, chat: NewChat) -> Result<(Chat, bool)> {
