@@ -24,7 +24,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::Path,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
 };
@@ -85,6 +85,8 @@ pub struct SqliteStore {
     readers: Readers,
     /// Highest commit id handed out; see `ResumePlan::watermark`.
     watermark: Arc<AtomicU64>,
+    /// Tells the checkpoint thread to finish.
+    stopping: Arc<AtomicBool>,
 }
 
 impl SqliteStore {
@@ -100,10 +102,18 @@ impl SqliteStore {
         let path = data_dir.join("chat.db");
         let mut conn = Connection::open(&path).map_err(db_err)?;
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;
+             PRAGMA wal_autocheckpoint=0;",
         )
         .map_err(db_err)?;
         migrate(&mut conn)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let checkpointer = Connection::open(&path).map_err(db_err)?;
+        let stop = stopping.clone();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_until(checkpointer, stop))
+            .map_err(|e| Error::internal(format!("cannot start the checkpoint thread: {e}")))?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let r = Connection::open(&path).map_err(db_err)?;
@@ -131,6 +141,7 @@ impl SqliteStore {
                 permits: Semaphore::new(READERS),
             },
             watermark,
+            stopping,
         };
         Ok((Arc::new(store), outbox_rx))
     }
@@ -145,6 +156,19 @@ impl SqliteStore {
         self.writes.send(op(tx)).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
+}
+
+/// Copies the WAL back into the database beside the writer, so that the writer's commits never
+/// pay for it (SQLite would otherwise checkpoint inside a commit every 1000 pages). PASSIVE
+/// never waits for the writer; a last TRUNCATE at shutdown leaves a small WAL behind.
+fn checkpoint_until(conn: Connection, stopping: Arc<AtomicBool>) {
+    while !stopping.load(Ordering::Acquire) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "wal checkpoint");
+        }
+    }
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 fn stopped() -> Error {
@@ -255,15 +279,25 @@ impl Writer {
                 return None;
             }
         };
+        let mut broken = None;
         for op in batch.drain(..) {
             let mark = events.len();
-            let (answer, ok) = apply(&tx, op, &mut events, &mut shutdown);
+            let (answer, ok) = apply(&tx, op, &mut events, &mut shutdown, &mut broken);
             if !ok {
                 events.truncate(mark);
             }
             if let Some(answer) = answer {
                 answers.push(answer);
             }
+        }
+        if let Some(err) = broken {
+            // A write failed midway: nothing of this batch may stay, and nobody gets an ack.
+            let _ = tx.rollback();
+            let err = Error::Unavailable(format!("the store could not commit: {err}"));
+            for answer in answers {
+                answer(Some(&err));
+            }
+            return shutdown;
         }
         // Published before the commit: any reader that sees this commit also sees an id at
         // least this high (sessions rely on it to de-duplicate resume against live events).
@@ -325,24 +359,17 @@ fn apply(
     op: WriteOp,
     events: &mut Vec<Event>,
     shutdown: &mut Option<oneshot::Sender<()>>,
+    broken: &mut Option<Error>,
 ) -> (Option<Pending>, bool) {
-    fn in_savepoint<T>(
-        tx: &rusqlite::Transaction<'_>,
-        f: impl FnOnce(&Connection) -> Result<T>,
-    ) -> Result<T> {
-        tx.execute_batch("SAVEPOINT op").map_err(db_err)?;
-        let result = f(tx);
-        let end = if result.is_ok() {
-            "RELEASE op"
-        } else {
-            "ROLLBACK TO op; RELEASE op"
-        };
-        tx.execute_batch(end).map_err(db_err)?;
-        result
-    }
+    // No savepoint per write (they cost a sub-journal of every page touched): each write makes
+    // all its checks before its first change, so a refusal has changed nothing, and any other
+    // failure marks the whole batch broken, to be rolled back.
     macro_rules! run {
         ($reply:expr, $body:expr) => {{
-            let result = in_savepoint(tx, $body);
+            let result = ($body)(&**tx);
+            if let Err(e @ (Error::Internal(_) | Error::Unavailable(_))) = &result {
+                broken.get_or_insert_with(|| e.clone());
+            }
             let ok = result.is_ok();
             (Some(pending($reply, result)), ok)
         }};
@@ -389,9 +416,10 @@ fn apply(
             reply,
         } => run!(reply, |c| purge(c, before, limit)),
         WriteOp::LastSeen { user_id, at } => {
-            let result = in_savepoint(tx, |c| set_last_seen(c, &user_id, at));
+            let result = set_last_seen(tx, &user_id, at);
             if let Err(e) = &result {
                 tracing::warn!(user_id, error = %e, "cannot record last seen");
+                broken.get_or_insert_with(|| e.clone());
             }
             (None, result.is_ok())
         }
@@ -1264,5 +1292,6 @@ impl Store for SqliteStore {
         if self.writes.send(WriteOp::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
         }
+        self.stopping.store(true, Ordering::Release);
     }
 }
