@@ -21,6 +21,34 @@ pub struct Message {
     pub client_msg_id: String,
     pub content: Content,
     pub created_at: i64,
+    /// The message as the transport encodes it, for fan-out to share (see [`WireCache`]).
+    pub wire: WireCache,
+}
+
+/// A message's encoded form, made once by the first session that sends it and shared by every
+/// other recipient, so a 1000-member group costs one encoding, not 1000. The domain never
+/// reads it; equality ignores it.
+#[derive(Clone, Default)]
+pub struct WireCache(std::sync::OnceLock<bytes::Bytes>);
+
+impl WireCache {
+    pub fn get_or_init(&self, encode: impl FnOnce() -> bytes::Bytes) -> bytes::Bytes {
+        self.0.get_or_init(encode).clone()
+    }
+}
+
+impl PartialEq for WireCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for WireCache {}
+
+impl std::fmt::Debug for WireCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WireCache")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

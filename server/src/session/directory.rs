@@ -155,6 +155,7 @@ mod tests {
             client_msg_id: "x".into(),
             content: Default::default(),
             created_at: 0,
+            wire: Default::default(),
         };
         Committed {
             commit_id: seq,

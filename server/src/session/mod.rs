@@ -695,6 +695,7 @@ mod tests {
             client_msg_id: format!("c{seq}"),
             content: Default::default(),
             created_at: 0,
+            wire: Default::default(),
         };
         Committed {
             commit_id,

@@ -472,6 +472,7 @@ fn append(c: &Connection, m: NewMessage, events: &mut Vec<Event>) -> Result<Appe
         client_msg_id: m.client_msg_id,
         content: m.content,
         created_at: m.created_at,
+        wire: Default::default(),
     };
     let attributes = if message.content.attributes.is_empty() {
         None
@@ -904,6 +905,7 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
             attributes,
         },
         created_at: r.get(9)?,
+        wire: Default::default(),
     })
 }
 

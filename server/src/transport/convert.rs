@@ -4,6 +4,7 @@ use crate::domain::{messaging::SendRequest, model as d};
 use crate::session::{Command, Hello, Output};
 use chat_proto::v1 as pb;
 use pb::{client_frame::Frame as In, server_frame::Frame as Out};
+use prost::Message as _;
 use std::collections::BTreeMap;
 
 pub fn content_from(c: pb::Content) -> d::Content {
@@ -80,7 +81,9 @@ pub fn chat_view(v: &d::ChatView) -> pb::Chat {
 
 fn event(e: &d::Event) -> Out {
     match e {
-        d::Event::Message(m) => Out::Message(pb::MessageEvent::new(message(m))),
+        d::Event::Message(m) => Out::Message(pb::MessageEvent::from_encoded(
+            m.wire.get_or_init(|| message(m).encode_to_vec().into()),
+        )),
         d::Event::Chat(c) => Out::Chat(pb::ChatEvent {
             kind: match c.kind {
                 d::ChatChangeKind::Created => pb::ChatEventKind::Created,
