@@ -17,12 +17,10 @@ use crate::metrics::Gauge;
 use crate::registry::local::LocalRegistry;
 use crate::session::{self, Directory};
 use crate::store::{sqlite::SqliteStore, Store};
-use crate::transport::{grpc::ChatApi, http};
+use crate::transport::{grpc::ChatApi, http, listener};
 use chat_proto::v1::chat_service_server::ChatServiceServer;
-use futures_util::StreamExt;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
@@ -174,11 +172,9 @@ pub async fn run(
     on_listen(local);
     tracing::info!(%local, data_dir = %config.data_dir.display(), "chatd serving");
 
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|s| {
-            let _ = s.set_nodelay(true);
-        })
-    });
+    let max_connections = listener::connection_limit();
+    tracing::info!(max_connections, "accepting connections");
+    let incoming = listener::incoming(listener, max_connections);
     let keepalive = Duration::from_millis(config.heartbeat_interval_ms.into());
     let server = tonic::transport::Server::builder()
         .accept_http1(true)

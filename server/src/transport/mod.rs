@@ -4,4 +4,5 @@
 pub mod convert;
 pub mod grpc;
 pub mod http;
+pub mod listener;
 pub mod status;
