@@ -545,7 +545,7 @@ async fn any_frame_keeps_a_session_alive_and_subscribe_has_no_heartbeat() {
     let until = Instant::now() + Duration::from_secs(3);
     let mut i = 0u32;
     while Instant::now() < until {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             watch_presence(&bob, &[]).await;
         } else {
             send_read(&bob, &chat.chat_id, 0).await;

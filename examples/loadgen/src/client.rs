@@ -279,6 +279,9 @@ pub struct DeviceState {
     /// Highest seq acked / marked read per chat.
     pub acked: HashMap<String, u64>,
     pub read: HashMap<String, u64>,
+    /// Seqs of this device's own acked sends per chat: the server replays them to nobody's
+    /// device that sent them, so a backlog may skip exactly these.
+    pub own: HashMap<String, std::collections::HashSet<u64>>,
 }
 
 /// What the opening handshake showed.
@@ -421,7 +424,10 @@ impl Session {
                         e.1 = m.seq;
                         e.2 += 1;
                         if let Some(prev) = last_in_backlog.insert(m.chat_id.clone(), m.seq) {
-                            if m.seq != prev + 1 {
+                            let own = rxs.state.own.get(&m.chat_id);
+                            let skipped_only_own = (prev + 1..m.seq)
+                                .all(|seq| own.is_some_and(|o| o.contains(&seq)));
+                            if m.seq <= prev || !skipped_only_own {
                                 sync.backlog_gaps += 1;
                             }
                         }
@@ -582,6 +588,11 @@ impl Receiver {
                 }
                 inc(&c.acked_total);
                 if let Some(m) = &a.message {
+                    self.state
+                        .own
+                        .entry(m.chat_id.clone())
+                        .or_default()
+                        .insert(m.seq);
                     if let Some(t) = t_of(&m.content) {
                         if stats.in_cohort(t) {
                             inc(&c.acked);

@@ -1,0 +1,1 @@
+direct --connections 400 --duration 20 --warmup 3

@@ -1,0 +1,1 @@
+resume --missed 10000
