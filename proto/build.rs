@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The `Connect` RPC would clash with the generated `connect(dst)` constructor;
         // clients build a `Channel` themselves and call `ChatServiceClient::new`.
         .build_transport(false)
+        // Small per-call buffers: see src/codec.rs.
+        .codec_path("crate::codec::LeanCodec")
         // Hand-written so a server can encode a message once for all its recipients.
         .extern_path(".chat.v1.MessageEvent", "crate::shared::MessageEvent")
         .compile_fds(fds)?;

@@ -3,6 +3,7 @@
 
 #![allow(clippy::all, missing_docs)]
 
+pub mod codec;
 pub mod shared;
 
 pub mod v1 {

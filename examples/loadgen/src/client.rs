@@ -425,8 +425,8 @@ impl Session {
                         e.2 += 1;
                         if let Some(prev) = last_in_backlog.insert(m.chat_id.clone(), m.seq) {
                             let own = rxs.state.own.get(&m.chat_id);
-                            let skipped_only_own = (prev + 1..m.seq)
-                                .all(|seq| own.is_some_and(|o| o.contains(&seq)));
+                            let skipped_only_own =
+                                (prev + 1..m.seq).all(|seq| own.is_some_and(|o| o.contains(&seq)));
                             if m.seq <= prev || !skipped_only_own {
                                 sync.backlog_gaps += 1;
                             }
