@@ -1,1 +1,1 @@
-mixed --connections 4000 --rate 5000 --duration 30 --warmup 3
+mixed --connections 2000 --rate 2000 --duration 30 --warmup 3
