@@ -234,6 +234,11 @@ impl Session {
         drop(self)
     }
 
+    /// Ends the request stream (the client is done sending) but keeps reading the responses.
+    pub fn half_close(&mut self) {
+        self.tx = None;
+    }
+
     // -------------------------------------------------------------- receiving
 
     /// The next event within `timeout`, or `None` if nothing arrived in time.

@@ -378,3 +378,26 @@ async fn subscribe_with_unary_calls() {
         .await
         .expect("AckDelivered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_session_still_gets_answers_for_its_sends() {
+    let server = TestServer::start_with(NO_RATE_LIMIT).await;
+    let chat = open_direct(&mut server.client("alice", "phone").await, "bob").await;
+    let mut alice = server.connect("alice", "phone").await;
+    for i in 0..20 {
+        alice
+            .send_text(&chat.chat_id, &format!("h{i}"), "bye")
+            .await;
+    }
+    alice.half_close();
+    for i in 0..20u64 {
+        let ack = alice.expect_send_ack(&format!("h{i}")).await;
+        assert_eq!(ack.message.expect("ack carries the message").seq, i + 1);
+    }
+    let end = alice.expect_end().await;
+    assert_eq!(
+        end.code(),
+        tonic::Code::Ok,
+        "a clean end after the answers: {end:?}"
+    );
+}

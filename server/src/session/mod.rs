@@ -410,7 +410,12 @@ impl Session {
                         self.handle(cmd).await
                     }
                     Some(Err(e)) => Err(Stop::Abort(e)),
-                    None => Err(Stop::Gone),
+                    // The client is done sending but may still read: answer what it sent
+                    // (bounded, in case it stopped reading too), then end the stream.
+                    None => {
+                        let _ = tokio::time::timeout(timeout, self.finish_sends()).await;
+                        Err(Stop::Gone)
+                    }
                 },
                 _ = sleep_until(deadline), if inbound.is_some() => Err(Stop::Abort(Error::Unavailable(format!(
                     "no frame received for {} ms (heartbeat timeout); reconnect to resume",

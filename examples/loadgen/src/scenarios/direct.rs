@@ -1,14 +1,12 @@
 //! `direct`: P = connections / 2 pairs of users, each pair in one direct chat; both sides send
 //! to each other at a fixed total rate (open loop) or as fast as acks allow (closed loop).
 
-use super::{close_fleet, finish, measured, traffic_report, Ctx};
+use super::{finish, report_mode, steady_traffic, traffic_report, Ctx};
 use crate::client::open_direct;
 use crate::stats::Report;
-use crate::traffic::{Load, Plan, Slot};
 use futures_util::stream::{self, StreamExt};
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     let args = &ctx.args;
@@ -61,64 +59,14 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
         return Err(ctx.no_sessions());
     }
 
-    let slots: Vec<Arc<Slot>> = (0..n)
-        .map(|i| {
-            let slot = Slot::new(specs[i].window.clone());
-            if let (Some(s), Some(_)) = (&sessions[i], &chats[i / 2]) {
-                slot.set(Some(s.tx.clone()));
-            }
-            Arc::new(slot)
-        })
-        .collect();
-    let chat_of: Arc<Vec<String>> = Arc::new(
-        (0..n)
-            .map(|i| chats[i / 2].clone().unwrap_or_default())
-            .collect(),
-    );
-    let text: Arc<str> = "x".repeat(args.message_bytes).into();
-    let w = measured(ctx, rss_before, |start, end| {
-        (
-            Load {
-                slots: Arc::new(slots.clone()),
-                stats: ctx.stats.clone(),
-                rate: args.rate,
-                start_ns: start,
-                end_ns: end,
-                text,
-                planner: Arc::new(move |s, _| Plan {
-                    chat: chat_of[s].clone(),
-                    typing: false,
-                }),
-            },
-            None,
-        )
-    })
-    .await;
-    for s in &slots {
-        s.set(None);
-    }
-    close_fleet(sessions).await;
+    let chat_of: Vec<Option<String>> = (0..n).map(|i| chats[i / 2].clone()).collect();
+    let w = steady_traffic(ctx, rss_before, &specs, sessions, chat_of).await;
 
     let mut r = Report::new("direct", crate::parameters(args));
     r.set("pairs", json!(pairs));
     r.set("sessions_open", json!(open));
-    r.set(
-        "mode",
-        json!(if args.rate > 0.0 {
-            "open_loop"
-        } else {
-            "closed_loop"
-        }),
-    );
     r.row("pairs / sessions open", format!("{pairs} / {open}"));
-    r.row(
-        "mode",
-        if args.rate > 0.0 {
-            format!("open loop, {} msg/s", args.rate)
-        } else {
-            format!("closed loop, window {}", args.window)
-        },
-    );
+    report_mode(&mut r, args);
     traffic_report(ctx, &mut r, &w);
     finish(ctx, &mut r);
     Ok(r)

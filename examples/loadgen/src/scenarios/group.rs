@@ -2,14 +2,12 @@
 //! device; members send round-robin at the rate (or closed loop), each message reaching the
 //! S − 1 other members.
 
-use super::{close_fleet, finish, measured, traffic_report, Ctx};
+use super::{finish, report_mode, steady_traffic, traffic_report, Ctx};
 use crate::client::create_group;
 use crate::stats::Report;
-use crate::traffic::{Load, Plan, Slot};
 use futures_util::stream::{self, StreamExt};
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     let args = &ctx.args;
@@ -70,69 +68,19 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
         return Err(ctx.no_sessions());
     }
 
-    let slots: Vec<Arc<Slot>> = (0..n)
-        .map(|i| {
-            let slot = Slot::new(specs[i].window.clone());
-            if let (Some(s), Some(_)) = (&sessions[i], &groups[i / size]) {
-                slot.set(Some(s.tx.clone()));
-            }
-            Arc::new(slot)
-        })
-        .collect();
-    let chat_of: Arc<Vec<String>> = Arc::new(
-        (0..n)
-            .map(|i| groups[i / size].clone().unwrap_or_default())
-            .collect(),
-    );
-    let text: Arc<str> = "x".repeat(args.message_bytes).into();
-    let w = measured(ctx, rss_before, |start, end| {
-        (
-            Load {
-                slots: Arc::new(slots.clone()),
-                stats: ctx.stats.clone(),
-                rate: args.rate,
-                start_ns: start,
-                end_ns: end,
-                text,
-                planner: Arc::new(move |s, _| Plan {
-                    chat: chat_of[s].clone(),
-                    typing: false,
-                }),
-            },
-            None,
-        )
-    })
-    .await;
-    for s in &slots {
-        s.set(None);
-    }
-    close_fleet(sessions).await;
+    let chat_of: Vec<Option<String>> = (0..n).map(|i| groups[i / size].clone()).collect();
+    let w = steady_traffic(ctx, rss_before, &specs, sessions, chat_of).await;
 
     let mut r = Report::new("group", crate::parameters(args));
     r.set("groups", json!(g));
     r.set("group_size", json!(size));
     r.set("sessions_open", json!(open));
     r.set("fanout_per_message", json!(size - 1));
-    r.set(
-        "mode",
-        json!(if args.rate > 0.0 {
-            "open_loop"
-        } else {
-            "closed_loop"
-        }),
-    );
     r.row(
         "groups × size / sessions open",
         format!("{g} × {size} / {open}"),
     );
-    r.row(
-        "mode",
-        if args.rate > 0.0 {
-            format!("open loop, {} msg/s", args.rate)
-        } else {
-            format!("closed loop, window {}", args.window)
-        },
-    );
+    report_mode(&mut r, args);
     traffic_report(ctx, &mut r, &w);
     finish(ctx, &mut r);
     Ok(r)

@@ -269,6 +269,73 @@ pub async fn measured(
 
 pub use crate::probe::num;
 
+/// The `direct` and `group` traffic: session `i` sends to `chat_of[i]` (when it has one and its
+/// session opened) on the shared schedule; the fleet is closed afterwards.
+pub async fn steady_traffic(
+    ctx: &Ctx,
+    rss_before: Mark,
+    specs: &[Arc<SessionSpec>],
+    sessions: Vec<Option<Session>>,
+    chat_of: Vec<Option<String>>,
+) -> Window {
+    let slots: Vec<Arc<traffic::Slot>> = specs
+        .iter()
+        .zip(&sessions)
+        .zip(&chat_of)
+        .map(|((spec, session), chat)| {
+            let slot = traffic::Slot::new(spec.window.clone());
+            if let (Some(s), Some(_)) = (session, chat) {
+                slot.set(Some(s.tx.clone()));
+            }
+            Arc::new(slot)
+        })
+        .collect();
+    let chat_of: Arc<Vec<String>> =
+        Arc::new(chat_of.into_iter().map(Option::unwrap_or_default).collect());
+    let text: Arc<str> = "x".repeat(ctx.args.message_bytes).into();
+    let w = measured(ctx, rss_before, |start, end| {
+        let load = traffic::Load {
+            slots: Arc::new(slots.clone()),
+            stats: ctx.stats.clone(),
+            rate: ctx.args.rate,
+            start_ns: start,
+            end_ns: end,
+            text,
+            planner: Arc::new(move |s, _| traffic::Plan {
+                chat: chat_of[s].clone(),
+                typing: false,
+            }),
+        };
+        (load, None)
+    })
+    .await;
+    for s in &slots {
+        s.set(None);
+    }
+    close_fleet(sessions).await;
+    w
+}
+
+/// Whether the run was open or closed loop, in the JSON and the table.
+pub fn report_mode(r: &mut Report, args: &crate::Args) {
+    r.set(
+        "mode",
+        serde_json::json!(if args.rate > 0.0 {
+            "open_loop"
+        } else {
+            "closed_loop"
+        }),
+    );
+    r.row(
+        "mode",
+        if args.rate > 0.0 {
+            format!("open loop, {} msg/s", args.rate)
+        } else {
+            format!("closed loop, window {}", args.window)
+        },
+    );
+}
+
 /// The fields every traffic scenario reports.
 pub fn traffic_report(ctx: &Ctx, r: &mut Report, w: &Window) {
     let s = &ctx.stats;
