@@ -45,6 +45,14 @@ impl Error {
         }
     }
 
+    pub fn chat_not_found(chat_id: &str) -> Self {
+        Error::NotFound(format!("chat {chat_id} not found"))
+    }
+
+    pub fn not_member(chat_id: &str) -> Self {
+        Error::PermissionDenied(format!("not a member of chat {chat_id}"))
+    }
+
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         Error::Internal(detail.to_string())
     }

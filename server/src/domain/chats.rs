@@ -3,42 +3,19 @@
 
 use super::{ids, model::*, page_size, page_token::PageTokens};
 use crate::auth::check_user_id;
-use crate::store::{ActivityKey, Membership, NewChat, Store};
+use crate::store::{ActivityKey, NewChat, Store};
 use crate::{Error, Result};
 use std::sync::Arc;
 
 const MAX_TITLE_BYTES: usize = 256;
 
-/// A caller's standing in a chat, once it is known that they are a member.
-#[derive(Debug, Clone, Copy)]
-pub struct Access {
-    pub role: Role,
-    pub kind: ChatKind,
-    pub joined_seq: u64,
-    pub last_seq: u64,
-}
+pub use crate::store::Access;
 
 /// Checks the chat id and that `user_id` is a member: malformed → INVALID_ARGUMENT, unknown →
 /// NOT_FOUND, not a member → PERMISSION_DENIED.
 pub async fn member_access(store: &dyn Store, chat_id: &str, user_id: &str) -> Result<Access> {
     ids::check_chat_id(chat_id)?;
-    match store.membership(chat_id, user_id).await? {
-        Membership::NoSuchChat => Err(Error::NotFound(format!("chat {chat_id} not found"))),
-        Membership::NotMember => Err(Error::PermissionDenied(format!(
-            "not a member of chat {chat_id}"
-        ))),
-        Membership::Member {
-            role,
-            kind,
-            joined_seq,
-            last_seq,
-        } => Ok(Access {
-            role,
-            kind,
-            joined_seq,
-            last_seq,
-        }),
-    }
+    store.membership(chat_id, user_id).await?.require(chat_id)
 }
 
 pub struct Chats {
@@ -221,7 +198,7 @@ impl Chats {
         self.store
             .chat_view(chat_id, user_id)
             .await?
-            .ok_or_else(|| Error::PermissionDenied(format!("not a member of chat {chat_id}")))
+            .ok_or_else(|| Error::not_member(chat_id))
     }
 }
 

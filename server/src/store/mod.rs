@@ -46,12 +46,29 @@ pub struct NewChat {
 pub enum Membership {
     NoSuchChat,
     NotMember,
-    Member {
-        role: Role,
-        kind: ChatKind,
-        joined_seq: u64,
-        last_seq: u64,
-    },
+    Member(Access),
+}
+
+/// A member's standing in a chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    pub role: Role,
+    pub kind: ChatKind,
+    /// The member sees only messages after this seq.
+    pub joined_seq: u64,
+    pub last_seq: u64,
+}
+
+impl Membership {
+    /// The member's access, or the error a non-member gets: unknown chat → NOT_FOUND, not a
+    /// member → PERMISSION_DENIED.
+    pub fn require(self, chat_id: &str) -> Result<Access> {
+        match self {
+            Membership::NoSuchChat => Err(crate::Error::chat_not_found(chat_id)),
+            Membership::NotMember => Err(crate::Error::not_member(chat_id)),
+            Membership::Member(access) => Ok(access),
+        }
+    }
 }
 
 /// Which messages of a chat to read, by seq, exclusive on both ends.

@@ -9,8 +9,8 @@
 //! beside the writer.
 
 use super::{
-    ActivityKey, Appended, CursorMove, Membership, NewChat, NewMessage, PendingAppend, ResumeChat,
-    ResumePlan, SeqRange, Store,
+    Access, ActivityKey, Appended, CursorMove, Membership, NewChat, NewMessage, PendingAppend,
+    ResumeChat, ResumePlan, SeqRange, Store,
 };
 use crate::domain::model::{
     Chat, ChatChange, ChatChangeKind, ChatKind, ChatView, Committed, Content, Event, Member,
@@ -431,13 +431,9 @@ fn apply(
 }
 
 fn append(c: &Connection, m: NewMessage, events: &mut Vec<Event>) -> Result<Appended> {
-    let last_seq = match membership(c, &m.chat_id, &m.sender_user_id)? {
-        Membership::NoSuchChat => {
-            return Err(Error::NotFound(format!("chat {} not found", m.chat_id)))
-        }
-        Membership::NotMember => return Err(not_member(&m.chat_id)),
-        Membership::Member { last_seq, .. } => last_seq,
-    };
+    let last_seq = membership(c, &m.chat_id, &m.sender_user_id)?
+        .require(&m.chat_id)?
+        .last_seq;
     let existing = c
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_user_id = ?1 AND client_msg_id = ?2"
@@ -506,10 +502,6 @@ fn append(c: &Connection, m: NewMessage, events: &mut Vec<Event>) -> Result<Appe
     })
 }
 
-fn not_member(chat_id: &str) -> Error {
-    Error::PermissionDenied(format!("not a member of chat {chat_id}"))
-}
-
 fn create_chat(c: &Connection, chat: NewChat, events: &mut Vec<Event>) -> Result<(Chat, bool)> {
     if let Some(key) = &chat.direct_key {
         let existing: Option<String> = c
@@ -567,8 +559,7 @@ fn add_members(
     now: i64,
     events: &mut Vec<Event>,
 ) -> Result<Chat> {
-    let chat = load_chat(c, chat_id)?
-        .ok_or_else(|| Error::NotFound(format!("chat {chat_id} not found")))?;
+    let chat = load_chat(c, chat_id)?.ok_or_else(|| Error::chat_not_found(chat_id))?;
     if chat.kind == ChatKind::Direct {
         return Err(Error::FailedPrecondition(
             "members cannot be added to a direct chat".into(),
@@ -685,13 +676,9 @@ fn register_device(c: &Connection, user_id: &str, device_id: &str, now: i64) -> 
 /// beyond the chat's last seq is an error, a `seq` at or below the cursor changes nothing.
 /// Reading implies having received: a read moves the device's delivered cursor up with it.
 fn move_cursor(c: &Connection, m: CursorMove, events: &mut Vec<Event>) -> Result<()> {
-    let last_seq = match membership(c, &m.chat_id, &m.user_id)? {
-        Membership::NoSuchChat => {
-            return Err(Error::NotFound(format!("chat {} not found", m.chat_id)))
-        }
-        Membership::NotMember => return Err(not_member(&m.chat_id)),
-        Membership::Member { last_seq, .. } => last_seq,
-    };
+    let last_seq = membership(c, &m.chat_id, &m.user_id)?
+        .require(&m.chat_id)?
+        .last_seq;
     if m.seq > last_seq {
         return Err(Error::invalid(
             "seq",
@@ -837,12 +824,12 @@ fn membership(c: &Connection, chat_id: &str, user_id: &str) -> Result<Membership
     Ok(match row {
         None => Membership::NoSuchChat,
         Some((_, _, None, _)) => Membership::NotMember,
-        Some((kind, last_seq, Some(role), joined_seq)) => Membership::Member {
+        Some((kind, last_seq, Some(role), joined_seq)) => Membership::Member(Access {
             role: role_from(role),
             kind: kind_from(kind),
             joined_seq: joined_seq.unwrap_or(0) as u64,
             last_seq: last_seq as u64,
-        },
+        }),
     })
 }
 
