@@ -29,17 +29,19 @@ struct Typist {
     forwarded_at: Instant,
 }
 
-/// Who is typing where, as last forwarded.
+/// Who is typing where, as last forwarded: chat → user → typist. Keyed by chat first so that
+/// the fan-out's check on every message ([`Typing::message_sent`]) is a lookup by `&str`, with
+/// no allocation, and misses at once in chats where nobody types.
 #[derive(Default)]
 pub struct Typing {
-    typists: Mutex<HashMap<(String, String), Typist>>,
+    typists: Mutex<HashMap<String, HashMap<String, Typist>>>,
 }
 
 impl Typing {
     /// Whether a STARTED (or STOPPED) from this user in this chat would be forwarded now.
     pub fn would_forward(&self, chat_id: &str, user_id: &str, started: bool, now: Instant) -> bool {
         let typists = self.typists.lock();
-        match typists.get(&(chat_id.to_string(), user_id.to_string())) {
+        match typists.get(chat_id).and_then(|chat| chat.get(user_id)) {
             None => started,
             Some(t) if started => now.saturating_duration_since(t.forwarded_at) >= REFRESH,
             Some(t) => now.saturating_duration_since(t.forwarded_at) < TTL,
@@ -56,18 +58,16 @@ impl Typing {
         now: Instant,
         now_ms: i64,
     ) -> TypingNotice {
-        let key = (chat_id.to_string(), user_id.to_string());
-        let mut typists = self.typists.lock();
         if started {
-            typists.insert(
-                key,
-                Typist {
-                    device_id: device_id.to_string(),
-                    forwarded_at: now,
-                },
-            );
+            let typist = Typist {
+                device_id: device_id.to_string(),
+                forwarded_at: now,
+            };
+            let mut typists = self.typists.lock();
+            let chat = typists.entry(chat_id.to_string()).or_default();
+            chat.insert(user_id.to_string(), typist);
         } else {
-            typists.remove(&key);
+            self.remove(chat_id, user_id);
         }
         TypingNotice {
             chat_id: chat_id.to_string(),
@@ -82,6 +82,16 @@ impl Typing {
         }
     }
 
+    fn remove(&self, chat_id: &str, user_id: &str) -> Option<Typist> {
+        let mut typists = self.typists.lock();
+        let chat = typists.get_mut(chat_id)?;
+        let typist = chat.remove(user_id);
+        if chat.is_empty() {
+            typists.remove(chat_id);
+        }
+        typist
+    }
+
     /// A message from `user_id` in `chat_id` ends their typing there: the STOPPED to send, if
     /// they were typing.
     pub fn message_sent(
@@ -91,10 +101,7 @@ impl Typing {
         now: Instant,
         now_ms: i64,
     ) -> Option<TypingNotice> {
-        let typist = self
-            .typists
-            .lock()
-            .remove(&(chat_id.to_string(), user_id.to_string()))?;
+        let typist = self.remove(chat_id, user_id)?;
         if now.saturating_duration_since(typist.forwarded_at) >= TTL {
             return None; // receivers already dropped it
         }
@@ -109,9 +116,10 @@ impl Typing {
 
     /// Forgets indicators that expired by themselves.
     pub fn sweep(&self, now: Instant) {
-        self.typists
-            .lock()
-            .retain(|_, t| now.saturating_duration_since(t.forwarded_at) < TTL);
+        self.typists.lock().retain(|_, chat| {
+            chat.retain(|_, t| now.saturating_duration_since(t.forwarded_at) < TTL);
+            !chat.is_empty()
+        });
     }
 }
 
