@@ -37,6 +37,30 @@ pub struct Config {
     pub retention_days: f64,
     /// How often the retention purge runs.
     pub retention_interval_ms: u32,
+    /// The cluster back ends; with none set the node runs on the embedded default.
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    /// Comma-separated `host:port` list.
+    pub kafka_brokers: Option<String>,
+    /// This node's id in the cluster (`Welcome.node_id`, Redis channel `node.{id}`).
+    pub node_id: Option<String>,
+    /// Apply pending PostgreSQL migrations at start (`CHATD_MIGRATE=auto`).
+    pub migrate_auto: bool,
+    /// Prefix of every Redis key and channel and Kafka topic and group, so that several
+    /// deployments can share one Redis and one Kafka. Empty: the documented names exactly.
+    pub namespace: String,
+    /// Partitions of the Kafka topics this node creates when they are missing.
+    pub kafka_partitions: u32,
+    /// Most PostgreSQL connections this node opens.
+    pub database_pool: u32,
+}
+
+/// The three engines of a cluster node, all set (see [`Config::cluster`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    pub database_url: String,
+    pub redis_url: String,
+    pub kafka_brokers: String,
 }
 
 impl Default for Config {
@@ -55,6 +79,14 @@ impl Default for Config {
             live_receipts_max_members: 100,
             retention_days: 30.0,
             retention_interval_ms: 60_000,
+            database_url: None,
+            redis_url: None,
+            kafka_brokers: None,
+            node_id: None,
+            migrate_auto: false,
+            namespace: String::new(),
+            kafka_partitions: 8,
+            database_pool: 16,
         }
     }
 }
@@ -101,6 +133,30 @@ pub struct Overrides {
     /// Interval of the retention purge in ms [env: CHATD_RETENTION_INTERVAL_MS] [default: 60000]
     #[arg(long)]
     pub retention_interval_ms: Option<String>,
+    /// PostgreSQL URL, postgres://… [env: CHATD_DATABASE_URL] [default: embedded SQLite]
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Redis URL, redis://… [env: CHATD_REDIS_URL] [default: in-process registry]
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// Kafka bootstrap brokers, host:port,… [env: CHATD_KAFKA_BROKERS] [default: in-process bus]
+    #[arg(long)]
+    pub kafka_brokers: Option<String>,
+    /// Node id in the cluster [env: CHATD_NODE_ID] [default: generated]
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// `auto` applies PostgreSQL migrations at start [env: CHATD_MIGRATE] [default: off]
+    #[arg(long)]
+    pub migrate: Option<String>,
+    /// Prefix of Redis keys/channels and Kafka topics/groups [env: CHATD_NAMESPACE] [default: none]
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Partitions of Kafka topics created by the node [env: CHATD_KAFKA_PARTITIONS] [default: 8]
+    #[arg(long)]
+    pub kafka_partitions: Option<String>,
+    /// Most PostgreSQL connections per node [env: CHATD_DATABASE_POOL] [default: 16]
+    #[arg(long)]
+    pub database_pool: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -113,6 +169,8 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {reason}")]
     File { path: String, reason: String },
+    #[error("incomplete cluster configuration: {set} set but {missing} missing; a cluster node needs PostgreSQL, Redis and Kafka (set all three, or none for the embedded default)")]
+    IncompleteCluster { set: String, missing: String },
 }
 
 /// Where a value came from, so that an error can name it.
@@ -150,6 +208,14 @@ struct FileLayer {
     live_receipts_max_members: Option<toml::Value>,
     retention_days: Option<toml::Value>,
     retention_interval_ms: Option<toml::Value>,
+    database_url: Option<String>,
+    redis_url: Option<String>,
+    kafka_brokers: Option<String>,
+    node_id: Option<String>,
+    migrate: Option<String>,
+    namespace: Option<String>,
+    kafka_partitions: Option<toml::Value>,
+    database_pool: Option<toml::Value>,
 }
 
 fn value_text(v: Option<toml::Value>) -> Option<String> {
@@ -178,6 +244,14 @@ impl From<FileLayer> for Overrides {
             live_receipts_max_members: value_text(f.live_receipts_max_members),
             retention_days: value_text(f.retention_days),
             retention_interval_ms: value_text(f.retention_interval_ms),
+            database_url: f.database_url,
+            redis_url: f.redis_url,
+            kafka_brokers: f.kafka_brokers,
+            node_id: f.node_id,
+            migrate: f.migrate,
+            namespace: f.namespace,
+            kafka_partitions: value_text(f.kafka_partitions),
+            database_pool: value_text(f.database_pool),
         }
     }
 }
@@ -210,6 +284,14 @@ impl Overrides {
             live_receipts_max_members: get("CHATD_LIVE_RECEIPTS_MAX_MEMBERS"),
             retention_days: get("CHATD_RETENTION_DAYS"),
             retention_interval_ms: get("CHATD_RETENTION_INTERVAL_MS"),
+            database_url: get("CHATD_DATABASE_URL"),
+            redis_url: get("CHATD_REDIS_URL"),
+            kafka_brokers: get("CHATD_KAFKA_BROKERS"),
+            node_id: get("CHATD_NODE_ID"),
+            migrate: get("CHATD_MIGRATE"),
+            namespace: get("CHATD_NAMESPACE"),
+            kafka_partitions: get("CHATD_KAFKA_PARTITIONS"),
+            database_pool: get("CHATD_DATABASE_POOL"),
         }
     }
 
@@ -284,8 +366,62 @@ impl Overrides {
             cfg.retention_interval_ms =
                 parse_range(layer, "retention_interval_ms", &v, 10, 86_400_000)?;
         }
+        if let Some(v) = self.database_url {
+            let ok = v.starts_with("postgres://") || v.starts_with("postgresql://");
+            if !ok && !v.is_empty() {
+                return Err(invalid(layer, "database_url", "<hidden>", "must start with postgres://"));
+            }
+            cfg.database_url = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = self.redis_url {
+            let ok = v.starts_with("redis://") || v.starts_with("rediss://");
+            if !ok && !v.is_empty() {
+                return Err(invalid(layer, "redis_url", &v, "must start with redis:// or rediss://"));
+            }
+            cfg.redis_url = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = self.kafka_brokers {
+            cfg.kafka_brokers = Some(v.trim().to_string()).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = self.node_id {
+            check_name(layer, "node_id", &v, 1)?;
+            cfg.node_id = Some(v);
+        }
+        if let Some(v) = self.migrate {
+            cfg.migrate_auto = match v.trim() {
+                "auto" => true,
+                "" | "off" => false,
+                _ => return Err(invalid(layer, "migrate", &v, "must be `auto` or `off`")),
+            };
+        }
+        if let Some(v) = self.namespace {
+            check_name(layer, "namespace", &v, 0)?;
+            cfg.namespace = v;
+        }
+        if let Some(v) = self.kafka_partitions {
+            cfg.kafka_partitions = parse_range(layer, "kafka_partitions", &v, 1, 10_000)?;
+        }
+        if let Some(v) = self.database_pool {
+            cfg.database_pool = parse_range(layer, "database_pool", &v, 2, 1_000)?;
+        }
         Ok(())
     }
+}
+
+/// Node ids and namespaces end up in Redis channel and Kafka topic names: keep them plain.
+fn check_name(layer: Layer, key: &str, value: &str, min_len: usize) -> Result<(), ConfigError> {
+    let plain = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if value.len() < min_len || value.len() > 64 || !plain {
+        return Err(invalid(
+            layer,
+            key,
+            value,
+            format!("must be {min_len} to 64 characters of A-Z, a-z, 0-9, '-' and '_'"),
+        ));
+    }
+    Ok(())
 }
 
 fn invalid(layer: Layer, key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
@@ -361,6 +497,40 @@ impl Config {
         std::time::Duration::from_secs_f64(self.retention_days * 86_400.0)
     }
 
+    /// The cluster back ends, when all three are set; `None` (the embedded default) when none
+    /// is; an error naming what is missing when only some are.
+    pub fn cluster(&self) -> Result<Option<ClusterConfig>, ConfigError> {
+        let parts = [
+            ("CHATD_DATABASE_URL", &self.database_url),
+            ("CHATD_REDIS_URL", &self.redis_url),
+            ("CHATD_KAFKA_BROKERS", &self.kafka_brokers),
+        ];
+        let missing: Vec<&str> = parts
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        match missing.len() {
+            0 => Ok(Some(ClusterConfig {
+                database_url: self.database_url.clone().unwrap_or_default(),
+                redis_url: self.redis_url.clone().unwrap_or_default(),
+                kafka_brokers: self.kafka_brokers.clone().unwrap_or_default(),
+            })),
+            3 => Ok(None),
+            _ => {
+                let set: Vec<&str> = parts
+                    .iter()
+                    .filter(|(_, v)| v.is_some())
+                    .map(|(k, _)| *k)
+                    .collect();
+                Err(ConfigError::IncompleteCluster {
+                    set: set.join(", "),
+                    missing: missing.join(", "),
+                })
+            }
+        }
+    }
+
     pub fn max_frame_bytes(&self) -> usize {
         (self.max_message_bytes as usize).saturating_mul(4) + 64 * 1024
     }
@@ -377,6 +547,35 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Overrides::from_env(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn a_cluster_needs_all_three_engines() {
+        let none = Config::resolve(None, env(&[]), Overrides::default()).unwrap();
+        assert_eq!(none.cluster(), Ok(None));
+        let partial = Config::resolve(
+            None,
+            env(&[("CHATD_DATABASE_URL", "postgres://db/chat"), ("CHATD_REDIS_URL", "redis://r")]),
+            Overrides::default(),
+        )
+        .unwrap();
+        let err = partial.cluster().unwrap_err().to_string();
+        assert!(err.contains("CHATD_KAFKA_BROKERS") && !err.contains("CHATD_REDIS_URL missing"), "{err}");
+        let all = Config::resolve(
+            None,
+            env(&[
+                ("CHATD_DATABASE_URL", "postgres://db/chat"),
+                ("CHATD_REDIS_URL", "redis://r"),
+                ("CHATD_KAFKA_BROKERS", "k:9092"),
+            ]),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(matches!(all.cluster(), Ok(Some(c)) if c.kafka_brokers == "k:9092"));
+        let bad = Config::resolve(None, env(&[("CHATD_DATABASE_URL", "mysql://x")]), Overrides::default());
+        assert!(bad.is_err());
+        let bad = Config::resolve(None, env(&[("CHATD_NAMESPACE", "a b")]), Overrides::default());
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `chatd`: `serve` (the default), `token`.
+//! `chatd`: `serve` (the default), `token`, `migrate`.
 
 use chatd::{
     auth,
@@ -29,6 +29,18 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print a signed JWT for a user and device.
     Token(TokenArgs),
+    /// Apply pending PostgreSQL migrations (cluster mode) and exit.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// PostgreSQL URL, postgres://… [env: CHATD_DATABASE_URL]
+    #[arg(long)]
+    database_url: Option<String>,
+    /// TOML file with settings
+    #[arg(long, env = "CHATD_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -66,6 +78,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => token(args),
+        Some(Command::Migrate(args)) => migrate(args),
         Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }
@@ -94,14 +107,9 @@ fn token(args: TokenArgs) -> ExitCode {
             return fail(&format!("chatd token: --device: {e}"));
         }
     }
-    let secret = match auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir) {
+    let secret = match token_secret(&config) {
         Ok(s) => s,
-        Err(e) => {
-            return fail(&format!(
-                "chatd token: cannot read or create the secret in {}: {e}",
-                config.data_dir.display()
-            ))
-        }
+        Err(e) => return fail(&format!("chatd token: {e}")),
     };
     match auth::Authenticator::new(&secret).mint(
         &args.user,
@@ -115,6 +123,65 @@ fn token(args: TokenArgs) -> ExitCode {
         }
         Err(e) => fail(&format!("chatd token: --user: {e}")),
     }
+}
+
+/// The key the node signs with: the configured secret, else the cluster's (in PostgreSQL), else
+/// the one in the data dir.
+fn token_secret(config: &Config) -> Result<Vec<u8>, String> {
+    if config.jwt_secret.is_none() {
+        if let Some(url) = config.database_url.clone() {
+            return block_on(async move {
+                let opts = chatd::store::postgres::PgOptions {
+                    url,
+                    pool: 2,
+                    migrate: false,
+                };
+                let (store, _) = chatd::store::postgres::PgStore::connect(&opts).await?;
+                store.shared_secret().await
+            })
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        }
+    }
+    auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir).map_err(|e| {
+        format!(
+            "cannot read or create the secret in {}: {e}",
+            config.data_dir.display()
+        )
+    })
+}
+
+fn migrate(args: MigrateArgs) -> ExitCode {
+    let flags = Overrides {
+        database_url: args.database_url,
+        ..Default::default()
+    };
+    let url = match resolve(args.config.as_ref(), flags) {
+        Ok(Config {
+            database_url: Some(url),
+            ..
+        }) => url,
+        Ok(_) => {
+            return fail("chatd migrate: no database: set CHATD_DATABASE_URL or --database-url")
+        }
+        Err(e) => return fail(&format!("chatd migrate: {e}")),
+    };
+    match block_on(async move { chatd::store::postgres::PgStore::migrate(&url).await }) {
+        Ok(Ok(n)) => {
+            println!("chatd migrate: {n} migration(s) applied; the schema is current");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => fail(&format!("chatd migrate: {e}")),
+        Err(e) => fail(&format!("chatd migrate: {e}")),
+    }
+}
+
+/// Runs one future on a small runtime (the CLI commands that talk to PostgreSQL).
+fn block_on<T>(fut: impl std::future::Future<Output = T>) -> Result<T, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|rt| rt.block_on(fut))
+        .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
 fn serve(args: ServeArgs) -> ExitCode {

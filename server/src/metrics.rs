@@ -69,6 +69,10 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     /// Sessions closed because their queue overflowed.
     pub slow_consumers: AtomicU64,
+    /// Live messages that arrived past a gap, which the session then read from the store.
+    pub gaps_filled: AtomicU64,
+    /// Sessions told to re-read their backlog because the node may have missed deliveries.
+    pub resyncs: AtomicU64,
     /// Errors returned to clients, by gRPC code.
     pub errors: [AtomicU64; CODES],
     /// Time from a send's arrival to its commit.
@@ -82,6 +86,8 @@ pub static METRICS: Metrics = Metrics {
     messages_delivered: AtomicU64::new(0),
     rate_limited: AtomicU64::new(0),
     slow_consumers: AtomicU64::new(0),
+    gaps_filled: AtomicU64::new(0),
+    resyncs: AtomicU64::new(0),
     errors: [const { AtomicU64::new(0) }; CODES],
     send_latency: Histogram::new(LATENCY_BUCKETS),
     commit_batch: Histogram::new(BATCH_BUCKETS),
@@ -143,6 +149,18 @@ pub fn render(gauges: &[Gauge]) -> String {
         "chatd_slow_consumer_closes_total",
         "Sessions closed because their outgoing queue overflowed.",
         m.slow_consumers.load(Relaxed),
+    );
+    counter(
+        &mut out,
+        "chatd_gaps_filled_total",
+        "Live messages that arrived past a gap the session then read from the store.",
+        m.gaps_filled.load(Relaxed),
+    );
+    counter(
+        &mut out,
+        "chatd_resyncs_total",
+        "Sessions told to re-read their backlog after the node's bus link came back.",
+        m.resyncs.load(Relaxed),
     );
     let _ = writeln!(out, "# HELP chatd_errors_total Errors returned to clients, by gRPC code.\n# TYPE chatd_errors_total counter");
     for (code, c) in m.errors.iter().enumerate() {

@@ -12,19 +12,23 @@
 //! let msg = bob.expect_message().await;
 //! ```
 //!
-//! The harness is organised so that other backends (PostgreSQL, Redis, Kafka) can be plugged in
-//! later behind the same API: see [`Backend`].
+//! The same tests run on the embedded default or, with `CHAT_TEST_BACKEND=full`, on PostgreSQL,
+//! Redis and Kafka (see [`Backend`]); [`TestCluster`] starts several nodes of one cluster, and
+//! [`resilient`] has clients that reconnect and resume like real ones (fault tests).
 
 pub mod auth;
 pub mod backend;
+pub mod cluster;
 pub mod http;
 pub mod realtime;
+pub mod resilient;
 pub mod server;
 pub mod session;
 pub mod util;
 
 pub use auth::{mint_token, Auth, Claims};
-pub use backend::Backend;
+pub use backend::{Backend, Services};
+pub use cluster::TestCluster;
 pub use server::{ExitOutput, ServerOptions, TestServer};
 pub use session::{Session, SyncResult};
 pub use util::*;
@@ -44,3 +48,25 @@ pub const NO_RATE_LIMIT: &[(&str, &str)] = &[
     ("CHATD_RATE_LIMIT_PER_SEC", "1000000"),
     ("CHATD_RATE_LIMIT_BURST", "1000000"),
 ];
+
+/// For suites that only make sense on the full stack: true (after printing a notice) when this
+/// run is not `CHAT_TEST_BACKEND=full`, so the test returns early.
+pub fn skip_unless_full_stack(test: &str) -> bool {
+    if Backend::from_env() == Backend::FullStack {
+        return false;
+    }
+    eprintln!(
+        "SKIPPED {test}: needs the full stack (CHAT_TEST_BACKEND=full with scripts/services)"
+    );
+    true
+}
+
+/// For tests that exercise something only the embedded backend has (files in the data dir,
+/// SQLite): true (after printing why) when this run is on another backend.
+pub fn skip_unless_embedded(test: &str, reason: &str) -> bool {
+    if Backend::from_env() == Backend::Embedded {
+        return false;
+    }
+    eprintln!("SKIPPED {test} on this backend: {reason}");
+    true
+}

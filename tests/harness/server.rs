@@ -18,6 +18,17 @@ use tonic::transport::{Channel, Endpoint};
 
 /// How long the server gets to print its listening line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// The same for a cluster node, which first connects to PostgreSQL (and migrates), Redis and
+/// Kafka (and creates its topics), on a machine that also runs all three.
+pub const CLUSTER_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a server on `backend` gets to start.
+pub fn startup_timeout(backend: Backend) -> Duration {
+    match backend {
+        Backend::Embedded => STARTUP_TIMEOUT,
+        Backend::FullStack => CLUSTER_STARTUP_TIMEOUT,
+    }
+}
 /// How long the server gets to exit after SIGTERM.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -122,7 +133,9 @@ pub struct TestServer {
     stderr_path: PathBuf,
     stdout_rest: Arc<Mutex<String>>,
     generation: u32,
-    _backend: BackendInstance,
+    backend: Arc<BackendInstance>,
+    /// `CHATD_NODE_ID` (full stack only).
+    node_id: Option<String>,
     cli_tokens: Mutex<HashMap<String, String>>,
 }
 
@@ -138,21 +151,45 @@ impl TestServer {
     }
 
     pub async fn start_opts(opts: ServerOptions) -> TestServer {
-        let data_dir = tempfile::Builder::new()
-            .prefix("chatd-data-")
-            .tempdir()
-            .expect("tempdir");
         let scratch = tempfile::Builder::new()
             .prefix("chatd-test-")
             .tempdir()
             .expect("tempdir");
-        let backend = opts.backend.provision(scratch.path()).await;
+        let backend = Arc::new(opts.backend.provision(scratch.path()).await);
+        let node_id = (opts.backend == Backend::FullStack).then(|| "node-1".to_string());
+        Self::start_node(opts, backend, node_id, scratch).await
+    }
+
+    /// Start one node on an already provisioned backend (the building block of
+    /// [`crate::TestCluster`]); `node_id` becomes `CHATD_NODE_ID`.
+    pub async fn start_node(
+        opts: ServerOptions,
+        backend: Arc<BackendInstance>,
+        node_id: Option<String>,
+        scratch: TempDir,
+    ) -> TestServer {
+        let mut server = Self::prepare_node(opts, backend, node_id, scratch);
+        server.spawn().await;
+        server
+    }
+
+    /// A node that is set up but not started yet ([`Self::start_again`] starts it).
+    pub(crate) fn prepare_node(
+        opts: ServerOptions,
+        backend: Arc<BackendInstance>,
+        node_id: Option<String>,
+        scratch: TempDir,
+    ) -> TestServer {
+        let data_dir = tempfile::Builder::new()
+            .prefix("chatd-data-")
+            .tempdir()
+            .expect("tempdir");
         let config_path = opts.config_toml.as_ref().map(|toml| {
             let p = scratch.path().join("chatd.toml");
             std::fs::write(&p, toml).expect("write config");
             p
         });
-        let mut server = TestServer {
+        TestServer {
             addr: "127.0.0.1:0".parse().unwrap(),
             opts,
             data_dir,
@@ -162,20 +199,25 @@ impl TestServer {
             child: None,
             stdout_rest: Arc::new(Mutex::new(String::new())),
             generation: 0,
-            _backend: backend,
+            backend,
+            node_id,
             cli_tokens: Mutex::new(HashMap::new()),
-        };
-        server.spawn().await;
-        server
+        }
     }
 
     /// Run `chatd serve` with these options and expect it to exit by itself (bad configuration).
     /// Waits up to 20 s; if it is still running then, it is killed and `status` is `None`.
+    /// On the full stack it gets a fresh database and namespace like a started server.
     pub async fn run_expecting_exit(opts: ServerOptions) -> ExitOutput {
+        Self::run_expecting_exit_within(opts, STARTUP_TIMEOUT).await
+    }
+
+    /// [`Self::run_expecting_exit`] with another timeout.
+    pub async fn run_expecting_exit_within(opts: ServerOptions, timeout: Duration) -> ExitOutput {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let scratch = tempfile::tempdir().expect("tempdir");
         let backend = opts.backend.provision(scratch.path()).await;
-        let mut cmd = base_command(&opts, &backend);
+        let mut cmd = base_command(&opts, &backend, None);
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -187,11 +229,12 @@ impl TestServer {
             cmd.arg("--config").arg(p);
         }
         cmd.args(&opts.args);
-        run_to_exit(cmd, STARTUP_TIMEOUT).await
+        run_to_exit(cmd, timeout).await
     }
 
-    async fn spawn(&mut self) {
-        let mut cmd = base_command(&self.opts, &self._backend);
+    /// Start the process of a prepared node (first start; see [`Self::start_again`]).
+    pub(crate) async fn spawn(&mut self) {
+        let mut cmd = base_command(&self.opts, &self.backend, self.node_id.as_deref());
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -216,14 +259,15 @@ impl TestServer {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
 
-        let first = tokio::time::timeout(STARTUP_TIMEOUT, lines.next_line()).await;
+        let startup = startup_timeout(self.opts.backend);
+        let first = tokio::time::timeout(startup, lines.next_line()).await;
         let line = match first {
             Ok(Ok(Some(line))) => line,
             other => {
                 let _ = child.start_kill();
                 let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
                 panic!(
-                    "chatd did not print its listening line within {STARTUP_TIMEOUT:?} \
+                    "chatd did not print its listening line within {startup:?} \
                      (read result: {other:?}, exit: {status:?})\n--- stderr ---\n{}",
                     tail(&read_lossy(&self.stderr_path), 200)
                 );
@@ -255,6 +299,26 @@ impl TestServer {
 
     pub fn data_dir(&self) -> &Path {
         self.data_dir.path()
+    }
+
+    /// The backend this server runs on (shared by every node of a cluster).
+    pub fn backend(&self) -> &Arc<BackendInstance> {
+        &self.backend
+    }
+
+    /// `CHATD_NODE_ID` of this node (full stack only).
+    pub fn node_id(&self) -> Option<&str> {
+        self.node_id.as_deref()
+    }
+
+    /// The options it was started with.
+    pub fn options(&self) -> &ServerOptions {
+        &self.opts
+    }
+
+    /// True while the process runs (as far as this handle knows: not killed or reaped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -345,7 +409,7 @@ impl TestServer {
 
     /// Run `chatd ARGS` with the server's environment (same secret) and wait for it.
     pub async fn run_cli(&self, args: &[&str]) -> ExitOutput {
-        let mut cmd = base_command(&self.opts, &self._backend);
+        let mut cmd = base_command(&self.opts, &self.backend, self.node_id.as_deref());
         cmd.args(args);
         run_to_exit(cmd, STARTUP_TIMEOUT).await
     }
@@ -473,8 +537,12 @@ impl Drop for TestServer {
             let _ = child.start_kill();
         }
         if std::thread::panicking() {
+            let node = match (&self.node_id, self.backend.namespace()) {
+                (Some(id), Some(ns)) => format!("{id}, namespace {ns}, "),
+                _ => String::new(),
+            };
             eprintln!(
-                "--- chatd stderr (generation {}, {}) ---\n{}",
+                "--- chatd stderr ({node}generation {}, {}) ---\n{}",
                 self.generation,
                 self.stderr_path.display(),
                 tail(&read_lossy(&self.stderr_path), 80)
@@ -483,7 +551,7 @@ impl Drop for TestServer {
     }
 }
 
-fn base_command(opts: &ServerOptions, backend: &BackendInstance) -> Command {
+fn base_command(opts: &ServerOptions, backend: &BackendInstance, node_id: Option<&str>) -> Command {
     let mut cmd = Command::new(chatd_bin());
     // Never inherit chatd settings from the developer's shell.
     for (k, _) in std::env::vars_os() {
@@ -495,6 +563,9 @@ fn base_command(opts: &ServerOptions, backend: &BackendInstance) -> Command {
     }
     for (k, v) in &backend.env {
         cmd.env(k, v);
+    }
+    if let Some(id) = node_id {
+        cmd.env("CHATD_NODE_ID", id);
     }
     if let Some(secret) = &opts.jwt_secret {
         cmd.env("CHATD_JWT_SECRET", secret);

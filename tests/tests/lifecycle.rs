@@ -451,3 +451,121 @@ async fn acknowledged_messages_survive_a_crash() {
         21
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_cluster_configuration_stops_the_server() {
+    // Needs no services: the check comes before any connection (addresses are never dialled).
+    let db = ("CHATD_DATABASE_URL", "postgres://postgres@127.0.0.1:9/chat");
+    let redis = ("CHATD_REDIS_URL", "redis://127.0.0.1:9");
+    let kafka = ("CHATD_KAFKA_BROKERS", "127.0.0.1:9");
+    let cases: [(&[(&str, &str)], &[&str]); 4] = [
+        (&[db, redis], &["CHATD_KAFKA_BROKERS"]),
+        (&[db, kafka], &["CHATD_REDIS_URL"]),
+        (&[redis, kafka], &["CHATD_DATABASE_URL"]),
+        (&[db], &["CHATD_REDIS_URL", "CHATD_KAFKA_BROKERS"]),
+    ];
+    for (set, missing) in cases {
+        let opts = ServerOptions {
+            backend: Backend::Embedded,
+            ..ServerOptions::new()
+        }
+        .envs(set);
+        let out = TestServer::run_expecting_exit(opts).await;
+        let ctx = format!(
+            "only {:?} set",
+            set.iter().map(|(k, _)| *k).collect::<Vec<_>>()
+        );
+        for name in missing {
+            assert_failed_naming(&out, name, &ctx);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_ride_out_a_crash_restart_without_loss() {
+    use chat_tests::resilient::*;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::time::Instant;
+
+    let mut server = TestServer::start_with(NO_RATE_LIMIT).await;
+    let g = create_group(
+        &mut server.client("alice", "setup").await,
+        "crash",
+        &["bob", "carol"],
+    )
+    .await;
+    let nodes = NodeList::new(vec![server.addr]);
+    let (goal_tx, goal_rx) = tokio::sync::watch::channel(None);
+    let mut receivers = Vec::new();
+    for (user, device) in [("bob", "phone"), ("carol", "phone"), ("alice", "tablet")] {
+        let token = server.token(user, device).await;
+        let mut r = Receiver::new(user, device, &token, nodes.clone(), 0);
+        assert!(
+            r.ensure_connected(Instant::now() + RECV_TIMEOUT).await,
+            "{}",
+            r.report()
+        );
+        receivers.push(r.spawn(goal_rx.clone()));
+    }
+    let token = server.token("alice", "phone").await;
+    let sender = Sender::new("alice", "phone", &token, nodes.clone(), 0);
+    let progress = Arc::new(AtomicUsize::new(0));
+    let mut cfg = SenderConfig::new(Duration::from_secs(180));
+    cfg.pace = Some(Duration::from_millis(5));
+    let task = sender.spawn(outgoing(&g.chat_id, "m", 300), cfg, Some(progress.clone()));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress.load(Ordering::SeqCst) < 100 {
+        assert!(Instant::now() < deadline, "100 sends not acked within 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.kill_and_restart().await; // SIGKILL mid-stream
+    nodes.set(0, server.addr);
+    assert!(
+        progress.load(Ordering::SeqCst) < 300,
+        "the crash came after the last ack: nothing was tested"
+    );
+
+    let sender = join_each(vec![task]).await.remove(0);
+    assert!(
+        sender.errors.is_empty() && sender.violations.is_empty() && sender.acked.len() == 300,
+        "every send acked once after retries: {}",
+        sender.report()
+    );
+    let mut acked: Vec<(u64, String)> = sender
+        .acked
+        .values()
+        .map(|m| (m.seq, m.message_id.clone()))
+        .collect();
+    acked.sort();
+    assert_eq!(
+        acked.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (1..=300).collect::<Vec<_>>(),
+        "300 messages stored once each"
+    );
+    let _ = goal_tx.send(Some(Goal {
+        targets: HashMap::from([(g.chat_id.clone(), 300)]),
+        deadline: Instant::now() + Duration::from_secs(120),
+    }));
+    assert!(sender.disconnects >= 1, "the sender saw the crash: {}", sender.report());
+    eprintln!("{}", sender.report());
+    for r in join_each(receivers).await {
+        eprintln!("{}", r.report());
+        assert!(r.disconnects >= 1, "{} saw the crash", r.who());
+        let got: Vec<(u64, String)> = r
+            .messages
+            .get(&g.chat_id)
+            .into_iter()
+            .flatten()
+            .map(|m| (m.seq, m.message_id.clone()))
+            .collect();
+        assert!(
+            r.violations.is_empty() && got == acked,
+            "{} must have every acked message once, in order: {}",
+            r.who(),
+            r.report()
+        );
+    }
+}

@@ -57,7 +57,8 @@ impl Scenario {
 pub struct Args {
     #[arg(value_enum)]
     pub scenario: Scenario,
-    /// Server address, HOST:PORT (must be a loopback address).
+    /// Server address, HOST:PORT (must be a loopback address); several nodes of one cluster
+    /// as HOST:PORT,HOST:PORT,… — connections are spread round-robin and /metrics are summed.
     #[arg(long)]
     pub addr: String,
     /// The server's data dir, to read its JWT secret (DIR/jwt_secret).
@@ -155,16 +156,22 @@ pub fn parameters(a: &Args) -> Value {
     })
 }
 
-fn validate(a: &Args) -> Result<SocketAddr, String> {
-    let addr = a
-        .addr
-        .to_socket_addrs()
-        .map_err(|e| format!("--addr {}: {e}", a.addr))?
-        .next()
-        .ok_or_else(|| format!("--addr {} resolves to nothing", a.addr))?;
-    if !addr.ip().is_loopback() {
-        return Err(format!("--addr {addr}: only loopback targets are allowed"));
+fn validate(a: &Args) -> Result<Vec<SocketAddr>, String> {
+    let mut addrs = Vec::new();
+    for part in a.addr.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let addr = part
+            .to_socket_addrs()
+            .map_err(|e| format!("--addr {part}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("--addr {part} resolves to nothing"))?;
+        if !addr.ip().is_loopback() {
+            return Err(format!("--addr {addr}: only loopback targets are allowed"));
+        }
+        addrs.push(addr);
     }
+    let Some(&addr) = addrs.first() else {
+        return Err("--addr names no address".into());
+    };
     let finite = |name: &str, v: f64, lo: f64, hi: f64| {
         if v.is_finite() && v >= lo && v <= hi {
             Ok(())
@@ -197,7 +204,7 @@ fn validate(a: &Args) -> Result<SocketAddr, String> {
             return Err("--source-addrs at most 250".into());
         }
     }
-    Ok(addr)
+    Ok(addrs)
 }
 
 fn secret(a: &Args) -> Result<Vec<u8>, String> {
@@ -219,7 +226,8 @@ fn secret(a: &Args) -> Result<Vec<u8>, String> {
     chatd::auth::load_or_create_secret(None, dir).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
-async fn run(args: Args, addr: SocketAddr) -> Result<stats::Report, String> {
+async fn run(args: Args, addrs: Vec<SocketAddr>) -> Result<stats::Report, String> {
+    let addr = addrs[0];
     let secret = secret(&args)?;
     let (soft, hard) = procfs::raise_nofile();
     let sessions = match args.scenario {
@@ -243,21 +251,24 @@ async fn run(args: Args, addr: SocketAddr) -> Result<stats::Report, String> {
         .unwrap_or(0);
     let ctx = scenarios::Ctx {
         tokens: client::Tokens::new(&secret, ttl),
-        probe: probe::Probe::new(addr, args.server_pid),
+        probe: probe::Probe::new(addrs.clone(), args.server_pid),
         run_id: format!("lg{unix:x}p{}", std::process::id()),
         source_addrs,
         stats: Arc::new(stats::Stats::default()),
         first_open_error: Default::default(),
         addr,
+        addrs: addrs.clone(),
         args,
     };
     if let Some(note) = &ctx.probe.pid_note {
         eprintln!("chat-loadgen: {note}; server RSS/CPU will be null");
     }
     // Fail fast (and clearly) when nothing listens there.
-    probe::scrape(addr)
-        .await
-        .map_err(|e| format!("server at {addr} not reachable: {e}"))?;
+    for a in &addrs {
+        probe::scrape(*a)
+            .await
+            .map_err(|e| format!("server at {a} not reachable: {e}"))?;
+    }
     let mut report = match ctx.args.scenario {
         Scenario::Idle => scenarios::idle::run(&ctx).await,
         Scenario::Direct => scenarios::direct::run(&ctx).await,
@@ -275,7 +286,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     stats::now_ns(); // fix the clock base
     let scenario = args.scenario.name();
-    let addr = match validate(&args) {
+    let addrs = match validate(&args) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("chat-loadgen: {e}");
@@ -293,7 +304,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = rt.block_on(run(args, addr));
+    let result = rt.block_on(run(args, addrs));
     // Anything still running (a stuck close) must not keep the process alive.
     rt.shutdown_timeout(Duration::from_secs(2));
     match result {

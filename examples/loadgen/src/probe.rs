@@ -91,7 +91,8 @@ pub struct Probe {
     pub pid: Option<u32>,
     /// Why `pid` is `None`.
     pub pid_note: Option<String>,
-    pub addr: SocketAddr,
+    /// Every node; their counters are summed.
+    pub addrs: Vec<SocketAddr>,
 }
 
 /// A point-in-time reading of the server process.
@@ -104,23 +105,24 @@ pub struct Mark {
 }
 
 impl Probe {
-    pub fn new(addr: SocketAddr, pid: Option<u32>) -> Probe {
+    pub fn new(addrs: Vec<SocketAddr>, pid: Option<u32>) -> Probe {
+        let addr = addrs;
         match pid {
             Some(p) => Probe {
                 pid: Some(p),
                 pid_note: None,
-                addr,
+                addrs: addr,
             },
             None => match procfs::find_process("chatd") {
                 Ok(p) => Probe {
                     pid: Some(p),
                     pid_note: None,
-                    addr,
+                    addrs: addr,
                 },
                 Err(e) => Probe {
                     pid: None,
                     pid_note: Some(e),
-                    addr,
+                    addrs: addr,
                 },
             },
         }
@@ -139,8 +141,15 @@ impl Probe {
         }
     }
 
+    /// The counters of all nodes, summed series by series.
     pub async fn scrape(&self) -> Result<Metrics, String> {
-        scrape(self.addr).await
+        let mut sum = Metrics::default();
+        for addr in &self.addrs {
+            for (k, v) in scrape(*addr).await?.0 {
+                *sum.0.entry(k).or_insert(0.0) += v;
+            }
+        }
+        Ok(sum)
     }
 }
 

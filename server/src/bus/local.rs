@@ -6,25 +6,21 @@
 //! One task does all of it, so events of a chat reach every session in seq order, and a
 //! membership change takes effect exactly between the messages committed before and after it.
 
-use crate::domain::model::{Committed, Event, ReceiptKind, EPHEMERAL};
+use super::{audience, members::MemberCache};
+use crate::domain::model::{Committed, Event, EPHEMERAL};
 use crate::domain::typing::Typing;
 use crate::session::Directory;
 use crate::store::Store;
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// Chats whose member lists are cached; past this the cache starts over.
-const MEMBER_CACHE_CHATS: usize = 100_000;
-
 pub struct LocalFanout {
-    store: Arc<dyn Store>,
     directory: Arc<Directory>,
     /// Typing state, so that a message can end its sender's typing indicator.
     typing: Arc<Typing>,
     /// Receipts of larger chats are not pushed to other members (only to the reader's devices).
     live_receipts_max_members: usize,
-    /// chat_id → member user ids, as of the last event fanned out.
-    members: HashMap<String, Arc<[String]>>,
+    members: MemberCache,
 }
 
 impl LocalFanout {
@@ -35,11 +31,10 @@ impl LocalFanout {
         live_receipts_max_members: usize,
     ) -> Self {
         LocalFanout {
-            store,
             directory,
             typing,
             live_receipts_max_members,
-            members: HashMap::new(),
+            members: MemberCache::new(store),
         }
     }
 
@@ -64,100 +59,36 @@ impl LocalFanout {
     }
 
     async fn deliver(&mut self, committed: &Committed) {
-        match &committed.event {
-            Event::Message(m) => {
-                let Some(members) = self.members_of(&m.chat_id).await else {
-                    return;
+        if let Event::Chat(change) = &committed.event {
+            self.members.apply(change);
+        }
+        let Some(chat_id) = audience::chat_of(&committed.event) else {
+            return; // the registry delivers presence to its watchers
+        };
+        // A message that cannot be fanned out is not lost: it is committed, and devices get it
+        // on resume or from history.
+        let members = match self.members.get(chat_id, 5).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(chat_id, error = %e, "fan-out skipped an event; devices will get it on resume");
+                return;
+            }
+        };
+        let max = self.live_receipts_max_members;
+        for t in audience::targets(&committed.event, &members, max) {
+            self.directory
+                .deliver(&t.user_id, t.skip_device.as_deref(), committed);
+        }
+        if let Event::Message(m) = &committed.event {
+            if let Some(stop) = self.typing.message_ended_typing(m) {
+                let stop = Committed {
+                    commit_id: EPHEMERAL,
+                    event: stop,
                 };
-                for user in members.iter() {
-                    let skip = (*user == m.sender_user_id).then_some(m.sender_device_id.as_str());
-                    self.directory.deliver(user, skip, committed);
-                }
-                let now = std::time::Instant::now();
-                if let Some(stop) =
-                    self.typing
-                        .message_sent(&m.chat_id, &m.sender_user_id, now, m.created_at)
-                {
-                    let stop = Committed {
-                        commit_id: EPHEMERAL,
-                        event: Event::Typing(Arc::new(stop)),
-                    };
-                    self.to_others(&members, &m.sender_user_id, &stop);
-                }
-            }
-            Event::Chat(change) => {
-                let members: Arc<[String]> = change
-                    .chat
-                    .members
-                    .iter()
-                    .map(|m| m.user_id.clone())
-                    .collect();
-                self.cache(change.chat.chat_id.clone(), members);
-                for user in change.audience() {
-                    self.directory.deliver(user, None, committed);
-                }
-            }
-            Event::Receipt(r) => {
-                let Some(members) = self.members_of(&r.chat_id).await else {
-                    return;
-                };
-                if members.len() <= self.live_receipts_max_members {
-                    self.to_others(&members, &r.user_id, committed);
-                }
-                // The reader's other devices learn the read position whatever the chat's size,
-                // so reading on one device clears the unread badge on the others.
-                if r.kind == ReceiptKind::Read {
-                    self.directory
-                        .deliver(&r.user_id, Some(&r.device_id), committed);
-                }
-            }
-            Event::Typing(t) => {
-                let Some(members) = self.members_of(&t.chat_id).await else {
-                    return;
-                };
-                self.to_others(&members, &t.user_id, committed);
-            }
-            Event::Presence(_) => {} // the registry delivers presence to its watchers
-        }
-    }
-
-    /// Delivers to every member but `except` (all of that user's devices).
-    fn to_others(&self, members: &[String], except: &str, event: &Committed) {
-        for user in members.iter().filter(|u| *u != except) {
-            self.directory.deliver(user, None, event);
-        }
-    }
-
-    fn cache(&mut self, chat_id: String, members: Arc<[String]>) {
-        if self.members.len() >= MEMBER_CACHE_CHATS && !self.members.contains_key(&chat_id) {
-            self.members.clear();
-        }
-        self.members.insert(chat_id, members);
-    }
-
-    /// The chat's members; on a store failure, retried briefly. A message that still cannot be
-    /// fanned out is not lost: it is committed, and devices get it on resume or from history.
-    async fn members_of(&mut self, chat_id: &str) -> Option<Arc<[String]>> {
-        if let Some(m) = self.members.get(chat_id) {
-            return Some(m.clone());
-        }
-        for attempt in 0..5u32 {
-            match self.store.chat_members(chat_id).await {
-                Ok(list) => {
-                    let list: Arc<[String]> = list.into();
-                    self.cache(chat_id.to_string(), list.clone());
-                    return Some(list);
-                }
-                Err(e) => {
-                    tracing::warn!(chat_id, attempt, error = %e, "fan-out cannot read members");
-                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                for t in audience::targets(&stop.event, &members, max) {
+                    self.directory.deliver(&t.user_id, None, &stop);
                 }
             }
         }
-        tracing::error!(
-            chat_id,
-            "fan-out skipped an event; devices will get it on resume"
-        );
-        None
     }
 }

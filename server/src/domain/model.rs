@@ -1,17 +1,19 @@
 //! The chat domain's data: what a message, a chat and a member are, independent of the wire
 //! format and of the storage engine.
 
+use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, sync::Arc};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Content {
     pub text: String,
     /// Opaque end-to-end encrypted payload, relayed untouched.
+    #[serde(with = "base64_bytes", default, skip_serializing_if = "Vec::is_empty")]
     pub ciphertext: Vec<u8>,
     pub attributes: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub message_id: String,
     pub chat_id: String,
@@ -22,6 +24,7 @@ pub struct Message {
     pub content: Content,
     pub created_at: i64,
     /// The message as the transport encodes it, for fan-out to share (see [`WireCache`]).
+    #[serde(skip)]
     pub wire: WireCache,
 }
 
@@ -51,19 +54,19 @@ impl std::fmt::Debug for WireCache {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChatKind {
     Direct,
     Group,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
     Member,
     Admin,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub user_id: String,
     pub role: Role,
@@ -72,7 +75,7 @@ pub struct Member {
     pub joined_seq: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chat {
     pub chat_id: String,
     pub kind: ChatKind,
@@ -98,7 +101,7 @@ pub struct ChatView {
     pub last_message: Option<Message>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChatChangeKind {
     Created,
     MemberAdded,
@@ -106,7 +109,7 @@ pub enum ChatChangeKind {
 }
 
 /// A committed change of a chat's membership, fanned out to members like a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatChange {
     pub kind: ChatChangeKind,
     /// The chat after the change.
@@ -130,7 +133,7 @@ impl ChatChange {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReceiptKind {
     Delivered,
     Read,
@@ -138,7 +141,7 @@ pub enum ReceiptKind {
 
 /// "`user_id`'s `device_id` has received / read every message of `chat_id` up to `seq`."
 /// An empty `device_id` speaks for the user as a whole.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     pub chat_id: String,
     pub user_id: String,
@@ -148,13 +151,13 @@ pub struct Receipt {
     pub at: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PresenceStatus {
     Online,
     Offline,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Presence {
     pub user_id: String,
     pub status: PresenceStatus,
@@ -176,7 +179,7 @@ impl Presence {
 }
 
 /// Someone started or stopped typing in a chat. Never stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TypingNotice {
     pub chat_id: String,
     pub user_id: String,
@@ -187,7 +190,7 @@ pub struct TypingNotice {
 }
 
 /// What a session can receive from the fan-out.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Event {
     Message(Arc<Message>),
     Chat(Arc<ChatChange>),
@@ -206,3 +209,18 @@ pub struct Committed {
 
 /// The commit id of events that were never stored.
 pub const EPHEMERAL: u64 = 0;
+
+/// Bytes as base64 in serialized events: a third of the size of serde's default number array.
+mod base64_bytes {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}

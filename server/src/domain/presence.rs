@@ -6,7 +6,7 @@
 
 use super::model::Presence;
 use crate::auth::check_user_id;
-use crate::registry::local::{LocalRegistry, Watcher};
+use crate::registry::{Registry, SessionKey, Watcher};
 use crate::store::Store;
 use crate::{Error, Result};
 use std::{collections::HashSet, sync::Arc};
@@ -15,16 +15,16 @@ use std::{collections::HashSet, sync::Arc};
 pub const MAX_USERS: usize = 1000;
 
 pub struct PresenceService {
-    registry: Arc<LocalRegistry>,
+    registry: Arc<dyn Registry>,
     store: Arc<dyn Store>,
 }
 
 impl PresenceService {
-    pub fn new(registry: Arc<LocalRegistry>, store: Arc<dyn Store>) -> Self {
+    pub fn new(registry: Arc<dyn Registry>, store: Arc<dyn Store>) -> Self {
         PresenceService { registry, store }
     }
 
-    pub fn registry(&self) -> &LocalRegistry {
+    pub fn registry(&self) -> &Arc<dyn Registry> {
         &self.registry
     }
 
@@ -65,13 +65,19 @@ impl PresenceService {
     pub async fn get(&self, viewer: &str, users: &[String]) -> Result<Vec<Presence>> {
         let users = Self::check_users(users)?;
         let visible: HashSet<String> = self.visible(viewer, &users).await?.into_iter().collect();
+        let shown: Vec<String> = users.iter().filter(|u| visible.contains(*u)).cloned().collect();
+        let mut known: std::collections::HashMap<String, Presence> = self
+            .registry
+            .snapshot(&shown)
+            .await?
+            .into_iter()
+            .flatten()
+            .map(|p| (p.user_id.clone(), p))
+            .collect();
         let mut out: Vec<Presence> = users
             .iter()
             .map(|u| match visible.contains(u) {
-                true => self
-                    .registry
-                    .snapshot(u)
-                    .unwrap_or_else(|| Presence::unknown(u)),
+                true => known.remove(u).unwrap_or_else(|| Presence::unknown(u)),
                 false => Presence::unknown(u),
             })
             .collect();
@@ -103,32 +109,42 @@ impl PresenceService {
     ) -> Result<Vec<String>> {
         let users = Self::check_users(users)?;
         let visible = self.visible(viewer, &users).await?;
-        self.registry.watch(session_id, watcher, previous, &visible);
+        self.registry
+            .watch(session_id, watcher, previous, &visible)
+            .await?;
         Ok(visible)
     }
 
-    pub fn device_connected(&self, user_id: &str, device_id: &str) {
-        let p = self.registry.connect(user_id, device_id);
-        self.registry.publish(p);
+    /// Registers a live session and tells the user's watchers. Once this returns, the fan-out
+    /// of every later commit reaches the session.
+    pub async fn device_connected(&self, session: &SessionKey) -> Result<()> {
+        let p = self.registry.connect(session).await?;
+        if let Err(e) = self.registry.publish(p).await {
+            tracing::warn!(user_id = session.user_id, error = %e, "cannot publish presence");
+        }
+        Ok(())
     }
 
-    /// Publishes the change and, if the user went offline, records when (in the background:
-    /// this runs as a session is torn down).
-    pub fn device_disconnected(&self, user_id: &str, device_id: &str, now: i64) {
-        let p = self.registry.disconnect(user_id, device_id, now);
-        let offline = p.devices_online == 0;
-        self.registry.publish(p);
-        if !offline {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (store, user_id) = (self.store.clone(), user_id.to_string());
-        runtime.spawn(async move {
-            if let Err(e) = store.record_last_seen(&user_id, now).await {
-                tracing::warn!(user_id, error = %e, "cannot record last seen");
+    /// Forgets a session, publishes the change and, if the user went offline, records when.
+    /// Runs in the background as a session is torn down, so it only logs failures (a registry
+    /// entry that could not be removed expires with the heartbeat timeout).
+    pub async fn device_disconnected(&self, session: &SessionKey, watched: &[String], now: i64) {
+        self.registry.unwatch(session.session_id, watched).await;
+        let p = match self.registry.disconnect(session, now).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(user_id = session.user_id, error = %e, "cannot unregister a session");
+                return;
             }
-        });
+        };
+        let offline = p.devices_online == 0;
+        if let Err(e) = self.registry.publish(p).await {
+            tracing::warn!(user_id = session.user_id, error = %e, "cannot publish presence");
+        }
+        if offline {
+            if let Err(e) = self.store.record_last_seen(&session.user_id, now).await {
+                tracing::warn!(user_id = session.user_id, error = %e, "cannot record last seen");
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@
 
 use super::{
     chats::member_access,
-    model::{Event, TypingNotice},
+    model::{Event, Message, TypingNotice},
 };
 use crate::store::Store;
 use crate::Result;
@@ -112,6 +112,12 @@ impl Typing {
             started: false,
             expires_at: now_ms,
         })
+    }
+
+    /// [`Typing::message_sent`] for a committed message, as the event to fan out.
+    pub fn message_ended_typing(&self, m: &Message) -> Option<Event> {
+        self.message_sent(&m.chat_id, &m.sender_user_id, Instant::now(), m.created_at)
+            .map(|stop| Event::Typing(Arc::new(stop)))
     }
 
     /// Forgets indicators that expired by themselves.

@@ -1,18 +1,15 @@
 //! In-process device registry and presence watchers.
 
+pub use super::Watcher;
+use super::{Registry, SessionKey};
 use crate::domain::model::{Committed, Event, Presence, PresenceStatus, EPHEMERAL};
+use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::{collections::HashMap, sync::Arc};
-use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc::error::TrySendError;
 
-/// Where a watching session's presence events go.
-#[derive(Clone)]
-pub struct Watcher {
-    pub queue: mpsc::Sender<Committed>,
-    /// Cancelled if the queue overflows, like any other event delivery.
-    pub overflow: CancellationToken,
-}
+/// The node name `locate` reports: everyone is on this one.
+pub const THIS_NODE: &str = "local";
 
 #[derive(Default)]
 pub struct LocalRegistry {
@@ -112,6 +109,58 @@ impl LocalRegistry {
     }
 }
 
+#[async_trait]
+impl Registry for LocalRegistry {
+    async fn connect(&self, s: &SessionKey) -> crate::Result<Presence> {
+        Ok(LocalRegistry::connect(self, &s.user_id, &s.device_id))
+    }
+
+    async fn disconnect(&self, s: &SessionKey, now: i64) -> crate::Result<Presence> {
+        Ok(LocalRegistry::disconnect(self, &s.user_id, &s.device_id, now))
+    }
+
+    async fn snapshot(&self, user_ids: &[String]) -> crate::Result<Vec<Option<Presence>>> {
+        Ok(user_ids.iter().map(|u| LocalRegistry::snapshot(self, u)).collect())
+    }
+
+    async fn watch(
+        &self,
+        session_id: u64,
+        watcher: &Watcher,
+        previous: &[String],
+        users: &[String],
+    ) -> crate::Result<()> {
+        LocalRegistry::watch(self, session_id, watcher, previous, users);
+        Ok(())
+    }
+
+    async fn unwatch(&self, session_id: u64, users: &[String]) {
+        LocalRegistry::unwatch(self, session_id, users)
+    }
+
+    async fn publish(&self, presence: Presence) -> crate::Result<()> {
+        LocalRegistry::publish(self, presence);
+        Ok(())
+    }
+
+    async fn locate(&self, user_ids: &[String]) -> crate::Result<HashMap<String, Vec<String>>> {
+        let online = self.online.lock();
+        let here: Vec<String> = user_ids
+            .iter()
+            .filter(|u| online.contains_key(*u))
+            .cloned()
+            .collect();
+        Ok(match here.is_empty() {
+            true => HashMap::new(),
+            false => HashMap::from([(THIS_NODE.to_string(), here)]),
+        })
+    }
+
+    fn users_online(&self) -> usize {
+        LocalRegistry::users_online(self)
+    }
+}
+
 fn online_presence(user_id: &str, devices: usize) -> Presence {
     Presence {
         user_id: user_id.to_string(),
@@ -139,6 +188,8 @@ fn remove_watcher(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
 
     #[test]
     fn online_while_any_device_is_and_last_seen_after() {

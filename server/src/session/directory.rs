@@ -13,7 +13,10 @@ use std::{
         Arc,
     },
 };
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    Notify,
+};
 use tokio_util::sync::CancellationToken;
 
 const SHARDS: usize = 64;
@@ -24,6 +27,7 @@ struct Entry {
     queue: mpsc::Sender<Committed>,
     /// Cancelled when the queue overflowed: the session must end.
     overflow: CancellationToken,
+    resync: Arc<Notify>,
 }
 
 pub struct Directory {
@@ -43,6 +47,8 @@ pub struct Registration {
     /// (presence events to watchers).
     pub queue: mpsc::Sender<Committed>,
     pub overflow: CancellationToken,
+    /// Notified when the session must re-read its backlog (see [`Directory::resync_all`]).
+    pub resync: Arc<Notify>,
 }
 
 impl Drop for Registration {
@@ -76,6 +82,7 @@ impl Directory {
         let session_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (queue, events) = mpsc::channel(capacity.max(1));
         let overflow = CancellationToken::new();
+        let resync = Arc::new(Notify::new());
         let user_id: Arc<str> = Arc::from(user_id);
         self.shard(&user_id)
             .lock()
@@ -86,6 +93,7 @@ impl Directory {
                 device_id: Arc::from(device_id),
                 queue: queue.clone(),
                 overflow: overflow.clone(),
+                resync: resync.clone(),
             });
         self.sessions.fetch_add(1, Ordering::Relaxed);
         Registration {
@@ -95,6 +103,7 @@ impl Directory {
             events,
             queue,
             overflow,
+            resync,
         }
     }
 
@@ -128,6 +137,22 @@ impl Directory {
                 Err(TrySendError::Closed(_)) => {}
             }
         }
+    }
+
+    /// Makes every session re-read its backlog: the node's link to the rest of the cluster was
+    /// down, so deliveries may have been lost on the way (each session drops what it already
+    /// has, by seq).
+    pub fn resync_all(&self) {
+        let mut n = 0u64;
+        for shard in &self.shards {
+            for e in shard.lock().values().flatten() {
+                e.resync.notify_one();
+                n += 1;
+            }
+        }
+        crate::metrics::METRICS
+            .resyncs
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sessions connected to this node.

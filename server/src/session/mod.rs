@@ -1,9 +1,13 @@
 //! One connected device: hello, resume, live events, heartbeats and its bounded queue.
 //!
-//! A session registers in the [`Directory`] *before* it reads its backlog, so nothing committed
-//! during the replay is missed; events that arrive meanwhile wait in its queue and those the
-//! replay already covered are dropped by seq ([`ResumeDedup`]). The session speaks in domain
-//! terms ([`Command`] in, [`Output`] out); the transport turns those into frames.
+//! A session registers in the [`Directory`] and the registry *before* it reads its backlog, so
+//! nothing committed during the replay is missed; events that arrive meanwhile wait in its
+//! queue. Each session keeps the highest seq it has passed on per chat ([`SeqTracker`]): live
+//! messages at or below it are duplicates (of the replay, or of a re-delivery in a cluster) and
+//! are dropped; a live message past a gap makes the session read the gap from the store first.
+//! So every stream carries each chat's messages exactly once, in seq order, whatever the fan-out
+//! did. The session speaks in domain terms ([`Command`] in, [`Output`] out); the transport
+//! turns those into frames.
 
 pub mod directory;
 
@@ -16,7 +20,7 @@ use crate::domain::{
     typing::TypingService,
 };
 use crate::metrics::METRICS;
-use crate::registry::local::Watcher;
+use crate::registry::{SessionKey, Watcher};
 use crate::store::Appended;
 use crate::store::{SeqRange, Store};
 use crate::Error;
@@ -147,28 +151,43 @@ enum Stop {
     Abort(Error),
 }
 
-/// De-duplicates live events against the replay: the replay covered each chat up to
-/// `last[chat]` and every commit with an id up to `watermark` is visible to it.
-struct ResumeDedup {
-    last: HashMap<String, u64>,
-    watermark: u64,
+/// What a live message means for a stream that passed on messages up to `seen` in its chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Pass it on.
+    Emit,
+    /// Already passed on (replayed, or delivered twice by the fan-out).
+    Duplicate,
+    /// Messages after `after` and before it are missing: read them first.
+    Gap { after: u64 },
 }
 
-impl ResumeDedup {
-    /// `None` once the dedup is no longer needed: events come in commit order, so after the
-    /// first one past the watermark none can be a replay duplicate.
-    fn filter(mut this: Option<Self>, c: &Committed) -> (Option<Self>, bool) {
-        let Some(d) = this.as_mut() else {
-            return (None, true);
-        };
-        if c.commit_id > d.watermark {
-            return (None, true);
+/// Highest seq passed on per chat, for the chats this stream has seen messages of.
+#[derive(Debug, Default)]
+struct SeqTracker {
+    seen: HashMap<String, u64>,
+}
+
+impl SeqTracker {
+    fn classify(&self, chat_id: &str, seq: u64) -> Next {
+        match self.seen.get(chat_id) {
+            Some(&last) if seq <= last => Next::Duplicate,
+            Some(&last) if seq > last + 1 => Next::Gap { after: last },
+            _ => Next::Emit,
         }
-        let keep = match &c.event {
-            Event::Message(m) => d.last.get(&m.chat_id).is_none_or(|&last| m.seq > last),
-            _ => true,
-        };
-        (this, keep)
+    }
+
+    fn passed(&mut self, chat_id: &str, seq: u64) {
+        match self.seen.get_mut(chat_id) {
+            Some(last) => *last = (*last).max(seq),
+            None => {
+                self.seen.insert(chat_id.to_string(), seq);
+            }
+        }
+    }
+
+    fn get(&self, chat_id: &str) -> Option<u64> {
+        self.seen.get(chat_id).copied()
     }
 }
 
@@ -185,7 +204,7 @@ struct Session {
     device_id: String,
     out: mpsc::Sender<Output>,
     registration: directory::Registration,
-    dedup: Option<ResumeDedup>,
+    seqs: SeqTracker,
     acks: Arc<Semaphore>,
 }
 
@@ -264,12 +283,15 @@ async fn run<S>(
     let registration = svc
         .directory
         .register(&user_id, &hello.device_id, svc.settings.queue);
-    let online = OnlineGuard::new(
-        &svc.presence,
-        &user_id,
-        &hello.device_id,
-        registration.session_id,
-    );
+    let key = SessionKey {
+        user_id: user_id.clone(),
+        device_id: hello.device_id.clone(),
+        session_id: registration.session_id,
+    };
+    let online = match OnlineGuard::new(&svc.presence, key).await {
+        Ok(online) => online,
+        Err(e) => return end(outlet, e),
+    };
     let mut session = Session {
         svc,
         user_id,
@@ -278,7 +300,7 @@ async fn run<S>(
         registration,
         online,
         sends: FuturesOrdered::new(),
-        dedup: None,
+        seqs: SeqTracker::default(),
         acks: Arc::new(Semaphore::new(ACKS_IN_FLIGHT)),
     };
     let stop = match session.start(&hello).await {
@@ -329,54 +351,70 @@ impl Session {
             heartbeat_timeout_ms: settings.heartbeat_timeout_ms,
         })
         .await?;
+        let replayed = self.replay(&hello.delivered_seq).await?;
+        self.emit(Output::SyncComplete { replayed }).await
+    }
+
+    /// Passes on every message above the device's position in each of its chats. The
+    /// position is the highest of: what this stream already passed on, what the client says it
+    /// has (`claimed`), and the stored delivered cursor. Returns how many messages went out.
+    async fn replay(&mut self, claimed: &HashMap<String, u64>) -> Result<u64, Stop> {
         let plan = self
             .svc
             .store
             .resume_plan(&self.user_id, &self.device_id)
             .await
             .map_err(Stop::Abort)?;
-        let mut last = HashMap::with_capacity(plan.chats.len());
         let mut replayed = 0u64;
         for chat in plan.chats {
-            let cursor = hello
-                .delivered_seq
-                .get(&chat.chat_id)
-                .copied()
-                .unwrap_or(chat.delivered_seq);
-            let mut after = cursor.max(chat.joined_seq);
-            while after < chat.last_seq {
-                let range = SeqRange {
-                    after,
-                    before: chat.last_seq + 1,
-                    newest_first: false,
-                };
-                let page = self
-                    .svc
-                    .store
-                    .messages(&chat.chat_id, range, REPLAY_PAGE)
-                    .await
-                    .map_err(Stop::Abort)?;
-                let Some(newest) = page.last().map(|m| m.seq) else {
-                    break;
-                };
-                for m in page {
-                    // The sending device had its SendAck (or gets it again on retry), as live.
-                    if m.sender_device_id == self.device_id && m.sender_user_id == self.user_id {
-                        continue;
-                    }
-                    self.emit(Output::Event(Event::Message(Arc::new(m))))
-                        .await?;
-                    replayed += 1;
-                }
-                after = newest;
-            }
-            last.insert(chat.chat_id, chat.last_seq);
+            let cursor = match (self.seqs.get(&chat.chat_id), claimed.get(&chat.chat_id)) {
+                (Some(passed), _) => passed.max(chat.delivered_seq),
+                (None, Some(&claim)) => claim,
+                (None, None) => chat.delivered_seq,
+            };
+            let after = cursor.max(chat.joined_seq);
+            replayed += self
+                .pass_range(&chat.chat_id, after, chat.last_seq + 1)
+                .await?;
+            self.seqs.passed(&chat.chat_id, chat.last_seq);
         }
-        self.dedup = Some(ResumeDedup {
-            last,
-            watermark: plan.watermark,
-        });
-        self.emit(Output::SyncComplete { replayed }).await
+        Ok(replayed)
+    }
+
+    /// Passes on the messages of a chat strictly between `after` and `before`, from the store.
+    async fn pass_range(&mut self, chat_id: &str, mut after: u64, before: u64) -> Result<u64, Stop> {
+        let mut passed = 0u64;
+        while after + 1 < before {
+            let range = SeqRange {
+                after,
+                before,
+                newest_first: false,
+            };
+            let page = self
+                .svc
+                .store
+                .messages(chat_id, range, REPLAY_PAGE)
+                .await
+                .map_err(Stop::Abort)?;
+            let Some(newest) = page.last().map(|m| m.seq) else {
+                break;
+            };
+            for m in page {
+                self.seqs.passed(chat_id, m.seq);
+                // The sending device had its SendAck (or gets it again on retry), as live.
+                if self.is_own(&m) {
+                    continue;
+                }
+                self.emit(Output::Event(Event::Message(Arc::new(m)))).await?;
+                passed += 1;
+            }
+            after = newest;
+        }
+        Ok(passed)
+    }
+
+    fn is_own(&self, m: &Message) -> bool {
+        m.sender_device_id == self.device_id && m.sender_user_id == self.user_id
     }
 
     async fn live<S>(&mut self, mut inbound: Option<S>) -> Stop
@@ -403,6 +441,8 @@ impl Session {
                     Some(c) => self.forward(c).await,
                     None => Err(Stop::Gone),
                 },
+                // The node may have missed deliveries (its link to the other nodes was down).
+                _ = self.registration.resync.notified() => self.replay(&HashMap::new()).await.map(|_| ()),
                 // With MAX_SENDS_IN_FLIGHT sends pending, the client waits for an answer.
                 frame = next_frame(&mut inbound), if self.sends.len() < MAX_SENDS_IN_FLIGHT => match frame {
                     Some(Ok(cmd)) => {
@@ -439,12 +479,22 @@ impl Session {
     }
 
     async fn forward(&mut self, c: Committed) -> Result<(), Stop> {
-        let (dedup, keep) = ResumeDedup::filter(self.dedup.take(), &c);
-        self.dedup = dedup;
-        if keep {
-            self.emit(Output::Event(c.event)).await?;
+        let Event::Message(m) = &c.event else {
+            return self.emit(Output::Event(c.event)).await;
+        };
+        match self.seqs.classify(&m.chat_id, m.seq) {
+            Next::Duplicate => return Ok(()),
+            Next::Gap { after } => {
+                METRICS.gaps_filled.fetch_add(1, Relaxed);
+                self.pass_range(&m.chat_id, after, m.seq).await?;
+            }
+            Next::Emit => {}
         }
-        Ok(())
+        self.seqs.passed(&m.chat_id, m.seq);
+        if self.is_own(m) {
+            return Ok(());
+        }
+        self.emit(Output::Event(c.event)).await
     }
 
     async fn handle(&mut self, cmd: Command) -> Result<(), Stop> {
@@ -530,38 +580,35 @@ impl Session {
 /// registered until this is dropped, however the session ends.
 struct OnlineGuard {
     presence: Arc<PresenceService>,
-    user_id: String,
-    device_id: String,
-    session_id: u64,
+    key: SessionKey,
     /// The users this session watches (those it may see).
     watched: Vec<String>,
 }
 
 impl OnlineGuard {
-    fn new(
-        presence: &Arc<PresenceService>,
-        user_id: &str,
-        device_id: &str,
-        session_id: u64,
-    ) -> Self {
-        presence.device_connected(user_id, device_id);
-        OnlineGuard {
+    async fn new(presence: &Arc<PresenceService>, key: SessionKey) -> crate::Result<Self> {
+        presence.device_connected(&key).await?;
+        Ok(OnlineGuard {
             presence: presence.clone(),
-            user_id: user_id.to_string(),
-            device_id: device_id.to_string(),
-            session_id,
+            key,
             watched: Vec::new(),
-        }
+        })
     }
 }
 
 impl Drop for OnlineGuard {
     fn drop(&mut self) {
-        self.presence
-            .registry()
-            .unwatch(self.session_id, &self.watched);
-        self.presence
-            .device_disconnected(&self.user_id, &self.device_id, now_ms());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let presence = self.presence.clone();
+        let key = self.key.clone();
+        let watched = std::mem::take(&mut self.watched);
+        runtime.spawn(async move {
+            presence
+                .device_disconnected(&key, &watched, now_ms())
+                .await
+        });
     }
 }
 
@@ -690,41 +737,17 @@ fn shutting_down() -> Stop {
 mod tests {
     use super::*;
 
-    fn message(chat: &str, seq: u64, commit_id: u64) -> Committed {
-        let m = Message {
-            message_id: format!("m{seq}"),
-            chat_id: chat.into(),
-            seq,
-            sender_user_id: "a".into(),
-            sender_device_id: "d".into(),
-            client_msg_id: format!("c{seq}"),
-            content: Default::default(),
-            created_at: 0,
-            wire: Default::default(),
-        };
-        Committed {
-            commit_id,
-            event: Event::Message(Arc::new(m)),
-        }
-    }
-
     #[test]
-    fn dedup_drops_replayed_seqs_until_past_the_watermark() {
-        let d = Some(ResumeDedup {
-            last: HashMap::from([("c1".to_string(), 5)]),
-            watermark: 10,
-        });
-        let (d, keep) = ResumeDedup::filter(d, &message("c1", 5, 9));
-        assert!(!keep, "seq 5 was replayed");
-        let (d, keep) = ResumeDedup::filter(d, &message("c1", 6, 10));
-        assert!(keep, "seq 6 was committed after the plan read chat c1");
-        let (d, keep) = ResumeDedup::filter(d, &message("c2", 1, 10));
-        assert!(keep, "chat c2 was not replayed");
-        assert!(d.is_some());
-        let (d, keep) = ResumeDedup::filter(d, &message("c1", 4, 11));
-        assert!(
-            keep && d.is_none(),
-            "past the watermark nothing is a replay duplicate"
-        );
+    fn seq_tracker_drops_duplicates_and_spots_gaps() {
+        let mut t = SeqTracker::default();
+        assert_eq!(t.classify("c1", 7), Next::Emit, "first message of a chat");
+        t.passed("c1", 7);
+        assert_eq!(t.classify("c1", 7), Next::Duplicate);
+        assert_eq!(t.classify("c1", 3), Next::Duplicate);
+        assert_eq!(t.classify("c1", 8), Next::Emit);
+        assert_eq!(t.classify("c1", 10), Next::Gap { after: 7 });
+        assert_eq!(t.classify("c2", 10), Next::Emit, "chats are independent");
+        t.passed("c1", 5);
+        assert_eq!(t.get("c1"), Some(7), "never moves back");
     }
 }

@@ -26,6 +26,8 @@ use tonic::transport::Channel;
 pub struct Ctx {
     pub args: Args,
     pub addr: SocketAddr,
+    /// Every node to spread connections over (`addr` is the first).
+    pub addrs: Vec<SocketAddr>,
     pub tokens: Tokens,
     pub probe: Probe,
     /// Prefix of this run's user ids, so runs never share users (or backlogs).
@@ -71,7 +73,8 @@ impl Ctx {
         let mut first_err = None;
         let results: Vec<(usize, Result<Channel, String>)> = stream::iter(0..n)
             .map(|j| {
-                let (addr, src) = (self.addr, self.source_for(j));
+                let addr = self.addrs[j % self.addrs.len()];
+                let src = self.source_for(j);
                 async move { (j, connect_channel(addr, src, timeout).await) }
             })
             .buffer_unordered(self.args.connect_concurrency.max(1))

@@ -1,8 +1,10 @@
-//! The composition root: the one place that reads the configuration, builds the backends and
-//! services, and serves them on one port until told to stop.
+//! The composition root: the one place that reads the configuration, builds the backends
+//! ([`embedded`] or [`cluster`]) and services, and serves them on one port until told to stop.
 
-use crate::auth::{self, Authenticator};
-use crate::bus::local::LocalFanout;
+mod cluster;
+mod embedded;
+
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::domain::{
     chats::Chats,
@@ -14,9 +16,9 @@ use crate::domain::{
     typing::{Typing, TypingService},
 };
 use crate::metrics::Gauge;
-use crate::registry::local::LocalRegistry;
+use crate::registry::Registry;
 use crate::session::{self, Directory};
-use crate::store::{sqlite::SqliteStore, Store};
+use crate::store::Store;
 use crate::transport::{grpc::ChatApi, http, listener};
 use chat_proto::v1::chat_service_server::ChatServiceServer;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -35,6 +37,11 @@ pub enum StartError {
     Secret { dir: String, source: std::io::Error },
     #[error("cannot open the store: {0}")]
     Store(crate::Error),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// Redis or Kafka cannot be reached or set up.
+    #[error("{0}")]
+    Backend(crate::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -51,37 +58,59 @@ fn node_id() -> String {
     format!("node-{}", &crate::domain::ids::new_id()[24..])
 }
 
+/// What a back end gives the rest of the node.
+struct Backends {
+    store: Arc<dyn Store>,
+    registry: Arc<dyn Registry>,
+    secret: Vec<u8>,
+    node_id: String,
+    /// Back-end specific gauges, read at each scrape.
+    gauges: Vec<Box<dyn Fn() -> Gauge + Send + Sync>>,
+    /// Background work that ends once the store is closed or `shutdown` is cancelled.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What the node hands a back end to wire its fan-out into.
+struct Wiring {
+    directory: Arc<Directory>,
+    typing: Arc<Typing>,
+    ephemeral: mpsc::Receiver<crate::domain::model::Event>,
+    shutdown: CancellationToken,
+}
+
 /// Runs a node until `shutdown` is cancelled; `on_listen` hears the bound address first.
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
     on_listen: impl FnOnce(SocketAddr),
 ) -> Result<(), StartError> {
-    let secret = auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)
-        .map_err(|source| StartError::Secret {
-            dir: config.data_dir.display().to_string(),
-            source,
-        })?;
-    let authenticator = Authenticator::new(&secret);
-    let tokens = PageTokens::new(&secret);
-
-    let (sqlite, outbox) = SqliteStore::open(&config.data_dir).map_err(StartError::Store)?;
-    let store: Arc<dyn Store> = sqlite.clone();
     let directory = Arc::new(Directory::default());
     let typing = Arc::new(Typing::default());
     let (ephemeral_tx, ephemeral_rx) = mpsc::channel(EPHEMERAL_QUEUE);
-    let fanout = LocalFanout::new(
-        store.clone(),
-        directory.clone(),
-        typing.clone(),
-        config.live_receipts_max_members as usize,
-    );
-    let fanout = tokio::spawn(fanout.run(outbox, ephemeral_rx));
-    let registry = Arc::new(LocalRegistry::default());
+    let wiring = Wiring {
+        directory: directory.clone(),
+        typing: typing.clone(),
+        ephemeral: ephemeral_rx,
+        shutdown: shutdown.clone(),
+    };
+    let backends = match config.cluster()? {
+        None => embedded::start(&config, wiring)?,
+        Some(cluster) => cluster::start(&config, &cluster, wiring).await?,
+    };
+    let Backends {
+        store,
+        registry,
+        secret,
+        node_id,
+        gauges: backend_gauges,
+        tasks,
+    } = backends;
+    let authenticator = Authenticator::new(&secret);
+    let tokens = PageTokens::new(&secret);
     let gauges: http::GaugeSource = {
         let (directory, registry) = (directory.clone(), registry.clone());
         Arc::new(move || {
-            vec![
+            let mut out = vec![
                 Gauge {
                     name: "chatd_sessions",
                     help: "Sessions connected to this node.",
@@ -92,12 +121,9 @@ pub async fn run(
                     help: "Users with at least one live device on this node.",
                     value: registry.users_online() as f64,
                 },
-                Gauge {
-                    name: "chatd_store_write_queue",
-                    help: "Writes waiting for the store writer.",
-                    value: sqlite.write_queue_depth() as f64,
-                },
-            ]
+            ];
+            out.extend(backend_gauges.iter().map(|g| g()));
+            out
         })
     };
 
@@ -120,7 +146,7 @@ pub async fn run(
         store: store.clone(),
         directory: directory.clone(),
         settings: session::Settings {
-            node_id: node_id(),
+            node_id: node_id.clone(),
             heartbeat_interval_ms: config.heartbeat_interval_ms,
             heartbeat_timeout_ms: config.heartbeat_timeout_ms,
             queue: config.session_queue,
@@ -170,7 +196,7 @@ pub async fn run(
         source,
     })?;
     on_listen(local);
-    tracing::info!(%local, data_dir = %config.data_dir.display(), "chatd serving");
+    tracing::info!(%local, node_id, "chatd serving");
 
     let max_connections = listener::connection_limit();
     tracing::info!(max_connections, "accepting connections");
@@ -207,7 +233,9 @@ pub async fn run(
     housekeeping.abort();
     // Every acknowledged write is already committed; this finishes whatever is still queued.
     store.close().await;
-    let _ = fanout.await;
+    for task in tasks {
+        let _ = task.await;
+    }
     result.map_err(StartError::from)
 }
 

@@ -1,0 +1,510 @@
+//! Redis Pub/Sub between nodes: `node.{node_id}` channels and presence channels.
+//!
+//! One dedicated subscriber connection per node carries this node's channel and the presence
+//! channels of the users its sessions watch; publishing goes over a separate auto-reconnecting
+//! connection. Pub/Sub is at most once: when the subscriber connection is lost, whatever was
+//! published meanwhile is gone, so after re-subscribing the node is told (`on_reconnect`) and
+//! makes its sessions catch up from the store.
+
+use super::NodeLink;
+use crate::{Error, Result};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use std::{collections::HashSet, sync::Arc, time::Duration};
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// How long connecting may take before the node reports Redis unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one (un)subscribe or PING of the subscriber connection.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// A connection that silently died (no RST, e.g. a partition) shows up by an unanswered PING.
+const PING_EVERY: Duration = Duration::from_secs(3);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Channels per SUBSCRIBE when re-subscribing, so one command stays a reasonable size.
+const SUBSCRIBE_CHUNK: usize = 1000;
+
+/// What the node does with what arrives on its channels. Called on the subscriber task: they
+/// must not block.
+pub struct PubSubHandlers {
+    /// The raw payload of every message on this node's channel (an encoded envelope).
+    pub on_envelope: Arc<dyn Fn(&[u8]) + Send + Sync>,
+    /// `(user_id, payload)` of every message on a presence channel.
+    pub on_presence: Arc<dyn Fn(&str, &[u8]) + Send + Sync>,
+    /// The link lost Redis and is back, with every channel subscribed again.
+    pub on_reconnect: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// `"{ns}:"` for a non-empty namespace, else nothing: the prefix of Redis keys and channels.
+pub(crate) fn redis_prefix(namespace: &str) -> String {
+    match namespace.is_empty() {
+        true => String::new(),
+        false => format!("{namespace}:"),
+    }
+}
+
+/// Connection-level failures are `Unavailable` (the caller may retry); a server refusing the
+/// command itself is a bug.
+pub(crate) fn redis_error(context: &str, e: redis::RedisError) -> Error {
+    match e.retry_method() {
+        redis::RetryMethod::NoRetry if !e.is_io_error() && !e.is_timeout() => {
+            Error::internal(format!("{context}: {e}"))
+        }
+        _ => Error::Unavailable(format!("{context}: Redis unavailable: {e}")),
+    }
+}
+
+pub(crate) fn open_client(redis_url: &str) -> Result<redis::Client> {
+    redis::Client::open(redis_url)
+        .map_err(|e| Error::Unavailable(format!("invalid Redis URL {redis_url:?}: {e}")))
+}
+
+/// A connection manager whose commands fail within seconds when Redis is down (the default
+/// retries for longer than a client request should wait), and reconnects in the background.
+pub(crate) async fn connection_manager(client: &redis::Client) -> Result<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_number_of_retries(2)
+        .set_min_delay(BACKOFF_MIN)
+        .set_max_delay(BACKOFF_MAX)
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(COMMAND_TIMEOUT));
+    let addr = client.get_connection_info().addr().to_string();
+    let unreachable =
+        |detail: String| Error::Unavailable(format!("cannot connect to Redis at {addr}: {detail}"));
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    {
+        Ok(Ok(manager)) => Ok(manager),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable(format!(
+            "no connection within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// The subscriber connection's control side and what it must be subscribed to. Changed only
+/// under the lock, so a re-subscription after a reconnect never misses a concurrent change.
+struct Subscriptions {
+    /// `None` while the link is down.
+    sink: Option<PubSubSink>,
+    /// Presence channels wanted, whether or not the link is up.
+    presence: HashSet<String>,
+}
+
+pub struct RedisPubSub {
+    client: redis::Client,
+    addr: String,
+    node_channel: String,
+    /// `{prefix}node.`: a node's channel is this plus its id.
+    node_channel_prefix: String,
+    /// `{prefix}presence.`: a user's presence channel is this plus the user id.
+    presence_prefix: String,
+    publisher: ConnectionManager,
+    subs: Mutex<Subscriptions>,
+}
+
+impl RedisPubSub {
+    /// Connects, subscribes to this node's channel and keeps the link up until `shutdown`.
+    pub async fn connect(
+        redis_url: &str,
+        namespace: &str,
+        node_id: &str,
+        handlers: PubSubHandlers,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<RedisPubSub>> {
+        let client = open_client(redis_url)?;
+        let addr = client.get_connection_info().addr().to_string();
+        let publisher = connection_manager(&client).await?;
+        let prefix = redis_prefix(namespace);
+        let node_channel_prefix = format!("{prefix}node.");
+        let link = Arc::new(RedisPubSub {
+            client,
+            addr,
+            node_channel: format!("{node_channel_prefix}{node_id}"),
+            node_channel_prefix,
+            presence_prefix: format!("{prefix}presence."),
+            publisher,
+            subs: Mutex::new(Subscriptions {
+                sink: None,
+                presence: HashSet::new(),
+            }),
+        });
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, link.establish()).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(link.unreachable(e.to_string())),
+            Err(_) => return Err(link.unreachable("timed out subscribing".into())),
+        };
+        tokio::spawn(link.clone().run(stream, handlers, shutdown));
+        Ok(link)
+    }
+
+    fn unreachable(&self, detail: String) -> Error {
+        Error::Unavailable(format!(
+            "cannot connect to Redis at {}: {detail}",
+            self.addr
+        ))
+    }
+
+    fn presence_channel(&self, user_id: &str) -> String {
+        format!("{}{user_id}", self.presence_prefix)
+    }
+
+    pub async fn subscribe_presence(&self, user_id: &str) -> Result<()> {
+        self.subscribe_presence_many(std::slice::from_ref(&user_id.to_string()))
+            .await
+    }
+
+    pub async fn unsubscribe_presence(&self, user_id: &str) -> Result<()> {
+        self.unsubscribe_presence_many(std::slice::from_ref(&user_id.to_string()))
+            .await
+    }
+
+    /// Subscribes to the presence channels of `user_ids`. They stay wanted even if this fails
+    /// (the link subscribes them when it is back), until unsubscribed.
+    pub async fn subscribe_presence_many(&self, user_ids: &[String]) -> Result<()> {
+        let channels: Vec<String> = user_ids.iter().map(|u| self.presence_channel(u)).collect();
+        let mut subs = self.subs.lock().await;
+        subs.presence.extend(channels.iter().cloned());
+        let Some(sink) = subs.sink.as_mut() else {
+            return Err(Error::Unavailable(
+                "Redis Pub/Sub link is down, reconnecting".into(),
+            ));
+        };
+        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+            timed(sink.subscribe(chunk), "SUBSCRIBE").await?;
+        }
+        Ok(())
+    }
+
+    /// Unsubscribes from the presence channels of `user_ids`; once this returns they are no
+    /// longer wanted, even if Redis could not be told (a lost link drops them anyway).
+    pub async fn unsubscribe_presence_many(&self, user_ids: &[String]) -> Result<()> {
+        let channels: Vec<String> = user_ids.iter().map(|u| self.presence_channel(u)).collect();
+        let mut subs = self.subs.lock().await;
+        for c in &channels {
+            subs.presence.remove(c);
+        }
+        let Some(sink) = subs.sink.as_mut() else {
+            return Ok(());
+        };
+        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+            timed(sink.unsubscribe(chunk), "UNSUBSCRIBE").await?;
+        }
+        Ok(())
+    }
+
+    pub async fn publish_presence(&self, user_id: &str, payload: Vec<u8>) -> Result<()> {
+        self.publish(self.presence_channel(user_id), payload).await
+    }
+
+    async fn publish(&self, channel: String, payload: Vec<u8>) -> Result<()> {
+        let mut conn = self.publisher.clone();
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| redis_error("PUBLISH", e))
+    }
+
+    /// A fresh subscriber connection with every wanted channel subscribed.
+    async fn establish(&self) -> redis::RedisResult<PubSubStream> {
+        let (mut sink, stream) = self.client.get_async_pubsub().await?.split();
+        let mut subs = self.subs.lock().await;
+        let mut channels: Vec<&str> = vec![self.node_channel.as_str()];
+        channels.extend(subs.presence.iter().map(String::as_str));
+        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+            match tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(chunk)).await {
+                Ok(result) => result?,
+                Err(_) => return Err(timeout_error("SUBSCRIBE")),
+            }
+        }
+        subs.sink = Some(sink);
+        Ok(stream)
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        mut stream: PubSubStream,
+        handlers: PubSubHandlers,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            if !self.pump(&mut stream, &handlers, &shutdown).await {
+                self.subs.lock().await.sink = None;
+                return;
+            }
+            self.subs.lock().await.sink = None;
+            drop(stream);
+            tracing::warn!(addr = %self.addr, "lost the Redis Pub/Sub connection; reconnecting");
+            let mut delay = BACKOFF_MIN;
+            let mut attempts = 0u32;
+            stream = loop {
+                let attempt = tokio::time::timeout(CONNECT_TIMEOUT, self.establish());
+                let error = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    result = attempt => match result {
+                        Ok(Ok(stream)) => break stream,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "timed out".to_string(),
+                    },
+                };
+                attempts += 1;
+                if attempts % 10 == 1 {
+                    tracing::warn!(addr = %self.addr, attempts, error, "cannot reconnect Redis Pub/Sub");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(BACKOFF_MAX);
+            };
+            tracing::info!(addr = %self.addr, attempts, "Redis Pub/Sub reconnected");
+            (handlers.on_reconnect)();
+        }
+    }
+
+    /// Dispatches messages until the connection is lost (`true`) or the node shuts down.
+    async fn pump(
+        &self,
+        stream: &mut PubSubStream,
+        handlers: &PubSubHandlers,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let dead = Arc::new(Notify::new());
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                msg = stream.next() => match msg {
+                    Some(msg) => self.dispatch(&msg, handlers),
+                    None => return true,
+                },
+                _ = dead.notified() => return true,
+                _ = ping.tick() => {
+                    let Some(mut sink) = self.subs.lock().await.sink.clone() else {
+                        return true;
+                    };
+                    // The PING answer comes through the connection this loop reads from, so
+                    // it is awaited on the side.
+                    let dead = dead.clone();
+                    tokio::spawn(async move {
+                        let pong = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>());
+                        if !matches!(pong.await, Ok(Ok(_))) {
+                            dead.notify_one();
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, msg: &redis::Msg, handlers: &PubSubHandlers) {
+        let channel = msg.get_channel_name();
+        if channel == self.node_channel {
+            (handlers.on_envelope)(msg.get_payload_bytes());
+        } else if let Some(user_id) = channel.strip_prefix(&self.presence_prefix) {
+            (handlers.on_presence)(user_id, msg.get_payload_bytes());
+        }
+    }
+}
+
+async fn timed<F>(command: F, name: &'static str) -> Result<()>
+where
+    F: std::future::Future<Output = redis::RedisResult<()>>,
+{
+    match tokio::time::timeout(COMMAND_TIMEOUT, command).await {
+        Ok(result) => result.map_err(|e| redis_error(name, e)),
+        Err(_) => Err(Error::Unavailable(format!(
+            "{name}: Redis did not answer within {}s",
+            COMMAND_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+fn timeout_error(name: &str) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{name} timed out"),
+    ))
+}
+
+#[cfg(test)]
+impl RedisPubSub {
+    /// Marks the current subscriber connection (`psub=1` in CLIENT LIST) so a test can kill
+    /// exactly this one.
+    pub(crate) async fn mark_connection(&self) {
+        let mut subs = self.subs.lock().await;
+        let sink = subs.sink.as_mut().expect("link is up");
+        sink.psubscribe("chatd-test-marker-*")
+            .await
+            .expect("PSUBSCRIBE");
+    }
+
+    /// Kills the marked subscriber connection; returns how many were killed.
+    pub(crate) async fn kill_marked_connection(redis_url: &str) -> usize {
+        let mut conn = redis::Client::open(redis_url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let list: String = redis::cmd("CLIENT")
+            .arg(&["LIST", "TYPE", "pubsub"])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut killed = 0;
+        for line in list.lines().filter(|l| l.contains(" psub=1 ")) {
+            let id = line.split(' ').find_map(|f| f.strip_prefix("id=")).unwrap();
+            let n: i64 = redis::cmd("CLIENT")
+                .arg(&["KILL", "ID", id])
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            killed += n as usize;
+        }
+        killed
+    }
+}
+
+#[async_trait]
+impl NodeLink for RedisPubSub {
+    async fn send_to_node(&self, node_id: &str, envelope: Vec<u8>) -> Result<()> {
+        self.publish(format!("{}{node_id}", self.node_channel_prefix), envelope)
+            .await
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The Redis URL of the test services, or `None` (with a notice) when tests may skip.
+    pub(crate) fn redis_url() -> Option<String> {
+        match std::env::var("CHATD_TEST_REDIS_URL") {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ if std::env::var("CHAT_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+                panic!("CHAT_TEST_REQUIRE_SERVICES=1 but CHATD_TEST_REDIS_URL is not set")
+            }
+            _ => {
+                eprintln!("CHATD_TEST_REDIS_URL not set: skipping a Redis test");
+                None
+            }
+        }
+    }
+
+    pub(crate) fn namespace() -> String {
+        format!("t{}", rand::random::<u64>())
+    }
+
+    pub(crate) fn quiet_handlers() -> PubSubHandlers {
+        PubSubHandlers {
+            on_envelope: Arc::new(|_| {}),
+            on_presence: Arc::new(|_, _| {}),
+            on_reconnect: Arc::new(|| {}),
+        }
+    }
+
+    /// Waits up to 5 s for `cond`.
+    pub(crate) async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    type Seen = Arc<parking_lot::Mutex<Vec<(String, Vec<u8>)>>>;
+
+    fn recording() -> (PubSubHandlers, Seen, Arc<AtomicUsize>) {
+        let seen: Seen = Default::default();
+        let reconnects = Arc::new(AtomicUsize::new(0));
+        let (s1, s2, r) = (seen.clone(), seen.clone(), reconnects.clone());
+        let handlers = PubSubHandlers {
+            on_envelope: Arc::new(move |p| s1.lock().push(("node".into(), p.to_vec()))),
+            on_presence: Arc::new(move |u, p| s2.lock().push((u.to_string(), p.to_vec()))),
+            on_reconnect: Arc::new(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            }),
+        };
+        (handlers, seen, reconnects)
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_is_reported_quickly() {
+        let started = std::time::Instant::now();
+        let err = RedisPubSub::connect(
+            "redis://127.0.0.1:1",
+            "",
+            "n",
+            quiet_handlers(),
+            CancellationToken::new(),
+        )
+        .await
+        .err()
+        .expect("nothing listens on port 1");
+        assert!(
+            matches!(&err, Error::Unavailable(m) if m.starts_with("cannot connect to Redis at 127.0.0.1:1: ")),
+            "{err:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(6));
+    }
+
+    #[tokio::test]
+    async fn envelopes_and_presence_arrive_and_survive_a_reconnect() {
+        let Some(url) = redis_url() else { return };
+        let ns = namespace();
+        let shutdown = CancellationToken::new();
+        let (handlers, seen, reconnects) = recording();
+        let b = RedisPubSub::connect(&url, &ns, "b", handlers, shutdown.clone())
+            .await
+            .unwrap();
+        let a = RedisPubSub::connect(&url, &ns, "a", quiet_handlers(), shutdown.clone())
+            .await
+            .unwrap();
+        b.subscribe_presence("alice").await.unwrap();
+        b.subscribe_presence("bob").await.unwrap();
+        b.unsubscribe_presence("bob").await.unwrap();
+        a.send_to_node("b", b"env1".to_vec()).await.unwrap();
+        a.send_to_node("c", b"not for b".to_vec()).await.unwrap();
+        a.publish_presence("alice", b"p1".to_vec()).await.unwrap();
+        a.publish_presence("bob", b"unwatched".to_vec())
+            .await
+            .unwrap();
+        eventually("two messages", || seen.lock().len() >= 2).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            *seen.lock(),
+            vec![
+                ("node".to_string(), b"env1".to_vec()),
+                ("alice".to_string(), b"p1".to_vec())
+            ]
+        );
+
+        b.mark_connection().await;
+        assert_eq!(RedisPubSub::kill_marked_connection(&url).await, 1);
+        eventually("reconnect", || reconnects.load(Ordering::SeqCst) == 1).await;
+        seen.lock().clear();
+        a.send_to_node("b", b"env2".to_vec()).await.unwrap();
+        a.publish_presence("alice", b"p2".to_vec()).await.unwrap();
+        eventually("messages after the reconnect", || seen.lock().len() >= 2).await;
+        assert_eq!(
+            *seen.lock(),
+            vec![
+                ("node".to_string(), b"env2".to_vec()),
+                ("alice".to_string(), b"p2".to_vec())
+            ]
+        );
+        shutdown.cancel();
+    }
+}

@@ -1,0 +1,39 @@
+//! The embedded default: SQLite in the data dir, the in-process registry and fan-out.
+
+use super::{node_id, Backends, StartError, Wiring};
+use crate::auth;
+use crate::bus::local::LocalFanout;
+use crate::config::Config;
+use crate::metrics::Gauge;
+use crate::registry::local::LocalRegistry;
+use crate::store::sqlite::SqliteStore;
+use std::sync::Arc;
+
+pub(super) fn start(config: &Config, w: Wiring) -> Result<Backends, StartError> {
+    let secret = auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)
+        .map_err(|source| StartError::Secret {
+            dir: config.data_dir.display().to_string(),
+            source,
+        })?;
+    let (sqlite, outbox) = SqliteStore::open(&config.data_dir).map_err(StartError::Store)?;
+    let fanout = LocalFanout::new(
+        sqlite.clone(),
+        w.directory,
+        w.typing,
+        config.live_receipts_max_members as usize,
+    );
+    let fanout = tokio::spawn(fanout.run(outbox, w.ephemeral));
+    let queue = sqlite.clone();
+    Ok(Backends {
+        store: sqlite,
+        registry: Arc::new(LocalRegistry::default()),
+        secret,
+        node_id: config.node_id.clone().unwrap_or_else(node_id),
+        gauges: vec![Box::new(move || Gauge {
+            name: "chatd_store_write_queue",
+            help: "Writes waiting for the store writer.",
+            value: queue.write_queue_depth() as f64,
+        })],
+        tasks: vec![fanout],
+    })
+}
