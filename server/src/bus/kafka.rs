@@ -16,7 +16,7 @@ use crate::registry::Registry;
 use crate::store::Store;
 use crate::{Error, Result};
 use async_trait::async_trait;
-use futures_util::{future::join_all, FutureExt, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::ClientContext,
@@ -43,6 +43,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BATCH: usize = 512;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Envelope sends of one batch under way at once; the link's request queue must hold more
+/// (see `join_in_order`).
+const SENDS_IN_FLIGHT: usize = 1024;
 /// A failure other than "unavailable" that repeats this often is the message's fault.
 const MAX_FAILURES: u32 = 5;
 /// Chats whose member lists are cached; past this the cache starts over.
@@ -336,8 +339,9 @@ impl KafkaBus {
             store_offsets(&consumer, &batch);
         }
         drop(stream);
-        // Leaving the group commits what was stored and hands the partitions over at once.
-        tokio::task::spawn_blocking(move || drop(consumer));
+        // Closing commits what was stored and leaves the group, handing the partitions over at
+        // once; it blocks until the broker answered.
+        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
     }
 
     fn consumer(&self, rebalances: Arc<AtomicU64>) -> Result<StreamConsumer<FanoutContext>> {
@@ -355,6 +359,9 @@ impl KafkaBus {
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
             // Incremental rebalances: a node joining or leaving doesn't stop every partition.
+            // (group.protocol=consumer works too, but with Kafka's default broker settings it
+            // took ~5 s to join or hand partitions over, against ~50 ms here, and its session
+            // timeout is 45 s, so a dead node's partitions would wait longer.)
             .set("partition.assignment.strategy", "cooperative-sticky");
         let consumer: StreamConsumer<FanoutContext> = config
             .create_with_context(FanoutContext { rebalances })
@@ -493,6 +500,59 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> boo
     tokio::select! {
         _ = shutdown.cancelled() => false,
         _ = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// Runs `futures` concurrently, at most [`SENDS_IN_FLIGHT`] at a time, starting them in
+/// their order; returns the first error once all are done.
+///
+/// A link queues a send on its connection when the send is first polled, so starting them
+/// in order keeps each node's envelopes in event order while they share round trips, as long
+/// as the connection's request queue has room (the window keeps it from filling: a send that
+/// waits for room may be overtaken). `join_all` doesn't start them in order: past 30 futures
+/// it re-queues one that yielded (e.g. to tokio's cooperative budget) behind later ones.
+async fn join_in_order<F>(futures: Vec<F>) -> Result<()>
+where
+    F: std::future::Future<Output = Result<()>>,
+{
+    let mut waiting = futures.into_iter();
+    let mut running: std::collections::VecDeque<Option<std::pin::Pin<Box<F>>>> =
+        std::collections::VecDeque::new();
+    let mut in_flight = 0usize;
+    let mut first_error = None;
+    std::future::poll_fn(|cx| loop {
+        let mut started = false;
+        while in_flight < SENDS_IN_FLIGHT {
+            let Some(f) = waiting.next() else { break };
+            running.push_back(Some(Box::pin(f)));
+            in_flight += 1;
+            started = true;
+        }
+        for slot in running.iter_mut() {
+            let Some(f) = slot else { continue };
+            if let std::task::Poll::Ready(result) = f.as_mut().poll(cx) {
+                *slot = None;
+                in_flight -= 1;
+                if let Err(e) = result {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        while matches!(running.front(), Some(None)) {
+            running.pop_front();
+        }
+        if in_flight == 0 && waiting.len() == 0 {
+            return std::task::Poll::Ready(());
+        }
+        // Room freed up: start the next ones now rather than after another wake-up.
+        if in_flight == SENDS_IN_FLIGHT || (!started && waiting.len() == 0) {
+            return std::task::Poll::Pending;
+        }
+    })
+    .await;
+    match first_error {
+        None => Ok(()),
+        Some(e) => Err(e),
     }
 }
 
@@ -688,7 +748,7 @@ impl Fanout<'_> {
         }
 
         // Envelopes in event order, so each node's channel carries a chat's events in seq
-        // order (the multiplexed connection sends them in the order they are started).
+        // order (see `join_in_order`).
         let mut sends = Vec::new();
         let mut push: Vec<(String, Vec<u8>)> = Vec::new();
         for item in items {
@@ -725,15 +785,7 @@ impl Fanout<'_> {
                 }
             }
         }
-        let mut first_error = None;
-        for result in join_all(sends).await {
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
+        join_in_order(sends).await?;
         if !push.is_empty() {
             let records = push
                 .iter()
@@ -1081,6 +1133,99 @@ mod tests {
         stop.cancel();
     }
 
+    /// A node's fan-out stops; another takes its partitions over without losing events.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_node_takes_over_the_partitions() {
+        let (Some(url), Some(brokers)) = (redis_url(), brokers()) else {
+            return;
+        };
+        let ns = namespace();
+        let stop = CancellationToken::new();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _outbox) = SqliteStore::open(dir.path()).unwrap();
+        let (chat, _) = store
+            .create_chat(NewChat {
+                kind: ChatKind::Direct,
+                title: String::new(),
+                direct_key: Some("alice|bob".into()),
+                members: vec![("alice".into(), Role::Member), ("bob".into(), Role::Member)],
+                created_at: 1,
+            })
+            .await
+            .unwrap();
+        let (link_a, _) = link(&url, &ns, "a", &stop).await;
+        let (link_b, mut on_b) = link(&url, &ns, "b", &stop).await;
+        let registry = RedisRegistry::connect(&url, &ns, "b", 60_000, link_b.clone())
+            .await
+            .unwrap();
+        registry
+            .connect(&SessionKey {
+                user_id: "bob".into(),
+                device_id: "laptop".into(),
+                session_id: 1,
+            })
+            .await
+            .unwrap();
+        let bus_a = KafkaBus::connect(&settings(&brokers, &ns)).await.unwrap();
+        let bus_b = KafkaBus::connect(&settings(&brokers, &ns)).await.unwrap();
+        let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+        let fanout_a = tokio::spawn(bus_a.clone().run_fanout(
+            store.clone(),
+            registry.clone(),
+            link_a.clone(),
+            stop_a.clone(),
+        ));
+        let send = |from: u64, to: u64| {
+            let records: Vec<OutboxRecord> = (from..=to)
+                .map(|seq| {
+                    record(
+                        seq as i64,
+                        &chat.chat_id,
+                        wire::encode_event(&message(&chat.chat_id, seq)),
+                    )
+                })
+                .collect();
+            let bus = bus_a.clone();
+            async move { bus.publish(&records).await.unwrap() }
+        };
+        // Envelopes until `last` arrived; replays (seq at or below the highest seen) are
+        // allowed, gaps are not.
+        async fn receive(on_b: &mut mpsc::UnboundedReceiver<Vec<u8>>, mut high: u64, last: u64) {
+            while high < last {
+                let envelope = tokio::time::timeout(Duration::from_secs(30), on_b.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("stuck after seq {high}"))
+                    .unwrap();
+                let Ok((_, Event::Message(m))) = wire::decode_envelope(&envelope) else {
+                    panic!("not a message");
+                };
+                assert!(m.seq <= high + 1, "seq {} after {high}", m.seq);
+                high = high.max(m.seq);
+            }
+        }
+        send(1, 50).await;
+        receive(&mut on_b, 0, 50).await;
+
+        tokio::spawn(bus_b.clone().run_fanout(
+            store.clone(),
+            registry.clone(),
+            link_a.clone(),
+            stop_b.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop_a.cancel();
+        fanout_a.await.unwrap();
+        let started = std::time::Instant::now();
+        send(51, 100).await;
+        receive(&mut on_b, 50, 100).await;
+        eprintln!(
+            "handover: events flowed again after {:?}",
+            started.elapsed()
+        );
+        stop_b.cancel();
+        stop.cancel();
+    }
+
     /// Throughput of the whole pipeline: outbox sink → Kafka → fan-out → Redis → node channel.
     /// `cargo test -p chatd --lib --release bus::kafka -- --ignored --nocapture`
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1239,7 +1384,13 @@ mod tests {
                     if msg.seq != prev + 1 {
                         bad += 1;
                         if bad < 5 {
-                            eprintln!("kafka: chat {} seq {} after {prev} at p{} o{}", msg.chat_id, msg.seq, m.partition(), m.offset());
+                            eprintln!(
+                                "kafka: chat {} seq {} after {prev} at p{} o{}",
+                                msg.chat_id,
+                                msg.seq,
+                                m.partition(),
+                                m.offset()
+                            );
                         }
                     }
                 }

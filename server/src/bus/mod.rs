@@ -41,4 +41,13 @@ pub trait NodeLink: Send + Sync + 'static {
     /// Publishes `envelope` on the node's channel. `Ok` means the link took it (Redis Pub/Sub
     /// is at most once: a node that was disconnected catches up by resync, see `session`).
     async fn send_to_node(&self, node_id: &str, envelope: Vec<u8>) -> Result<()>;
+
+    /// Sends several envelopes, each to its node, in order: a node receives its envelopes in
+    /// the order they appear here. `Ok` means the link took all of them.
+    async fn send_many(&self, envelopes: Vec<(String, Vec<u8>)>) -> Result<()> {
+        for (node, envelope) in envelopes {
+            self.send_to_node(&node, envelope).await?;
+        }
+        Ok(())
+    }
 }

@@ -23,16 +23,21 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 const PING_EVERY: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Requests queued on one connection before senders wait.
+const PIPELINE_BUFFER: usize = 4096;
 /// Channels per SUBSCRIBE when re-subscribing, so one command stays a reasonable size.
 const SUBSCRIBE_CHUNK: usize = 1000;
+
+pub type EnvelopeHandler = Arc<dyn Fn(&[u8]) + Send + Sync>;
+pub type PresenceHandler = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
 
 /// What the node does with what arrives on its channels. Called on the subscriber task: they
 /// must not block.
 pub struct PubSubHandlers {
     /// The raw payload of every message on this node's channel (an encoded envelope).
-    pub on_envelope: Arc<dyn Fn(&[u8]) + Send + Sync>,
+    pub on_envelope: EnvelopeHandler,
     /// `(user_id, payload)` of every message on a presence channel.
-    pub on_presence: Arc<dyn Fn(&str, &[u8]) + Send + Sync>,
+    pub on_presence: PresenceHandler,
     /// The link lost Redis and is back, with every channel subscribed again.
     pub on_reconnect: Arc<dyn Fn() + Send + Sync>,
 }
@@ -56,6 +61,41 @@ pub(crate) fn redis_error(context: &str, e: redis::RedisError) -> Error {
     }
 }
 
+/// A command or a pipeline, run by [`query`].
+pub(crate) enum Request<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipe(&'a redis::Pipeline),
+}
+
+/// Runs `request`, once more if the connection turned out to be broken: a connection that sat
+/// idle while Redis restarted learns so only from its next command, which shouldn't fail a
+/// client's call when Redis is back. Every request here is idempotent or harmless to repeat.
+pub(crate) async fn query<T: redis::FromRedisValue>(
+    conn: &ConnectionManager,
+    request: Request<'_>,
+    context: &str,
+) -> Result<T> {
+    let mut conn = conn.clone();
+    let mut retried = false;
+    loop {
+        let result = match request {
+            Request::Cmd(c) => c.query_async(&mut conn).await,
+            Request::Pipe(p) => p.query_async(&mut conn).await,
+        };
+        match result {
+            Ok(v) => return Ok(v),
+            Err(e)
+                if !retried
+                    && !e.is_timeout()
+                    && (e.is_connection_dropped() || e.is_io_error()) =>
+            {
+                retried = true;
+            }
+            Err(e) => return Err(redis_error(context, e)),
+        }
+    }
+}
+
 pub(crate) fn open_client(redis_url: &str) -> Result<redis::Client> {
     redis::Client::open(redis_url)
         .map_err(|e| Error::Unavailable(format!("invalid Redis URL {redis_url:?}: {e}")))
@@ -69,7 +109,10 @@ pub(crate) async fn connection_manager(client: &redis::Client) -> Result<Connect
         .set_min_delay(BACKOFF_MIN)
         .set_max_delay(BACKOFF_MAX)
         .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(COMMAND_TIMEOUT));
+        .set_response_timeout(Some(COMMAND_TIMEOUT))
+        // Room for the fan-out's window of sends in flight (`bus::kafka::SENDS_IN_FLIGHT`),
+        // so none of them waits for room, where a later one could overtake it.
+        .set_pipeline_buffer_size(PIPELINE_BUFFER);
     let addr = client.get_connection_info().addr().to_string();
     let unreachable =
         |detail: String| Error::Unavailable(format!("cannot connect to Redis at {addr}: {detail}"));
@@ -204,14 +247,11 @@ impl RedisPubSub {
     }
 
     async fn publish(&self, channel: String, payload: Vec<u8>) -> Result<()> {
-        let mut conn = self.publisher.clone();
-        redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(payload)
-            .query_async::<i64>(&mut conn)
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(payload);
+        query::<i64>(&self.publisher, Request::Cmd(&cmd), "PUBLISH")
             .await
             .map(|_| ())
-            .map_err(|e| redis_error("PUBLISH", e))
     }
 
     /// A fresh subscriber connection with every wanted channel subscribed.

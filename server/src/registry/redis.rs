@@ -8,7 +8,9 @@
 //! while one of its sessions watches that user.
 
 use super::{Registry, SessionKey, Watcher};
-use crate::bus::pubsub::{connection_manager, open_client, redis_error, redis_prefix, RedisPubSub};
+use crate::bus::pubsub::{
+    connection_manager, open_client, query, redis_prefix, RedisPubSub, Request,
+};
 use crate::domain::model::{Committed, Event, Presence, PresenceStatus, EPHEMERAL};
 use crate::{Error, Result};
 use async_trait::async_trait;
@@ -173,10 +175,7 @@ impl RedisRegistry {
                     .pexpire(&key, self.key_ttl_ms())
                     .ignore();
             }
-            let mut conn = self.conn.clone();
-            pipe.query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| redis_error("refreshing sessions", e))?;
+            query::<()>(&self.conn, Request::Pipe(&pipe), "refreshing sessions").await?;
         }
         // A session that went away while its entry was being refreshed must not linger
         // until it expires.
@@ -193,10 +192,7 @@ impl RedisRegistry {
                 pipe.zrem(self.devices_key(user), self.member(*session_id, device))
                     .ignore();
             }
-            let mut conn = self.conn.clone();
-            pipe.query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| redis_error("removing stale sessions", e))?;
+            query::<()>(&self.conn, Request::Pipe(&pipe), "removing stale sessions").await?;
         }
         Ok(())
     }
@@ -327,8 +323,9 @@ impl Registry for RedisRegistry {
             .arg(&key)
             .arg(now)
             .arg("+inf");
-        let mut conn = self.conn.clone();
-        match pipe.query_async::<(Vec<String>,)>(&mut conn).await {
+        match query::<(Vec<String>,)>(&self.conn, Request::Pipe(&pipe), "registering a session")
+            .await
+        {
             Ok((live,)) => Ok(online(&s.user_id, count_devices(&live).max(1))),
             Err(e) => {
                 let mut local = self.local.lock();
@@ -338,7 +335,7 @@ impl Registry for RedisRegistry {
                         local.remove(&s.user_id);
                     }
                 }
-                Err(redis_error("registering a session", e))
+                Err(e)
             }
         }
     }
@@ -353,19 +350,17 @@ impl Registry for RedisRegistry {
                 }
             }
         }
-        let mut conn = self.conn.clone();
         // EVAL rather than EVALSHA: Redis caches the compiled script by its body anyway, and
         // a restarted Redis needs no reloading.
-        let live: Vec<String> = redis::cmd("EVAL")
-            .arg(DISCONNECT)
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(DISCONNECT)
             .arg(2)
             .arg(self.devices_key(&s.user_id))
             .arg(self.last_seen_key(&s.user_id))
             .arg(self.member(s.session_id, &s.device_id))
-            .arg(now)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| redis_error("unregistering a session", e))?;
+            .arg(now);
+        let live: Vec<String> =
+            query(&self.conn, Request::Cmd(&eval), "unregistering a session").await?;
         Ok(match count_devices(&live) {
             0 => offline(&s.user_id, now),
             n => online(&s.user_id, n),
@@ -385,11 +380,8 @@ impl Registry for RedisRegistry {
                 .arg("+inf")
                 .get(self.last_seen_key(u));
         }
-        let mut conn = self.conn.clone();
-        let replies: Vec<(Vec<String>, Option<i64>)> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| redis_error("reading presence", e))?;
+        let replies: Vec<(Vec<String>, Option<i64>)> =
+            query(&self.conn, Request::Pipe(&pipe), "reading presence").await?;
         Ok(user_ids
             .iter()
             .zip(replies)
@@ -456,11 +448,8 @@ impl Registry for RedisRegistry {
                 .arg(now)
                 .arg("+inf");
         }
-        let mut conn = self.conn.clone();
-        let replies: Vec<Vec<String>> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| redis_error("locating users", e))?;
+        let replies: Vec<Vec<String>> =
+            query(&self.conn, Request::Pipe(&pipe), "locating users").await?;
         for (u, live) in user_ids.iter().zip(replies) {
             let nodes: HashSet<&str> = live.iter().filter_map(|m| m.split('|').next()).collect();
             for node in nodes {
@@ -673,6 +662,155 @@ mod tests {
         a.publish(online("carol", 1)).await.unwrap();
         a.publish(online("carol", 2)).await.unwrap();
         eventually("overflow", || w.overflow.is_cancelled()).await;
+        stop.cancel();
+    }
+
+    /// A private Redis (no persistence) that the test can stop and start again.
+    struct OwnRedis {
+        port: u16,
+        dir: tempfile::TempDir,
+        child: Option<std::process::Child>,
+    }
+
+    impl OwnRedis {
+        fn start() -> Option<OwnRedis> {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            let mut r = OwnRedis {
+                port,
+                dir: tempfile::tempdir().ok()?,
+                child: None,
+            };
+            r.up().then_some(r)
+        }
+
+        fn up(&mut self) -> bool {
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .current_dir(self.dir.path())
+                .stdout(std::process::Stdio::null())
+                .spawn();
+            let Ok(child) = child else { return false };
+            self.child = Some(child);
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        }
+
+        fn down(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+
+        fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+    }
+
+    impl Drop for OwnRedis {
+        fn drop(&mut self) {
+            self.down();
+        }
+    }
+
+    /// Node whose link re-registers its sessions after a reconnect, as the node does.
+    async fn resilient_node(
+        url: &str,
+        id: &str,
+        stop: &CancellationToken,
+    ) -> (Arc<RedisRegistry>, Arc<std::sync::atomic::AtomicUsize>) {
+        let slot: Arc<OnceLock<Arc<RedisRegistry>>> = Arc::new(OnceLock::new());
+        let reconnects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s1, s2, n) = (slot.clone(), slot.clone(), reconnects.clone());
+        let handlers = PubSubHandlers {
+            on_presence: Arc::new(move |u, p| {
+                if let Some(r) = s1.get() {
+                    r.on_presence(u, p)
+                }
+            }),
+            on_reconnect: Arc::new(move || {
+                let (registry, n) = (s2.get().cloned(), n.clone());
+                tokio::spawn(async move {
+                    if let Some(r) = registry {
+                        r.reregister_all().await.unwrap();
+                    }
+                    n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }),
+            ..quiet_handlers()
+        };
+        let pubsub = RedisPubSub::connect(url, "", id, handlers, stop.clone())
+            .await
+            .unwrap();
+        let registry = RedisRegistry::connect(url, "", id, 60_000, pubsub)
+            .await
+            .unwrap();
+        let _ = slot.set(registry.clone());
+        (registry, reconnects)
+    }
+
+    #[tokio::test]
+    async fn survives_a_redis_restart() {
+        if redis_url().is_none() {
+            return;
+        }
+        let Some(mut redis) = OwnRedis::start() else {
+            eprintln!("no redis-server to restart: skipping");
+            return;
+        };
+        let url = redis.url();
+        let stop = CancellationToken::new();
+        let (a, a_reconnects) = resilient_node(&url, "a", &stop).await;
+        let (b, b_reconnects) = resilient_node(&url, "b", &stop).await;
+        let (tx, mut rx) = mpsc::channel(8);
+        let w = Watcher {
+            queue: tx,
+            overflow: CancellationToken::new(),
+        };
+        b.watch(1, &w, &[], &users(&["alice"])).await.unwrap();
+        a.connect(&key("alice", "phone", 1)).await.unwrap();
+
+        redis.down();
+        let started = std::time::Instant::now();
+        let err = a.connect(&key("carol", "phone", 2)).await.unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        assert!(a.publish(online("alice", 1)).await.is_err());
+        eprintln!("Redis down: calls failed after {:?}", started.elapsed());
+
+        assert!(redis.up(), "restart redis-server");
+        let started = std::time::Instant::now();
+        let both = || {
+            a_reconnects.load(std::sync::atomic::Ordering::SeqCst) == 1
+                && b_reconnects.load(std::sync::atomic::Ordering::SeqCst) == 1
+        };
+        eventually("both links reconnect and re-register", both).await;
+        eprintln!(
+            "Redis back: links resubscribed after {:?}",
+            started.elapsed()
+        );
+
+        // The sessions are back although Redis lost everything; presence flows again.
+        assert_eq!(
+            b.locate(&users(&["alice"])).await.unwrap()["a"],
+            users(&["alice"])
+        );
+        assert!(a.locate(&users(&["carol"])).await.unwrap().is_empty());
+        a.publish(online("alice", 1)).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(got.event, Event::Presence(ref p) if p.user_id == "alice"));
         stop.cancel();
     }
 }

@@ -1312,6 +1312,56 @@ async fn a_lost_server_is_unavailable_and_the_writer_recovers() {
     db.remove().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_connections_are_replaced_without_failing_calls() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let (a, _) = db.node().await;
+    let chat = group(&*a, "g", &["alice", "bob"]).await.chat_id;
+    let sink = Arc::new(RecordingSink::default());
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(OutboxRelay::new(a.pool(), sink.clone()).run(stop.clone()));
+    a.append_message(new_message(&chat, "alice", "1", 1))
+        .await
+        .unwrap();
+    wait_for("relaying", Duration::from_secs(5), async || {
+        sink.records().len() == 2
+    })
+    .await;
+    // What a PostgreSQL restart or an idle-session timeout does to every connection.
+    let mut admin = PgConnection::connect(&db.admin).await.unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+    )
+    .bind(&db.name)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(killed.len() >= 3, "writer, pool, relay: {killed:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = a
+        .append_message(new_message(&chat, "alice", "2", 2))
+        .await
+        .unwrap();
+    assert_eq!(second.message.seq, 2);
+    a.chat(&chat).await.unwrap().unwrap();
+    a.move_cursor(cursor(&chat, "bob", "phone", 2, ReceiptKind::Read))
+        .await
+        .unwrap();
+    wait_for(
+        "the relay to come back",
+        Duration::from_secs(10),
+        async || sink.records().len() == 5,
+    )
+    .await;
+    stop.cancel();
+    relay.await.unwrap();
+    a.close().await;
+    let _ = admin.close().await;
+    db.remove().await;
+}
+
 /// `CHATD_TEST_DATABASE_URL=... cargo test -p chatd --release --lib store::postgres::tests::bench -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]

@@ -134,6 +134,7 @@ impl Writer {
             .observe(ops.len() as f64);
         let emitter = self.emitter.clone();
         let mut attempt = 1;
+        let mut reconnected = false;
         let failure = loop {
             let conn = match self.connection().await {
                 Ok(conn) => conn,
@@ -149,6 +150,14 @@ impl Writer {
                 Ok(Err(Failure::Sql(e))) if attempt < ATTEMPTS && is_conflict(&e) => {
                     tracing::debug!(error = %e, attempt, "append batch conflicted; running it again");
                     attempt += 1;
+                }
+                // Nothing of an uncommitted transaction outlives its connection, so a batch
+                // that lost its connection (PostgreSQL restarted, an idle connection was
+                // closed) may run once more on a new one.
+                Ok(Err(Failure::Sql(e))) if !reconnected && is_connection_lost(&e) => {
+                    tracing::info!(error = %e, "the writer lost its connection; reconnecting");
+                    self.conn = None;
+                    reconnected = true;
                 }
                 Ok(Err(failure)) => break failure,
                 Err(_) => {
