@@ -4,7 +4,9 @@
 usage: bench_report.py RESULT_DIR OUT_MD OUT_SVG
 
 Every figure comes from the chat-loadgen JSON lines in RESULT_DIR; the analysis text (what bounds
-each figure) is kept by hand in docs/bench/analysis.md and included as it is.
+each figure) is kept by hand in docs/bench/analysis.md and included as it is. Cluster runs
+(scripts/bench-cluster: cluster-NAME.json plus cluster-NAME.cpu.json, the CPU seconds each
+process group used) get their own section, with docs/bench/cluster-analysis.md after it.
 """
 import json
 import math
@@ -23,6 +25,10 @@ TARGETS = {
     "resume-10k": "10,000 missed messages in < 1 s",
     "mixed": "steady under a day-peak mix",
 }
+CLUSTER_TARGETS = {
+    "direct-10k": "steady 10,000 msgs/s, p99 <= 25 ms send->receive",
+}
+CLUSTER_ORDER = ["direct-2k", "direct-5k", "direct-10k", "direct-max", "group-1x1000"]
 ORDER = ["idle-1to1", "idle-shared", "direct-max", "direct-10k", "group-100x100", "group-1x1000", "resume-10k", "mixed"]
 
 
@@ -172,7 +178,50 @@ def main():
     analysis = Path("docs/bench/analysis.md")
     if analysis.exists():
         lines += ["", analysis.read_text().rstrip()]
+    lines += cluster_section(result_dir)
     out_md.write_text("\n".join(lines) + "\n")
+
+
+def cluster_section(result_dir):
+    runs = {}
+    for name in CLUSTER_ORDER:
+        path = result_dir / f"cluster-{name}.json"
+        if not path.exists():
+            continue
+        try:
+            data = json.loads(path.read_text().strip() or "{}")
+        except json.JSONDecodeError as e:
+            data = {"error": f"unparseable output: {e}"}
+        cpu_path = result_dir / f"cluster-{name}.cpu.json"
+        cpu = json.loads(cpu_path.read_text()) if cpu_path.exists() else {}
+        runs[name] = (data, cpu)
+    if not runs:
+        return []
+    lines = ["", "## Cluster: two nodes on PostgreSQL, Redis and Kafka", "",
+             "Figures from `scripts/bench-cluster` (release build): two `chatd` nodes, PostgreSQL",
+             "(`synchronous_commit=on`), Redis, a single Kafka broker (KRaft, JVM) and the load",
+             f"generator, **all on the same {os.cpu_count()} cores**. Connections are spread over both",
+             "nodes, so most messages are committed on one node and delivered by the other",
+             "(outbox → Kafka → fan-out → Redis `node.{id}` → session).", "",
+             "| scenario | target | result | ack p50 / p99 ms | cross-check | errors | CPU s (chatd / postgres / kafka / redis / loadgen) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, (d, cpu) in runs.items():
+        if "error" in d and not d.get("scenario"):
+            lines.append(f"| {name} | {CLUSTER_TARGETS.get(name, '')} | failed: {d['error']} | | | | |")
+            continue
+        ack = d.get("ack_latency_us") or {}
+        cpu_text = " / ".join(fmt(cpu.get(k)) for k in ("chatd", "postgres", "kafka", "redis", "loadgen")) if cpu else "n/a"
+        lines.append(f"| {name} | {CLUSTER_TARGETS.get(name, '')} | {headline(name, d)} | {ms(ack.get('p50'))} / {ms(ack.get('p99'))} "
+                     f"| {'ok' if d.get('cross_check_ok') else d.get('cross_check_ok', 'n/a')} | {fmt(d.get('errors_total'))} | {cpu_text} |")
+    lines += ["", "| scenario | delivery latency count | p50 | p90 | p99 | p99.9 | max (µs) |", "|---|---|---|---|---|---|---|"]
+    for name, (d, _) in runs.items():
+        l = d.get("latency_us") or {}
+        if l.get("count"):
+            lines.append(f"| {name} | {fmt(l.get('count'))} | {fmt(l.get('p50'))} | {fmt(l.get('p90'))} | {fmt(l.get('p99'))} | {fmt(l.get('p999'))} | {fmt(l.get('max'))} |")
+    analysis = Path("docs/bench/cluster-analysis.md")
+    if analysis.exists():
+        lines += ["", analysis.read_text().rstrip()]
+    return lines
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 //! sessions; typing events (never stored, so never on Kafka) are routed straight to the nodes
 //! of the chat's members; and this node's own commits end their senders' typing indicators.
 
-use super::{audience, members::MemberCache, wire, NodeLink};
+use super::{audience, members::MemberCache, wire, AfterCommits, NodeLink};
 use crate::domain::model::{Committed, Event, EPHEMERAL};
 use crate::domain::typing::Typing;
 use crate::registry::Registry;
@@ -42,6 +42,7 @@ pub struct EphemeralRouter {
     registry: Arc<dyn Registry>,
     link: Arc<dyn NodeLink>,
     typing: Arc<Typing>,
+    after_commits: Arc<dyn AfterCommits>,
     live_receipts_max_members: usize,
 }
 
@@ -51,6 +52,7 @@ impl EphemeralRouter {
         registry: Arc<dyn Registry>,
         link: Arc<dyn NodeLink>,
         typing: Arc<Typing>,
+        after_commits: Arc<dyn AfterCommits>,
         live_receipts_max_members: usize,
     ) -> Self {
         EphemeralRouter {
@@ -59,20 +61,23 @@ impl EphemeralRouter {
             registry,
             link,
             typing,
+            after_commits,
             live_receipts_max_members,
         }
     }
 
-    /// Runs until both channels close: `ephemeral` (typing from this node's sessions) and
-    /// `local_commits` (what this node committed, in commit order; the store closes it).
+    /// Runs until `local_commits` (what this node committed, in commit order) closes or the
+    /// node shuts down; `ephemeral` brings typing from this node's sessions.
     pub async fn run(
         mut self,
         mut ephemeral: mpsc::Receiver<Event>,
         mut local_commits: mpsc::Receiver<Committed>,
+        shutdown: tokio_util::sync::CancellationToken,
     ) {
         let mut ephemeral_open = true;
         loop {
             tokio::select! {
+                _ = shutdown.cancelled() => return,
                 committed = local_commits.recv() => match committed {
                     Some(c) => self.committed(c.event).await,
                     None => return,
@@ -85,10 +90,14 @@ impl EphemeralRouter {
         }
     }
 
+    /// A message ends its sender's typing: the STOPPED goes through the outbox behind the
+    /// message, so members see the message first, as on a single node.
     async fn committed(&mut self, event: Event) {
         if let Event::Message(m) = &event {
             if let Some(stop) = self.typing.message_ended_typing(m) {
-                self.route(stop).await;
+                if let Err(e) = self.after_commits.enqueue(&m.chat_id, &stop).await {
+                    tracing::warn!(chat_id = m.chat_id, error = %e, "typing STOPPED dropped");
+                }
             }
         }
     }

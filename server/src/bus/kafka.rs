@@ -28,7 +28,7 @@ use rdkafka::{
     Offset, TopicPartitionList,
 };
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{hash_map::Entry, HashMap},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -43,9 +43,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BATCH: usize = 512;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Envelope sends of one batch under way at once; the link's request queue must hold more
-/// (see `join_in_order`).
-const SENDS_IN_FLIGHT: usize = 1024;
 /// A failure other than "unavailable" that repeats this often is the message's fault.
 const MAX_FAILURES: u32 = 5;
 /// Chats whose member lists are cached; past this the cache starts over.
@@ -503,59 +500,6 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> boo
     }
 }
 
-/// Runs `futures` concurrently, at most [`SENDS_IN_FLIGHT`] at a time, starting them in
-/// their order; returns the first error once all are done.
-///
-/// A link queues a send on its connection when the send is first polled, so starting them
-/// in order keeps each node's envelopes in event order while they share round trips, as long
-/// as the connection's request queue has room (the window keeps it from filling: a send that
-/// waits for room may be overtaken). `join_all` doesn't start them in order: past 30 futures
-/// it re-queues one that yielded (e.g. to tokio's cooperative budget) behind later ones.
-async fn join_in_order<F>(futures: Vec<F>) -> Result<()>
-where
-    F: std::future::Future<Output = Result<()>>,
-{
-    let mut waiting = futures.into_iter();
-    let mut running: std::collections::VecDeque<Option<std::pin::Pin<Box<F>>>> =
-        std::collections::VecDeque::new();
-    let mut in_flight = 0usize;
-    let mut first_error = None;
-    std::future::poll_fn(|cx| loop {
-        let mut started = false;
-        while in_flight < SENDS_IN_FLIGHT {
-            let Some(f) = waiting.next() else { break };
-            running.push_back(Some(Box::pin(f)));
-            in_flight += 1;
-            started = true;
-        }
-        for slot in running.iter_mut() {
-            let Some(f) = slot else { continue };
-            if let std::task::Poll::Ready(result) = f.as_mut().poll(cx) {
-                *slot = None;
-                in_flight -= 1;
-                if let Err(e) = result {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        while matches!(running.front(), Some(None)) {
-            running.pop_front();
-        }
-        if in_flight == 0 && waiting.len() == 0 {
-            return std::task::Poll::Ready(());
-        }
-        // Room freed up: start the next ones now rather than after another wake-up.
-        if in_flight == SENDS_IN_FLIGHT || (!started && waiting.len() == 0) {
-            return std::task::Poll::Pending;
-        }
-    })
-    .await;
-    match first_error {
-        None => Ok(()),
-        Some(e) => Err(e),
-    }
-}
-
 /// The whole story of an error, for logs and dead letters (`Internal` hides it when shown).
 fn detail(e: &Error) -> String {
     match e {
@@ -568,13 +512,96 @@ fn is_transient(e: &Error) -> bool {
     matches!(e, Error::Unavailable(_))
 }
 
+/// [`cluster::hand_off`](super::cluster::hand_off) for several events at once: one registry
+/// lookup, then every event's envelopes in event order through one
+/// [`NodeLink::send_many`], so each node gets them in that order. Returns, per event, the
+/// targeted users with no live session anywhere.
+async fn hand_off_batch(
+    registry: &dyn Registry,
+    link: &dyn NodeLink,
+    events: &[(&[Target], &[u8])],
+) -> Result<Vec<Vec<String>>> {
+    let mut users: Vec<String> = events
+        .iter()
+        .flat_map(|(targets, _)| targets.iter().map(|t| t.user_id.clone()))
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    let located = Located::locate(registry, &users).await?;
+    let mut envelopes = Vec::new();
+    let mut offline = Vec::with_capacity(events.len());
+    for (targets, payload) in events {
+        located.envelopes(targets, payload, &mut envelopes);
+        let mut users: Vec<String> = targets
+            .iter()
+            .filter(|t| !located.is_online(&t.user_id))
+            .map(|t| t.user_id.clone())
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        offline.push(users);
+    }
+    if !envelopes.is_empty() {
+        link.send_many(envelopes).await?;
+    }
+    Ok(offline)
+}
+
+/// Where some users are connected, from one registry lookup.
+struct Located {
+    /// user → the nodes holding a live session of theirs.
+    nodes_of: HashMap<String, Vec<String>>,
+}
+
+impl Located {
+    async fn locate(registry: &dyn Registry, users: &[String]) -> Result<Located> {
+        let mut nodes_of: HashMap<String, Vec<String>> = HashMap::new();
+        for (node, held) in registry.locate(users).await? {
+            for user in held {
+                nodes_of.entry(user).or_default().push(node.clone());
+            }
+        }
+        Ok(Located { nodes_of })
+    }
+
+    /// Whether the user has a live session on some node.
+    fn is_online(&self, user_id: &str) -> bool {
+        self.nodes_of.contains_key(user_id)
+    }
+
+    /// Appends one envelope of `payload` for each node holding sessions of `targets`,
+    /// addressed to the targets it holds (a user with devices on several nodes is under
+    /// each); nodes in the order they first appear among the targets.
+    fn envelopes(&self, targets: &[Target], payload: &[u8], out: &mut Vec<(String, Vec<u8>)>) {
+        let mut per_node: Vec<(&str, Vec<Target>)> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for t in targets {
+            for node in self.nodes_of.get(&t.user_id).into_iter().flatten() {
+                let node: &str = node;
+                let i = match index.entry(node) {
+                    Entry::Occupied(e) => *e.get(),
+                    Entry::Vacant(e) => {
+                        per_node.push((node, Vec::new()));
+                        *e.insert(per_node.len() - 1)
+                    }
+                };
+                per_node[i].1.push(t.clone());
+            }
+        }
+        out.extend(
+            per_node.into_iter().map(|(node, on_node)| {
+                (node.to_string(), wire::encode_envelope(&on_node, payload))
+            }),
+        );
+    }
+}
+
 /// One decoded event of a batch, with what fanning it out needs.
 struct Item<'m, 'c> {
     msg: &'m BorrowedMessage<'c>,
     event: Event,
+    /// For messages: every member (see [`audience::targets`]), so also who may need a push.
     targets: Vec<Target>,
-    /// For messages: the members to consider for push jobs.
-    members: Arc<[String]>,
 }
 
 struct Fanout<'b> {
@@ -627,7 +654,6 @@ impl Fanout<'_> {
                 msg,
                 event,
                 targets,
-                members,
             });
         }
         self.deliver_all(&items).await
@@ -721,71 +747,30 @@ impl Fanout<'_> {
     }
 
     async fn deliver(&self, items: &[Item<'_, '_>]) -> Result<()> {
-        let mut users: Vec<String> = Vec::new();
-        {
-            let mut seen: HashSet<&str> = HashSet::new();
-            for item in items {
-                for t in &item.targets {
-                    if seen.insert(&t.user_id) {
-                        users.push(t.user_id.clone());
-                    }
-                }
-                if let Event::Message(_) = item.event {
-                    for m in item.members.iter() {
-                        if seen.insert(m) {
-                            users.push(m.clone());
-                        }
-                    }
-                }
-            }
-        }
-        let located = self.registry.locate(&users).await?;
-        let mut nodes_of: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (node, users) in &located {
-            for u in users {
-                nodes_of.entry(u.as_str()).or_default().push(node.as_str());
-            }
-        }
-
-        // Envelopes in event order, so each node's channel carries a chat's events in seq
-        // order (see `join_in_order`).
-        let mut sends = Vec::new();
+        let events: Vec<(&[Target], &[u8])> = items
+            .iter()
+            .map(|i| (&i.targets[..], i.msg.payload().unwrap_or_default()))
+            .collect();
+        let offline = hand_off_batch(&*self.registry, &*self.link, &events).await?;
         let mut push: Vec<(String, Vec<u8>)> = Vec::new();
-        for item in items {
-            let payload = item.msg.payload().unwrap_or_default();
-            let mut per_node: Vec<(&str, Vec<Target>)> = Vec::new();
-            for t in &item.targets {
-                for node in nodes_of.get(t.user_id.as_str()).into_iter().flatten() {
-                    match per_node.iter_mut().find(|(n, _)| n == node) {
-                        Some((_, targets)) => targets.push(t.clone()),
-                        None => per_node.push((node, vec![t.clone()])),
-                    }
-                }
-            }
-            for (node, targets) in per_node {
-                let envelope = wire::encode_envelope(&targets, payload);
-                sends.push(self.link.send_to_node(node, envelope));
-            }
-            if let Event::Message(m) = &item.event {
-                // The sender needs no push about their own message.
-                for user in item.members.iter() {
-                    if *user == m.sender_user_id || nodes_of.contains_key(user.as_str()) {
-                        continue;
-                    }
-                    let job = PushJob {
-                        user_id: user.clone(),
-                        chat_id: m.chat_id.clone(),
-                        seq: m.seq,
-                        message_id: m.message_id.clone(),
-                        sender_user_id: m.sender_user_id.clone(),
-                        created_at: m.created_at,
-                    };
-                    let json = serde_json::to_vec(&job).map_err(Error::internal)?;
-                    push.push((user.clone(), json));
-                }
+        for (item, offline) in items.iter().zip(offline) {
+            let Event::Message(m) = &item.event else {
+                continue;
+            };
+            // The sender needs no push about their own message.
+            for user in offline.into_iter().filter(|u| *u != m.sender_user_id) {
+                let job = PushJob {
+                    user_id: user.clone(),
+                    chat_id: m.chat_id.clone(),
+                    seq: m.seq,
+                    message_id: m.message_id.clone(),
+                    sender_user_id: m.sender_user_id.clone(),
+                    created_at: m.created_at,
+                };
+                let json = serde_json::to_vec(&job).map_err(Error::internal)?;
+                push.push((user, json));
             }
         }
-        join_in_order(sends).await?;
         if !push.is_empty() {
             let records = push
                 .iter()
@@ -1130,6 +1115,130 @@ mod tests {
             .and_then(|h| h.value)
             .unwrap();
         assert!(String::from_utf8_lossy(reason).contains("undecodable"));
+        stop.cancel();
+    }
+
+    /// Many events of a few chats, fanned out in big batches to two nodes: each node's
+    /// channel carries every chat's events exactly once, in seq order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_node_gets_every_chats_events_in_order_under_load() {
+        let (Some(url), Some(brokers)) = (redis_url(), brokers()) else {
+            return;
+        };
+        const CHATS: usize = 4;
+        const PER_CHAT: u64 = 5_000;
+        let ns = namespace();
+        let stop = CancellationToken::new();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _outbox) = SqliteStore::open(dir.path()).unwrap();
+        let mut chats = Vec::new();
+        for i in 0..CHATS {
+            // s{i} sends; b{i} is on node b, c{i} on node c, both{i} on both.
+            let (chat, _) = store
+                .create_chat(NewChat {
+                    kind: ChatKind::Group,
+                    title: "g".into(),
+                    direct_key: None,
+                    members: ["s", "b", "c", "both"]
+                        .iter()
+                        .map(|p| (format!("{p}{i}"), Role::Member))
+                        .collect(),
+                    created_at: 1,
+                })
+                .await
+                .unwrap();
+            chats.push(chat.chat_id);
+        }
+        let (link_a, _) = link(&url, &ns, "a", &stop).await;
+        let (link_b, mut on_b) = link(&url, &ns, "b", &stop).await;
+        let (link_c, mut on_c) = link(&url, &ns, "c", &stop).await;
+        let registry_a = RedisRegistry::connect(&url, &ns, "a", 60_000, link_a.clone())
+            .await
+            .unwrap();
+        let mut registries = Vec::new();
+        let mut session_id = 0;
+        for (node, link, prefixes) in [("b", link_b, ["b", "both"]), ("c", link_c, ["c", "both"])] {
+            let registry = RedisRegistry::connect(&url, &ns, node, 60_000, link)
+                .await
+                .unwrap();
+            for i in 0..CHATS {
+                for p in prefixes {
+                    session_id += 1;
+                    registry
+                        .connect(&SessionKey {
+                            user_id: format!("{p}{i}"),
+                            device_id: "d".into(),
+                            session_id,
+                        })
+                        .await
+                        .unwrap();
+                }
+            }
+            registries.push(registry);
+        }
+        let mut s = settings(&brokers, &ns);
+        s.partitions = 4;
+        let bus = KafkaBus::connect(&s).await.unwrap();
+        tokio::spawn(
+            bus.clone()
+                .run_fanout(store, registry_a, link_a, stop.clone()),
+        );
+
+        // Chats interleaved, published in large batches so the fan-out gets full batches.
+        let mut records = Vec::new();
+        for seq in 1..=PER_CHAT {
+            for (i, chat) in chats.iter().enumerate() {
+                let mut e = message(chat, seq);
+                if let Event::Message(m) = &mut e {
+                    Arc::make_mut(m).sender_user_id = format!("s{i}");
+                }
+                records.push(record(records.len() as i64, chat, wire::encode_event(&e)));
+            }
+        }
+        let producer = {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                for chunk in records.chunks(2_000) {
+                    bus.publish(chunk).await.unwrap();
+                }
+            })
+        };
+
+        // Order check: a seq may repeat an earlier one (a batch sent again after an error is
+        // allowed to), but never skip ahead: an event overtaking an earlier one would.
+        for (node, on_node) in [("b", &mut on_b), ("c", &mut on_c)] {
+            let mut high = vec![0u64; CHATS];
+            let (mut n, mut repeats) = (0u64, 0u64);
+            while high.iter().any(|h| *h < PER_CHAT) {
+                let envelope = tokio::time::timeout(Duration::from_secs(60), on_node.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("node {node}: stuck at {high:?} after {n}"))
+                    .unwrap();
+                n += 1;
+                let (targets, event) = wire::decode_envelope(&envelope).unwrap();
+                let Event::Message(m) = event else {
+                    panic!("not a message")
+                };
+                let i = chats.iter().position(|c| *c == m.chat_id).unwrap();
+                let mut users: Vec<String> = targets.into_iter().map(|t| t.user_id).collect();
+                users.sort();
+                let mut want = [format!("both{i}"), format!("{node}{i}")];
+                want.sort();
+                assert_eq!(users, want);
+                assert!(
+                    m.seq <= high[i] + 1,
+                    "node {node}, chat {i}: seq {} after {} (envelope {n})",
+                    m.seq,
+                    high[i]
+                );
+                if m.seq <= high[i] {
+                    repeats += 1;
+                }
+                high[i] = high[i].max(m.seq);
+            }
+            eprintln!("node {node}: {n} envelopes, {repeats} repeats");
+        }
+        producer.await.unwrap();
         stop.cancel();
     }
 

@@ -35,6 +35,13 @@ pub trait OutboxSink: Send + Sync + 'static {
     async fn publish(&self, batch: &[OutboxRecord]) -> Result<()>;
 }
 
+/// Queues an event behind everything of its chat committed so far (the store's outbox), for
+/// ephemeral events that must not overtake a stored one (the typing STOPPED a message implies).
+#[async_trait]
+pub trait AfterCommits: Send + Sync + 'static {
+    async fn enqueue(&self, chat_id: &str, event: &crate::domain::model::Event) -> Result<()>;
+}
+
 /// Hand-off of encoded envelopes ([`wire::Envelope`]) to other nodes.
 #[async_trait]
 pub trait NodeLink: Send + Sync + 'static {

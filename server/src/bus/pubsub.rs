@@ -23,8 +23,10 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 const PING_EVERY: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Requests queued on one connection before senders wait.
-const PIPELINE_BUFFER: usize = 4096;
+/// Bounds on one pipeline of [`NodeLink::send_many`]: a longer batch goes as several
+/// pipelines, each sent once the one before it was answered.
+const PIPELINE_MAX_COMMANDS: usize = 4096;
+const PIPELINE_MAX_BYTES: usize = 4 << 20;
 /// Channels per SUBSCRIBE when re-subscribing, so one command stays a reasonable size.
 const SUBSCRIBE_CHUNK: usize = 1000;
 
@@ -109,10 +111,7 @@ pub(crate) async fn connection_manager(client: &redis::Client) -> Result<Connect
         .set_min_delay(BACKOFF_MIN)
         .set_max_delay(BACKOFF_MAX)
         .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(COMMAND_TIMEOUT))
-        // Room for the fan-out's window of sends in flight (`bus::kafka::SENDS_IN_FLIGHT`),
-        // so none of them waits for room, where a later one could overtake it.
-        .set_pipeline_buffer_size(PIPELINE_BUFFER);
+        .set_response_timeout(Some(COMMAND_TIMEOUT));
     let addr = client.get_connection_info().addr().to_string();
     let unreachable =
         |detail: String| Error::Unavailable(format!("cannot connect to Redis at {addr}: {detail}"));
@@ -252,6 +251,10 @@ impl RedisPubSub {
         query::<i64>(&self.publisher, Request::Cmd(&cmd), "PUBLISH")
             .await
             .map(|_| ())
+    }
+
+    fn node_channel_of(&self, node_id: &str) -> String {
+        format!("{}{node_id}", self.node_channel_prefix)
     }
 
     /// A fresh subscriber connection with every wanted channel subscribed.
@@ -416,11 +419,63 @@ impl RedisPubSub {
     }
 }
 
+#[cfg(test)]
+impl RedisPubSub {
+    /// Kills the publisher's current connection; it reconnects on its next command.
+    pub(crate) async fn kill_publisher_connection(&self, redis_url: &str) {
+        let mut id = redis::cmd("CLIENT");
+        id.arg("ID");
+        let id: i64 = query(&self.publisher, Request::Cmd(&id), "CLIENT ID")
+            .await
+            .unwrap();
+        let mut conn = redis::Client::open(redis_url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(killed, 1);
+    }
+}
+
 #[async_trait]
 impl NodeLink for RedisPubSub {
     async fn send_to_node(&self, node_id: &str, envelope: Vec<u8>) -> Result<()> {
-        self.publish(format!("{}{node_id}", self.node_channel_prefix), envelope)
-            .await
+        self.publish(self.node_channel_of(node_id), envelope).await
+    }
+
+    /// One pipeline of PUBLISHes: Redis runs a connection's commands in the order they
+    /// arrive, so every channel gets its envelopes in the order given, for one round trip.
+    /// A batch past the pipeline bounds goes as consecutive pipelines, each sent after the
+    /// previous one was answered. After an error some envelopes may have gone out: sending
+    /// the batch again repeats them (sessions drop repeats by seq) but reorders nothing.
+    async fn send_many(&self, envelopes: Vec<(String, Vec<u8>)>) -> Result<()> {
+        let mut pipe = redis::pipe();
+        let mut bytes = 0usize;
+        for (node_id, envelope) in envelopes {
+            if !pipe.is_empty()
+                && (pipe.len() >= PIPELINE_MAX_COMMANDS
+                    || bytes + envelope.len() > PIPELINE_MAX_BYTES)
+            {
+                query::<()>(&self.publisher, Request::Pipe(&pipe), "PUBLISH").await?;
+                pipe.clear();
+                bytes = 0;
+            }
+            bytes += envelope.len();
+            pipe.cmd("PUBLISH")
+                .arg(self.node_channel_of(&node_id))
+                .arg(envelope);
+        }
+        if !pipe.is_empty() {
+            query::<()>(&self.publisher, Request::Pipe(&pipe), "PUBLISH").await?;
+        }
+        Ok(())
     }
 }
 
@@ -545,6 +600,65 @@ pub(crate) mod tests {
                 ("alice".to_string(), b"p2".to_vec())
             ]
         );
+        shutdown.cancel();
+    }
+
+    /// `send_many` keeps each channel's envelopes in the order given, across pipelines and
+    /// across a lost publisher connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn send_many_keeps_order_per_node() {
+        let Some(url) = redis_url() else { return };
+        let ns = namespace();
+        let shutdown = CancellationToken::new();
+        let mut received = Vec::new();
+        for node in ["b", "c"] {
+            let (handlers, seen, _) = recording();
+            let link = RedisPubSub::connect(&url, &ns, node, handlers, shutdown.clone())
+                .await
+                .unwrap();
+            received.push((link, seen));
+        }
+        let a = RedisPubSub::connect(&url, &ns, "a", quiet_handlers(), shutdown.clone())
+            .await
+            .unwrap();
+        // More than one pipeline's worth of commands; the first few big ones reach the byte
+        // bound (but stay under Redis' default output buffer limit of a subscriber).
+        const N: usize = 3 * PIPELINE_MAX_COMMANDS + 17;
+        let batch = |round: usize| -> Vec<(String, Vec<u8>)> {
+            (0..N)
+                .flat_map(|i| {
+                    let mut out = vec![("b".to_string(), format!("{round}:{i}").into_bytes())];
+                    if i % 3 != 0 {
+                        let mut big = format!("{round}:{i}:").into_bytes();
+                        big.resize(if i < 9 { 800_000 } else { 64 }, b'x');
+                        out.push(("c".to_string(), big));
+                    }
+                    out
+                })
+                .collect()
+        };
+        let expected = |round: usize, node: &str| -> Vec<String> {
+            batch(round)
+                .into_iter()
+                .filter(|(n, _)| n == node)
+                .map(|(_, p)| String::from_utf8_lossy(&p[..p.len().min(20)]).into_owned())
+                .collect()
+        };
+        for round in 0..2 {
+            if round == 1 {
+                a.kill_publisher_connection(&url).await;
+            }
+            a.send_many(batch(round)).await.unwrap();
+            for ((_, seen), node) in received.iter().zip(["b", "c"]) {
+                let want = expected(round, node);
+                eventually("all envelopes", || seen.lock().len() >= want.len()).await;
+                let got: Vec<String> = std::mem::take(&mut *seen.lock())
+                    .into_iter()
+                    .map(|(_, p)| String::from_utf8_lossy(&p[..p.len().min(20)]).into_owned())
+                    .collect();
+                assert!(got == want, "node {node}, round {round}: out of order");
+            }
+        }
         shutdown.cancel();
     }
 }

@@ -17,11 +17,17 @@ pub const MAX_USERS: usize = 1000;
 pub struct PresenceService {
     registry: Arc<dyn Registry>,
     store: Arc<dyn Store>,
+    /// Disconnects still being recorded, so shutdown can wait for them.
+    leaving: tokio_util::task::TaskTracker,
 }
 
 impl PresenceService {
     pub fn new(registry: Arc<dyn Registry>, store: Arc<dyn Store>) -> Self {
-        PresenceService { registry, store }
+        PresenceService {
+            registry,
+            store,
+            leaving: tokio_util::task::TaskTracker::new(),
+        }
     }
 
     pub fn registry(&self) -> &Arc<dyn Registry> {
@@ -123,6 +129,23 @@ impl PresenceService {
             tracing::warn!(user_id = session.user_id, error = %e, "cannot publish presence");
         }
         Ok(())
+    }
+
+    /// [`PresenceService::device_disconnected`] in the background (a session being torn down
+    /// cannot wait), tracked so that [`PresenceService::settle`] can wait for it.
+    pub fn spawn_disconnected(self: &Arc<Self>, session: SessionKey, watched: Vec<String>, now: i64) {
+        let this = self.clone();
+        self.leaving
+            .spawn(async move { this.device_disconnected(&session, &watched, now).await });
+    }
+
+    /// Waits (at most `limit`) for the disconnects in flight, so that a node shutting down
+    /// records the last seen of the devices it had.
+    pub async fn settle(&self, limit: std::time::Duration) {
+        self.leaving.close();
+        if tokio::time::timeout(limit, self.leaving.wait()).await.is_err() {
+            tracing::warn!("some disconnects were not recorded before shutdown");
+        }
     }
 
     /// Forgets a session, publishes the change and, if the user went offline, records when.

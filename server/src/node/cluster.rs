@@ -113,9 +113,14 @@ pub(super) async fn start(
         registry.clone(),
         pubsub,
         w.typing,
+        pg.clone(),
         config.live_receipts_max_members as usize,
     );
-    tasks.push(tokio::spawn(router.run(w.ephemeral, local_commits)));
+    tasks.push(tokio::spawn(router.run(
+        w.ephemeral,
+        local_commits,
+        shutdown.clone(),
+    )));
 
     // The outbox depth is a query; sample it rather than run it at every scrape.
     let outbox_depth = Arc::new(AtomicI64::new(0));

@@ -30,6 +30,8 @@ use tonic::service::Routes;
 const EPHEMERAL_QUEUE: usize = 4096;
 /// How long shutdown waits for sessions and in-flight calls before it gives up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for each back-end task (fan-out, relay, …) after the store closed.
+const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -135,9 +137,10 @@ pub async fn run(
         config.max_message_bytes,
     ));
     let chats = Arc::new(Chats::new(store.clone(), tokens, config.max_group_size));
+    let presence = Arc::new(PresenceService::new(registry, store.clone()));
     let sessions = Arc::new(session::Services {
         messaging: messaging.clone(),
-        presence: Arc::new(PresenceService::new(registry, store.clone())),
+        presence: presence.clone(),
         typing: Arc::new(TypingService::new(
             typing.clone(),
             store.clone(),
@@ -231,10 +234,15 @@ pub async fn run(
     };
     shutdown.cancel();
     housekeeping.abort();
+    // Sessions ended with the server: record their devices going away before the store closes.
+    presence.settle(DRAIN_TIMEOUT).await;
     // Every acknowledged write is already committed; this finishes whatever is still queued.
     store.close().await;
-    for task in tasks {
-        let _ = task.await;
+    for mut task in tasks {
+        if tokio::time::timeout(TASK_STOP_TIMEOUT, &mut task).await.is_err() {
+            tracing::warn!("a background task did not stop in time; aborting it");
+            task.abort();
+        }
     }
     result.map_err(StartError::from)
 }

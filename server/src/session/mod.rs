@@ -525,6 +525,10 @@ impl Session {
                     .await
             }
             Command::Ping { nonce } => {
+                // A Pong confirms every Ack and Read sent before the Ping as durable: a client
+                // that pings before it goes away resumes exactly where it acked.
+                let all = ACKS_IN_FLIGHT as u32;
+                drop(self.acks.acquire_many(all).await.map_err(|_| Stop::Gone)?);
                 self.emit(Output::Pong {
                     nonce,
                     server_time: now_ms(),
@@ -598,17 +602,12 @@ impl OnlineGuard {
 
 impl Drop for OnlineGuard {
     fn drop(&mut self) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        if tokio::runtime::Handle::try_current().is_err() {
             return;
-        };
-        let presence = self.presence.clone();
-        let key = self.key.clone();
+        }
         let watched = std::mem::take(&mut self.watched);
-        runtime.spawn(async move {
-            presence
-                .device_disconnected(&key, &watched, now_ms())
-                .await
-        });
+        self.presence
+            .spawn_disconnected(self.key.clone(), watched, now_ms());
     }
 }
 

@@ -12,6 +12,7 @@
 //! [`writer`]. Rarer writes run in their own transactions from the pool, as do reads.
 
 mod migrate;
+pub mod ordered;
 pub mod outbox;
 #[cfg(test)]
 mod tests;
