@@ -369,14 +369,24 @@ impl Overrides {
         if let Some(v) = self.database_url {
             let ok = v.starts_with("postgres://") || v.starts_with("postgresql://");
             if !ok && !v.is_empty() {
-                return Err(invalid(layer, "database_url", "<hidden>", "must start with postgres://"));
+                return Err(invalid(
+                    layer,
+                    "database_url",
+                    "<hidden>",
+                    "must start with postgres://",
+                ));
             }
             cfg.database_url = Some(v).filter(|v| !v.is_empty());
         }
         if let Some(v) = self.redis_url {
             let ok = v.starts_with("redis://") || v.starts_with("rediss://");
             if !ok && !v.is_empty() {
-                return Err(invalid(layer, "redis_url", &v, "must start with redis:// or rediss://"));
+                return Err(invalid(
+                    layer,
+                    "redis_url",
+                    &v,
+                    "must start with redis:// or rediss://",
+                ));
             }
             cfg.redis_url = Some(v).filter(|v| !v.is_empty());
         }
@@ -555,12 +565,18 @@ mod tests {
         assert_eq!(none.cluster(), Ok(None));
         let partial = Config::resolve(
             None,
-            env(&[("CHATD_DATABASE_URL", "postgres://db/chat"), ("CHATD_REDIS_URL", "redis://r")]),
+            env(&[
+                ("CHATD_DATABASE_URL", "postgres://db/chat"),
+                ("CHATD_REDIS_URL", "redis://r"),
+            ]),
             Overrides::default(),
         )
         .unwrap();
         let err = partial.cluster().unwrap_err().to_string();
-        assert!(err.contains("CHATD_KAFKA_BROKERS") && !err.contains("CHATD_REDIS_URL missing"), "{err}");
+        assert!(
+            err.contains("CHATD_KAFKA_BROKERS") && !err.contains("CHATD_REDIS_URL missing"),
+            "{err}"
+        );
         let all = Config::resolve(
             None,
             env(&[
@@ -572,9 +588,17 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(all.cluster(), Ok(Some(c)) if c.kafka_brokers == "k:9092"));
-        let bad = Config::resolve(None, env(&[("CHATD_DATABASE_URL", "mysql://x")]), Overrides::default());
+        let bad = Config::resolve(
+            None,
+            env(&[("CHATD_DATABASE_URL", "mysql://x")]),
+            Overrides::default(),
+        );
         assert!(bad.is_err());
-        let bad = Config::resolve(None, env(&[("CHATD_NAMESPACE", "a b")]), Overrides::default());
+        let bad = Config::resolve(
+            None,
+            env(&[("CHATD_NAMESPACE", "a b")]),
+            Overrides::default(),
+        );
         assert!(bad.is_err());
     }
 

@@ -15,6 +15,16 @@
 //! The same tests run on the embedded default or, with `CHAT_TEST_BACKEND=full`, on PostgreSQL,
 //! Redis and Kafka (see [`Backend`]); [`TestCluster`] starts several nodes of one cluster, and
 //! [`resilient`] has clients that reconnect and resume like real ones (fault tests).
+//!
+//! Environment:
+//! * `CHAT_TEST_BACKEND` — `embedded` (default) or `full`.
+//! * `CHATD_DATABASE_URL`, `CHATD_REDIS_URL`, `CHATD_KAFKA_BROKERS`, `CHATD_SERVICES_DIR` — the
+//!   services of a full-stack run, as `eval "$(scripts/services up)"` exports them. Each test
+//!   server or cluster gets its own database `t_<random>` (dropped afterwards) and namespace
+//!   `t<random>`; the tests never touch the `chat` database itself.
+//! * `CHAT_TEST_FAULTS=1` — lets `tests/tests/faults.rs` stop and start those services.
+//! * `CHATD_BIN` — the `chatd` to start (default: `target/debug/chatd`); `CHATD_PSQL` — the
+//!   `psql` that creates the databases (default: the newest `/usr/lib/postgresql/*/bin/psql`).
 
 pub mod auth;
 pub mod backend;

@@ -280,7 +280,7 @@ impl Receiver {
                     self.note(format!("connect to {addr} failed: {e}"));
                     attempt += 1;
                     // Same node once more, then move on.
-                    if attempt % 2 == 0 {
+                    if attempt.is_multiple_of(2) {
                         self.node = (self.node + 1) % self.nodes.len();
                     }
                     let backoff = Duration::from_millis(100 * u64::from(attempt.min(10)));
@@ -599,7 +599,7 @@ impl Sender {
                     let addr = self.nodes.get(self.node);
                     self.note(format!("connect to {addr} failed: {e}"));
                     attempt += 1;
-                    if attempt % 2 == 0 {
+                    if attempt.is_multiple_of(2) {
                         self.node = (self.node + 1) % self.nodes.len();
                     }
                     tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(10))))

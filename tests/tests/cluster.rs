@@ -89,7 +89,7 @@ async fn devices_of_one_user_on_different_nodes_get_every_message_once_in_order(
     let chat = open_direct(&mut c.node(0).client("alice", "phone").await, "bob").await;
     let id = chat.chat_id.as_str();
 
-    let mut alice = vec![
+    let mut alice = [
         c.node(0).connect("alice", "phone").await,
         c.node(1).connect("alice", "laptop").await,
         c.node(2).connect("alice", "tablet").await,
@@ -708,4 +708,40 @@ async fn an_unreachable_service_stops_start_up_with_its_name() {
         "Kafka unreachable",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_of_a_crashed_node_go_offline_for_the_others() {
+    full_stack_only!("users_of_a_crashed_node_go_offline_for_the_others");
+    // A dead node refreshes nothing: its sessions expire after the heartbeat timeout.
+    let mut c = TestCluster::start_with(
+        2,
+        &[
+            ("CHATD_HEARTBEAT_INTERVAL_MS", "1000"),
+            ("CHATD_HEARTBEAT_TIMEOUT_MS", "3000"),
+        ],
+    )
+    .await;
+    open_direct(&mut c.node(0).client("alice", "phone").await, "bob").await;
+    let mut bob = c.node(1).connect("bob", "phone").await;
+    let mut alice = c.node(0).client("alice", "phone").await;
+    wait_presence(&mut alice, "bob", "bob online", |p| {
+        p.status() == PresenceStatus::Online
+    })
+    .await;
+    bob.ping().await;
+    c.node_mut(1).kill().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = presence_one(&mut alice, "bob").await;
+        if p.status() == PresenceStatus::Offline {
+            assert_eq!(p.devices_online, 0, "{p:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob still reads as online 30 s after his node crashed: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -12,7 +12,7 @@ use chat_tests::resilient::*;
 use chat_tests::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tonic::Code;
 
 /// One fault test at a time, even if the harness is asked for more threads.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn skip(test: &str) -> bool {
     if skip_unless_full_stack(test) {
@@ -328,7 +328,7 @@ async fn a_node_killed_in_the_middle_of_a_thousand_sends_loses_nothing() {
     if skip("a_node_killed_in_the_middle_of_a_thousand_sends_loses_nothing") {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut rig = Rig::new().await;
     let progress = Arc::new(AtomicUsize::new(0));
     let counts = [334usize, 333, 333];
@@ -392,7 +392,7 @@ async fn a_redis_restart_mid_stream_loses_nothing_and_delivery_resumes() {
     if skip("a_redis_restart_mid_stream_loses_nothing_and_delivery_resumes") {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut rig = Rig::new().await;
     let progress = Arc::new(AtomicUsize::new(0));
     let counts = [250usize, 0, 250];
@@ -469,7 +469,7 @@ async fn sends_are_acked_while_kafka_is_down_and_delivered_when_it_returns() {
     if skip("sends_are_acked_while_kafka_is_down_and_delivered_when_it_returns") {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut rig = Rig::new().await;
     let mut s0 = rig.sender(0).await;
     let s2 = rig.sender(2).await;
@@ -531,7 +531,7 @@ async fn with_postgresql_down_sends_fail_unavailable_and_nothing_acked_is_lost()
     if skip("with_postgresql_down_sends_fail_unavailable_and_nothing_acked_is_lost") {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut rig = Rig::new().await;
     let mut s0 = rig.sender(0).await;
     let s1 = rig.sender(1).await;
@@ -548,8 +548,13 @@ async fn with_postgresql_down_sends_fail_unavailable_and_nothing_acked_is_lost()
     cross.retry_unavailable = false;
     cross.pace = Some(Duration::from_millis(50));
     cross.window = 4;
-    let crossing = s1.spawn(outgoing(&rig.chat_id, "cross", 300), cross, None);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let crossed = Arc::new(AtomicUsize::new(0));
+    let crossing = s1.spawn(
+        outgoing(&rig.chat_id, "cross", 300),
+        cross,
+        Some(crossed.clone()),
+    );
+    wait_for_progress(&crossed, 20, Duration::from_secs(60), "crossing sender").await;
 
     // s2 connects now: a node may well refuse new sessions while it cannot read cursors.
     assert!(

@@ -458,7 +458,8 @@ async fn a_partial_cluster_configuration_stops_the_server() {
     let db = ("CHATD_DATABASE_URL", "postgres://postgres@127.0.0.1:9/chat");
     let redis = ("CHATD_REDIS_URL", "redis://127.0.0.1:9");
     let kafka = ("CHATD_KAFKA_BROKERS", "127.0.0.1:9");
-    let cases: [(&[(&str, &str)], &[&str]); 4] = [
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case; 4] = [
         (&[db, redis], &["CHATD_KAFKA_BROKERS"]),
         (&[db, kafka], &["CHATD_REDIS_URL"]),
         (&[redis, kafka], &["CHATD_DATABASE_URL"]),
@@ -549,7 +550,11 @@ async fn clients_ride_out_a_crash_restart_without_loss() {
         targets: HashMap::from([(g.chat_id.clone(), 300)]),
         deadline: Instant::now() + Duration::from_secs(120),
     }));
-    assert!(sender.disconnects >= 1, "the sender saw the crash: {}", sender.report());
+    assert!(
+        sender.disconnects >= 1,
+        "the sender saw the crash: {}",
+        sender.report()
+    );
     eprintln!("{}", sender.report());
     for r in join_each(receivers).await {
         eprintln!("{}", r.report());

@@ -33,7 +33,12 @@ pub fn targets(event: &Event, members: &[String], live_receipts_max_members: usi
         Event::Receipt(r) => {
             let mut out: Vec<Target> = Vec::new();
             if members.len() <= live_receipts_max_members {
-                out.extend(members.iter().filter(|u| **u != r.user_id).map(|u| Target::all(u)));
+                out.extend(
+                    members
+                        .iter()
+                        .filter(|u| **u != r.user_id)
+                        .map(|u| Target::all(u)),
+                );
             }
             if r.kind == ReceiptKind::Read {
                 out.push(Target {

@@ -9,7 +9,7 @@ use crate::registry::Registry;
 use crate::session::Directory;
 use crate::store::Store;
 use std::{
-    collections::HashMap,
+    collections::{hash_map::Entry, HashMap},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -119,7 +119,14 @@ impl EphemeralRouter {
             }
         };
         let targets = audience::targets(&event, &members, self.live_receipts_max_members);
-        if let Err(e) = hand_off(&*self.registry, &*self.link, &targets, &wire::encode_event(&event)).await {
+        if let Err(e) = hand_off(
+            &*self.registry,
+            &*self.link,
+            &targets,
+            &wire::encode_event(&event),
+        )
+        .await
+        {
             tracing::warn!(chat_id, error = %e, "typing event dropped");
         }
     }
@@ -133,29 +140,95 @@ pub async fn hand_off(
     targets: &[audience::Target],
     payload: &[u8],
 ) -> crate::Result<Vec<String>> {
-    let mut users: Vec<String> = targets.iter().map(|t| t.user_id.clone()).collect();
+    let mut offline = hand_off_batch(registry, link, &[(targets, payload)]).await?;
+    Ok(offline.pop().unwrap_or_default())
+}
+
+/// [`hand_off`] for several events at once: one registry
+/// lookup, then every event's envelopes in event order through one
+/// [`NodeLink::send_many`], so each node gets them in that order. Returns, per event, the
+/// targeted users with no live session anywhere.
+pub async fn hand_off_batch(
+    registry: &dyn Registry,
+    link: &dyn NodeLink,
+    events: &[(&[audience::Target], &[u8])],
+) -> crate::Result<Vec<Vec<String>>> {
+    let mut users: Vec<String> = events
+        .iter()
+        .flat_map(|(targets, _)| targets.iter().map(|t| t.user_id.clone()))
+        .collect();
     users.sort_unstable();
     users.dedup();
-    let nodes = registry.locate(&users).await?;
-    // A user with devices on several nodes is under each of them.
-    let mut nodes_of: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (node, here) in &nodes {
-        for u in here {
-            nodes_of.entry(u.as_str()).or_default().push(node.as_str());
+    let located = Located::locate(registry, &users).await?;
+    let mut envelopes = Vec::new();
+    let mut offline = Vec::with_capacity(events.len());
+    for (targets, payload) in events {
+        located.envelopes(targets, payload, &mut envelopes);
+        let mut users: Vec<String> = targets
+            .iter()
+            .filter(|t| !located.is_online(&t.user_id))
+            .map(|t| t.user_id.clone())
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        offline.push(users);
+    }
+    if !envelopes.is_empty() {
+        link.send_many(envelopes).await?;
+    }
+    Ok(offline)
+}
+
+/// Where some users are connected, from one registry lookup.
+struct Located {
+    /// user → the nodes holding a live session of theirs.
+    nodes_of: HashMap<String, Vec<String>>,
+}
+
+impl Located {
+    async fn locate(registry: &dyn Registry, users: &[String]) -> crate::Result<Located> {
+        let mut nodes_of: HashMap<String, Vec<String>> = HashMap::new();
+        for (node, held) in registry.locate(users).await? {
+            for user in held {
+                nodes_of.entry(user).or_default().push(node.clone());
+            }
         }
+        Ok(Located { nodes_of })
     }
-    let mut by_node: HashMap<&str, Vec<audience::Target>> = HashMap::new();
-    for t in targets {
-        for node in nodes_of.get(t.user_id.as_str()).into_iter().flatten() {
-            by_node.entry(node).or_default().push(t.clone());
+
+    /// Whether the user has a live session on some node.
+    fn is_online(&self, user_id: &str) -> bool {
+        self.nodes_of.contains_key(user_id)
+    }
+
+    /// Appends one envelope of `payload` for each node holding sessions of `targets`,
+    /// addressed to the targets it holds (a user with devices on several nodes is under
+    /// each); nodes in the order they first appear among the targets.
+    fn envelopes(
+        &self,
+        targets: &[audience::Target],
+        payload: &[u8],
+        out: &mut Vec<(String, Vec<u8>)>,
+    ) {
+        let mut per_node: Vec<(&str, Vec<audience::Target>)> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for t in targets {
+            for node in self.nodes_of.get(&t.user_id).into_iter().flatten() {
+                let node: &str = node;
+                let i = match index.entry(node) {
+                    Entry::Occupied(e) => *e.get(),
+                    Entry::Vacant(e) => {
+                        per_node.push((node, Vec::new()));
+                        *e.insert(per_node.len() - 1)
+                    }
+                };
+                per_node[i].1.push(t.clone());
+            }
         }
+        out.extend(
+            per_node.into_iter().map(|(node, on_node)| {
+                (node.to_string(), wire::encode_envelope(&on_node, payload))
+            }),
+        );
     }
-    for (node, on_node) in by_node {
-        link.send_to_node(node, wire::encode_envelope(&on_node, payload))
-            .await?;
-    }
-    Ok(users
-        .into_iter()
-        .filter(|u| !nodes_of.contains_key(u.as_str()))
-        .collect())
 }

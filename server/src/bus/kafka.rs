@@ -9,6 +9,7 @@
 //! off, so a node that dies mid-way leaves the event to the partition's next owner.
 
 use super::audience::{self, Target};
+use super::cluster::hand_off_batch;
 use super::wire::{self, PushJob};
 use super::{NodeLink, OutboxRecord, OutboxSink};
 use crate::domain::model::Event;
@@ -28,7 +29,7 @@ use rdkafka::{
     Offset, TopicPartitionList,
 };
 use std::{
-    collections::{hash_map::Entry, HashMap},
+    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -510,90 +511,6 @@ fn detail(e: &Error) -> String {
 
 fn is_transient(e: &Error) -> bool {
     matches!(e, Error::Unavailable(_))
-}
-
-/// [`cluster::hand_off`](super::cluster::hand_off) for several events at once: one registry
-/// lookup, then every event's envelopes in event order through one
-/// [`NodeLink::send_many`], so each node gets them in that order. Returns, per event, the
-/// targeted users with no live session anywhere.
-async fn hand_off_batch(
-    registry: &dyn Registry,
-    link: &dyn NodeLink,
-    events: &[(&[Target], &[u8])],
-) -> Result<Vec<Vec<String>>> {
-    let mut users: Vec<String> = events
-        .iter()
-        .flat_map(|(targets, _)| targets.iter().map(|t| t.user_id.clone()))
-        .collect();
-    users.sort_unstable();
-    users.dedup();
-    let located = Located::locate(registry, &users).await?;
-    let mut envelopes = Vec::new();
-    let mut offline = Vec::with_capacity(events.len());
-    for (targets, payload) in events {
-        located.envelopes(targets, payload, &mut envelopes);
-        let mut users: Vec<String> = targets
-            .iter()
-            .filter(|t| !located.is_online(&t.user_id))
-            .map(|t| t.user_id.clone())
-            .collect();
-        users.sort_unstable();
-        users.dedup();
-        offline.push(users);
-    }
-    if !envelopes.is_empty() {
-        link.send_many(envelopes).await?;
-    }
-    Ok(offline)
-}
-
-/// Where some users are connected, from one registry lookup.
-struct Located {
-    /// user → the nodes holding a live session of theirs.
-    nodes_of: HashMap<String, Vec<String>>,
-}
-
-impl Located {
-    async fn locate(registry: &dyn Registry, users: &[String]) -> Result<Located> {
-        let mut nodes_of: HashMap<String, Vec<String>> = HashMap::new();
-        for (node, held) in registry.locate(users).await? {
-            for user in held {
-                nodes_of.entry(user).or_default().push(node.clone());
-            }
-        }
-        Ok(Located { nodes_of })
-    }
-
-    /// Whether the user has a live session on some node.
-    fn is_online(&self, user_id: &str) -> bool {
-        self.nodes_of.contains_key(user_id)
-    }
-
-    /// Appends one envelope of `payload` for each node holding sessions of `targets`,
-    /// addressed to the targets it holds (a user with devices on several nodes is under
-    /// each); nodes in the order they first appear among the targets.
-    fn envelopes(&self, targets: &[Target], payload: &[u8], out: &mut Vec<(String, Vec<u8>)>) {
-        let mut per_node: Vec<(&str, Vec<Target>)> = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        for t in targets {
-            for node in self.nodes_of.get(&t.user_id).into_iter().flatten() {
-                let node: &str = node;
-                let i = match index.entry(node) {
-                    Entry::Occupied(e) => *e.get(),
-                    Entry::Vacant(e) => {
-                        per_node.push((node, Vec::new()));
-                        *e.insert(per_node.len() - 1)
-                    }
-                };
-                per_node[i].1.push(t.clone());
-            }
-        }
-        out.extend(
-            per_node.into_iter().map(|(node, on_node)| {
-                (node.to_string(), wire::encode_envelope(&on_node, payload))
-            }),
-        );
-    }
 }
 
 /// One decoded event of a batch, with what fanning it out needs.

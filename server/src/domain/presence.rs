@@ -71,7 +71,11 @@ impl PresenceService {
     pub async fn get(&self, viewer: &str, users: &[String]) -> Result<Vec<Presence>> {
         let users = Self::check_users(users)?;
         let visible: HashSet<String> = self.visible(viewer, &users).await?.into_iter().collect();
-        let shown: Vec<String> = users.iter().filter(|u| visible.contains(*u)).cloned().collect();
+        let shown: Vec<String> = users
+            .iter()
+            .filter(|u| visible.contains(*u))
+            .cloned()
+            .collect();
         let mut known: std::collections::HashMap<String, Presence> = self
             .registry
             .snapshot(&shown)
@@ -133,7 +137,12 @@ impl PresenceService {
 
     /// [`PresenceService::device_disconnected`] in the background (a session being torn down
     /// cannot wait), tracked so that [`PresenceService::settle`] can wait for it.
-    pub fn spawn_disconnected(self: &Arc<Self>, session: SessionKey, watched: Vec<String>, now: i64) {
+    pub fn spawn_disconnected(
+        self: &Arc<Self>,
+        session: SessionKey,
+        watched: Vec<String>,
+        now: i64,
+    ) {
         let this = self.clone();
         self.leaving
             .spawn(async move { this.device_disconnected(&session, &watched, now).await });
@@ -143,7 +152,10 @@ impl PresenceService {
     /// records the last seen of the devices it had.
     pub async fn settle(&self, limit: std::time::Duration) {
         self.leaving.close();
-        if tokio::time::timeout(limit, self.leaving.wait()).await.is_err() {
+        if tokio::time::timeout(limit, self.leaving.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some disconnects were not recorded before shutdown");
         }
     }

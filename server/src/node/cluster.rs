@@ -141,7 +141,11 @@ pub(super) async fn start(
         }));
     }
     let queue = pg.clone();
-    tracing::info!(node_id, namespace = ns, "cluster node: PostgreSQL, Redis and Kafka connected");
+    tracing::info!(
+        node_id,
+        namespace = ns,
+        "cluster node: PostgreSQL, Redis and Kafka connected"
+    );
     Ok(Backends {
         store,
         registry,

@@ -239,7 +239,10 @@ pub async fn run(
     // Every acknowledged write is already committed; this finishes whatever is still queued.
     store.close().await;
     for mut task in tasks {
-        if tokio::time::timeout(TASK_STOP_TIMEOUT, &mut task).await.is_err() {
+        if tokio::time::timeout(TASK_STOP_TIMEOUT, &mut task)
+            .await
+            .is_err()
+        {
             tracing::warn!("a background task did not stop in time; aborting it");
             task.abort();
         }

@@ -116,11 +116,19 @@ impl Registry for LocalRegistry {
     }
 
     async fn disconnect(&self, s: &SessionKey, now: i64) -> crate::Result<Presence> {
-        Ok(LocalRegistry::disconnect(self, &s.user_id, &s.device_id, now))
+        Ok(LocalRegistry::disconnect(
+            self,
+            &s.user_id,
+            &s.device_id,
+            now,
+        ))
     }
 
     async fn snapshot(&self, user_ids: &[String]) -> crate::Result<Vec<Option<Presence>>> {
-        Ok(user_ids.iter().map(|u| LocalRegistry::snapshot(self, u)).collect())
+        Ok(user_ids
+            .iter()
+            .map(|u| LocalRegistry::snapshot(self, u))
+            .collect())
     }
 
     async fn watch(

@@ -382,7 +382,12 @@ impl Session {
     }
 
     /// Passes on the messages of a chat strictly between `after` and `before`, from the store.
-    async fn pass_range(&mut self, chat_id: &str, mut after: u64, before: u64) -> Result<u64, Stop> {
+    async fn pass_range(
+        &mut self,
+        chat_id: &str,
+        mut after: u64,
+        before: u64,
+    ) -> Result<u64, Stop> {
         let mut passed = 0u64;
         while after + 1 < before {
             let range = SeqRange {
@@ -405,7 +410,8 @@ impl Session {
                 if self.is_own(&m) {
                     continue;
                 }
-                self.emit(Output::Event(Event::Message(Arc::new(m)))).await?;
+                self.emit(Output::Event(Event::Message(Arc::new(m))))
+                    .await?;
                 passed += 1;
             }
             after = newest;

@@ -7,10 +7,16 @@ use super::pg_err;
 use crate::{Error, Result};
 use sqlx::{Connection, Executor, PgConnection};
 
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    include_str!("../../../../migrations/postgres/0001_core.sql"),
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        include_str!("../../../../migrations/postgres/0001_core.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../../migrations/postgres/0002_writer.sql"),
+    ),
+];
 
 /// The advisory lock key of migrations ("chatd" + 1).
 const MIGRATION_LOCK: i64 = 0x6368_6174_6400_0001;

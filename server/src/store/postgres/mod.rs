@@ -95,7 +95,7 @@ impl PgStore {
             outbox: outbox_tx,
         });
         let (writes, rx) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(Writer::new(options, emitter.clone()).run(rx));
+        writer::start(Writer::new(options, emitter.clone()), rx)?;
         let store = PgStore {
             pool,
             writes,
@@ -263,8 +263,13 @@ impl Emitter {
     ) -> std::result::Result<(), sqlx::Error> {
         let mut commit_id = self.commit_id.lock().await;
         tx.commit().await?;
+        self.emit(&mut commit_id, events).await;
+        Ok(())
+    }
+
+    async fn emit(&self, commit_id: &mut u64, events: Vec<Event>) {
         if events.is_empty() {
-            return Ok(());
+            return;
         }
         *commit_id += 1;
         for event in events {
@@ -276,7 +281,6 @@ impl Emitter {
                 break; // nobody listens (shutting down); the outbox table still has it all
             }
         }
-        Ok(())
     }
 }
 

@@ -7,8 +7,28 @@
 //! PostgreSQL hands the lock to the next node.
 //!
 //! Rows go out in id order, which within a chat is commit (= seq) order, and are deleted only
-//! after the sink took them; a failed publish is retried with the same rows first. A crash
-//! between publish and delete publishes again: consumers drop duplicates by seq.
+//! after the sink took them (by the next read, in the same statement); a failed publish is
+//! retried with the same rows first. A crash between publish and delete publishes again:
+//! consumers drop duplicates by seq.
+//!
+//! Deleted rows stay in the table and its index until VACUUM, which autovacuum runs at most
+//! once a minute: at 10,000 rows/s a read from the start of the index would wade through
+//! hundreds of thousands of them. So reads start above a lower bound, [`Position::low`], moved
+//! only where no row can still appear: ids are taken in time order, but commit in another
+//! order, so a row below the highest id read may still be on its way. The bound moves to the
+//! highest id `h` of a read once every transaction that was running when that read started
+//! has ended, which a later read sees in its snapshot: the next call takes a transaction id
+//! `x` (after the first read's snapshot), and a snapshot whose oldest running transaction is
+//! above `x` shows every transaction that took an id up to `h` as ended, because outbox ids
+//! are taken only by a transaction that has its own id already
+//! (migrations/postgres/0002_writer.sql). Whatever such a transaction committed is then in
+//! that snapshot, so a read from it that reaches `h` leaves nothing behind below `h`.
+//! A read from id 0 every [`FULL_SCAN_EVERY`] checks that nothing was left behind.
+//!
+//! The relay runs on a thread of its own, with a single-threaded runtime, like the writer: its
+//! statements and the sink's acknowledgements do not wait for a worker of the node's busy
+//! runtime. Its connection commits without waiting for the WAL flush: all it writes are the
+//! deletes of relayed rows, and a delete lost in a crash only publishes those rows again.
 
 use super::{is_transient, OUTBOX_CHANNEL};
 use crate::bus::{OutboxRecord, OutboxSink};
@@ -17,8 +37,11 @@ use sqlx::{
     postgres::{PgListener, PgPoolOptions},
     Connection, PgConnection, PgPool, Row,
 };
-use std::{sync::Arc, time::Duration};
-use tokio::sync::Notify;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// The advisory lock key of the relay leader ("chatd" + 2).
@@ -33,6 +56,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A statement of the leader that takes longer has lost its connection.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the leader reads from the first row rather than from its lower bound.
+const FULL_SCAN_EVERY: Duration = Duration::from_secs(10);
+/// The relay's session: see the module documentation.
+const SESSION_SETUP: &str = "SET synchronous_commit = off";
 
 /// Rows waiting in the outbox.
 pub async fn outbox_depth(pool: &PgPool) -> Result<i64> {
@@ -60,6 +87,40 @@ impl OutboxRelay {
 
     /// Runs until `shutdown`: relays while this node leads, otherwise waits to take over.
     pub async fn run(self, shutdown: CancellationToken) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox relay: no runtime of its own; sharing the node's");
+                return self.run_here(shutdown).await;
+            }
+        };
+        let relay = OutboxRelay {
+            pool: self.pool.clone(),
+            sink: self.sink.clone(),
+        };
+        let (done, stopped) = oneshot::channel();
+        let stop = shutdown.clone();
+        let spawned = std::thread::Builder::new()
+            .name("chatd-outbox".into())
+            .spawn(move || {
+                runtime.block_on(relay.run_here(stop));
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = stopped.await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox relay: no thread of its own; sharing the node's");
+                self.run_here(shutdown).await
+            }
+        }
+    }
+
+    async fn run_here(self, shutdown: CancellationToken) {
         // A follower keeps its connection between tries, so trying costs one statement.
         let mut conn = None;
         let mut complained = false;
@@ -89,8 +150,12 @@ impl OutboxRelay {
     ) -> Stop {
         if slot.is_none() {
             let options = self.pool.connect_options();
-            match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await
-            {
+            let connect = async {
+                let mut conn = PgConnection::connect_with(&options).await?;
+                sqlx::query(SESSION_SETUP).execute(&mut conn).await?;
+                Ok::<_, sqlx::Error>(conn)
+            };
+            match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
                 Ok(Ok(conn)) => *slot = Some(conn),
                 Ok(Err(e)) => {
                     if !*complained {
@@ -147,46 +212,76 @@ impl OutboxRelay {
         shutdown: &CancellationToken,
     ) -> Stop {
         let mut backoff = FIRST_BACKOFF;
+        let mut at = Position::default();
         loop {
             if shutdown.is_cancelled() {
+                // Best effort: what is left is published again by the next leader.
+                if !at.relayed.is_empty() {
+                    let _ = timed(
+                        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+                            .bind(&at.relayed)
+                            .execute(&mut *conn),
+                    )
+                    .await;
+                }
                 return Stop::Shutdown;
             }
-            let batch = match timed(read_batch(conn)).await {
-                Ok(batch) => batch,
+            let full = at.last_full.elapsed() >= FULL_SCAN_EVERY;
+            let read = match timed(read_batch(conn, &at, full)).await {
+                Ok(read) => read,
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox relay: cannot read the outbox");
                     return Stop::Retry;
                 }
             };
-            if batch.is_empty() {
+            // Those are gone now.
+            at.relayed.clear();
+            if full {
+                at.last_full = Instant::now();
+                if let Some(first) = read.rows.first().filter(|r| r.id <= at.low) {
+                    // Cannot happen (see the module documentation); late beats never.
+                    tracing::error!(
+                        id = first.id,
+                        low = at.low,
+                        "outbox relay: found a row below its lower bound"
+                    );
+                }
+            }
+            // Whether this read has every row up to the candidate bound.
+            let covered = match at.candidate {
+                Some((xid, high))
+                    if read.xmin > xid
+                        && (read.rows.len() < BATCH as usize
+                            || read.rows.last().is_some_and(|r| r.id >= high)) =>
+                {
+                    Some(high)
+                }
+                _ => None,
+            };
+            if let (None, Some(high), Some(xid)) = (at.candidate, at.waiting, read.xid) {
+                at.candidate = Some((xid, high));
+                at.waiting = None;
+            }
+            if read.rows.is_empty() {
+                at.advance(covered, None);
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Stop::Shutdown,
+                    _ = shutdown.cancelled() => {}
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(POLL) => {}
                 }
                 continue;
             }
-            match self.sink.publish(&batch).await {
+            match self.sink.publish(&read.rows).await {
                 Ok(()) => {
                     backoff = FIRST_BACKOFF;
-                    let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
-                    let deleted = timed(
-                        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-                            .bind(&ids)
-                            .execute(&mut *conn),
-                    )
-                    .await;
-                    if let Err(e) = deleted {
-                        // Published but still there: the next leader publishes them again.
-                        tracing::warn!(error = %e, rows = ids.len(), "outbox relay: cannot delete relayed rows");
-                        return Stop::Retry;
-                    }
-                    tracing::trace!(rows = ids.len(), "outbox relayed");
+                    at.relayed = read.rows.iter().map(|r| r.id).collect();
+                    at.advance(covered, read.rows.last().map(|r| r.id));
+                    tracing::trace!(rows = read.rows.len(), low = at.low, "outbox relayed");
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, rows = batch.len(), retry_in = ?backoff, "outbox relay: publish failed");
+                    tracing::warn!(error = %e, rows = read.rows.len(), retry_in = ?backoff, "outbox relay: publish failed");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return Stop::Shutdown,
+                        _ = shutdown.cancelled() => {}
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -194,6 +289,55 @@ impl OutboxRelay {
             }
         }
     }
+}
+
+/// Where the leader reads from.
+struct Position {
+    /// Every row with an id up to this one was relayed.
+    low: i64,
+    /// (transaction id, highest id of a read before it was taken): the next lower bound, once
+    /// a snapshot shows every transaction below that transaction id ended.
+    candidate: Option<(i64, i64)>,
+    /// The highest id of a read, waiting for the next read's transaction id to become the
+    /// candidate.
+    waiting: Option<i64>,
+    /// Relayed, to be deleted by the next read.
+    relayed: Vec<i64>,
+    last_full: Instant,
+}
+
+impl Default for Position {
+    fn default() -> Self {
+        Position {
+            low: 0,
+            candidate: None,
+            waiting: None,
+            relayed: Vec::new(),
+            last_full: Instant::now(),
+        }
+    }
+}
+
+impl Position {
+    /// After the rows of a read went out: `covered` is the candidate bound the read proved,
+    /// `high` the read's highest id.
+    fn advance(&mut self, covered: Option<i64>, high: Option<i64>) {
+        if let Some(covered) = covered {
+            self.low = self.low.max(covered);
+            self.candidate = None;
+        }
+        if self.candidate.is_none() && self.waiting.is_none() {
+            self.waiting = high;
+        }
+    }
+}
+
+struct Read {
+    /// The oldest transaction still running at the read's snapshot.
+    xmin: i64,
+    /// A transaction id taken after the previous read's snapshot, when one was asked for.
+    xid: Option<i64>,
+    rows: Vec<OutboxRecord>,
 }
 
 async fn timed<T>(
@@ -209,22 +353,36 @@ async fn timed<T>(
         })
 }
 
+/// Deletes the rows relayed last and reads the next ones (migrations/postgres/0002_writer.sql).
 async fn read_batch(
     conn: &mut PgConnection,
-) -> std::result::Result<Vec<OutboxRecord>, sqlx::Error> {
-    let rows = sqlx::query("SELECT id, chat_id, payload FROM outbox ORDER BY id LIMIT $1")
-        .bind(BATCH)
+    at: &Position,
+    full: bool,
+) -> std::result::Result<Read, sqlx::Error> {
+    let rows = sqlx::query("SELECT * FROM chatd_relay_next($1, $2, $3, $4)")
+        .bind(&at.relayed)
+        .bind(if full { 0 } else { at.low })
+        .bind(BATCH as i32)
+        .bind(at.candidate.is_none() && at.waiting.is_some())
         .fetch_all(conn)
         .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(OutboxRecord {
-                id: r.try_get(0)?,
-                key: r.try_get(1)?,
-                payload: r.try_get(2)?,
-            })
-        })
-        .collect()
+    let mut read = Read {
+        xmin: 0,
+        xid: None,
+        rows: Vec::with_capacity(rows.len()),
+    };
+    for r in &rows {
+        read.xmin = r.try_get(0)?;
+        read.xid = r.try_get(1)?;
+        if let Some(id) = r.try_get::<Option<i64>, _>(2)? {
+            read.rows.push(OutboxRecord {
+                id,
+                key: r.try_get(3)?,
+                payload: r.try_get(4)?,
+            });
+        }
+    }
+    Ok(read)
 }
 
 /// Wakes the relay on each NOTIFY of a commit that filled the outbox. Runs on a connection of

@@ -492,11 +492,47 @@ async fn refusals_do_not_spoil_their_batch() {
         .submit_message(new_message(&chat, "alice", "5", 5))
         .await
         .unwrap();
+    let mut nul = new_message(&chat, "alice", "6", 6);
+    nul.content.text = "a\0b".into();
+    let p6 = a.submit_message(nul).await.unwrap();
+    // What the writer's last statement carries as a literal: nothing in it is SQL.
+    let odd = "it's \\ \"q\" $chatd$ $chatd1$ $$ '); DROP TABLE messages; -- \u{1F600} \n\t";
+    let mut tricky = new_message(&chat, "alice", "7", 7);
+    tricky.content.text = odd.into();
+    tricky
+        .content
+        .attributes
+        .insert("$chatd$'".into(), "\\'\"".into());
+    let p7 = a.submit_message(tricky).await.unwrap();
     assert_eq!(p1.await.unwrap().message.seq, 1);
     assert_eq!(p2.await.unwrap_err(), Error::not_member(&chat));
     assert_eq!(p3.await.unwrap().message.seq, 2);
     assert_eq!(p4.await.unwrap_err(), Error::chat_not_found(&nowhere));
     assert_eq!(p5.await.unwrap().message.seq, 3);
+    assert!(matches!(
+        p6.await,
+        Err(Error::InvalidArgument {
+            field: "content",
+            ..
+        })
+    ));
+    let appended = p7.await.unwrap().message;
+    assert_eq!(appended.seq, 4);
+    let stored = a
+        .messages(
+            &chat,
+            SeqRange {
+                after: 3,
+                before: u64::MAX,
+                newest_first: false,
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].content.text, odd);
+    assert_eq!(stored[0].content, appended.content);
     // Cursor moves share the batch, and their refusals too.
     let (c1, c2, c3) = tokio::join!(
         a.move_cursor(cursor(&chat, "bob", "phone", 9, ReceiptKind::Delivered)),
@@ -510,7 +546,7 @@ async fn refusals_do_not_spoil_their_batch() {
     c2.unwrap();
     assert_eq!(c3.unwrap_err(), Error::not_member(&chat));
     let view = a.chat_view(&chat, "bob").await.unwrap().unwrap();
-    assert_eq!((view.read_seq, view.unread_count), (2, 1));
+    assert_eq!((view.read_seq, view.unread_count), (2, 2));
     a.close().await;
     db.remove().await;
 }
@@ -738,6 +774,75 @@ async fn only_the_lock_holder_relays_and_another_takes_over() {
         .collect();
     assert_eq!(seqs, (1..=110).collect::<Vec<_>>());
     stops[1 - leader].cancel();
+    a.close().await;
+    db.remove().await;
+}
+
+/// The relay reads from a lower bound; a row whose transaction took its id early and commits
+/// late, after rows above it went out, still goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_that_commits_late_is_relayed_all_the_same() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let (a, _) = db.node().await;
+    let chat = group(&*a, "g", &["alice", "bob"]).await.chat_id;
+    let sink = Arc::new(RecordingSink::default());
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(OutboxRelay::new(a.pool(), sink.clone()).run(stop.clone()));
+    let mut late = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut late).await.unwrap();
+    let late_id: i64 = sqlx::query_scalar(
+        "INSERT INTO outbox (chat_id, payload) VALUES ('late', '') RETURNING id",
+    )
+    .fetch_one(&mut late)
+    .await
+    .unwrap();
+    for round in 0..5 {
+        for i in 0..20 {
+            a.append_message(new_message(&chat, "alice", &format!("{round}-{i}"), i))
+                .await
+                .unwrap();
+        }
+        let want = 1 + 20 * (round + 1);
+        wait_for("relaying", Duration::from_secs(10), async || {
+            sink.records().len() == want
+        })
+        .await;
+        // Several reads pass while the early id is still open.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(sink
+        .records()
+        .iter()
+        .all(|r| r.id > late_id || r.key != "late"));
+    sqlx::raw_sql("COMMIT").execute(&mut late).await.unwrap();
+    wait_for("the late row", Duration::from_secs(5), async || {
+        sink.records()
+            .iter()
+            .any(|r| r.id == late_id && r.key == "late")
+    })
+    .await;
+    a.append_message(new_message(&chat, "alice", "last", 1))
+        .await
+        .unwrap();
+    wait_for("everything", Duration::from_secs(10), async || {
+        outbox_depth(&a.pool()).await.unwrap() == 0
+    })
+    .await;
+    let records = sink.records();
+    assert_eq!(records.len(), 1 + 100 + 1 + 1, "each row once");
+    let seqs: Vec<u64> = records
+        .iter()
+        .filter_map(|r| match wire::decode_event(&r.payload) {
+            Ok(Event::Message(m)) => Some(m.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, (1..=101).collect::<Vec<_>>());
+    stop.cancel();
+    relay.await.unwrap();
+    let _ = late.close().await;
     a.close().await;
     db.remove().await;
 }
@@ -1134,7 +1239,7 @@ async fn migrations_run_once_and_are_required() {
     for r in runs {
         total += r.await.unwrap().unwrap();
     }
-    assert_eq!(total, 1);
+    assert_eq!(total, 2, "each migration once");
     assert_eq!(PgStore::migrate(&db.url).await.unwrap(), 0);
     let (a, _) = PgStore::connect(&db.options(false)).await.unwrap();
     let (b, _) = PgStore::connect(&db.options(false)).await.unwrap();
@@ -1428,6 +1533,136 @@ async fn bench_appends() {
     );
     stop.cancel();
     relay.await.unwrap();
+    a.close().await;
+    db.remove().await;
+}
+
+/// Send → ack and send → relayed latency of an open-loop load on a runtime kept busy, as a
+/// node's sessions keep it: `BENCH_RATE` appends/s (default 2000) for `BENCH_SECS` (10) over
+/// 100 two-member chats, each ack followed by the peer's delivered cursor move, beside
+/// `BENCH_BUSY` (8) tasks that each burn 300 µs every 2 ms (about a core in all). `BENCH_LOG`:
+/// a tracing filter, e.g. `chatd::store::postgres=debug` for each batch's timings.
+/// `CHATD_TEST_DATABASE_URL=... cargo test -p chatd --release --lib store::postgres::tests::bench_latency -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_latency() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let env = |k: &str, d: u64| -> u64 {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let (rate, secs, busy) = (
+        env("BENCH_RATE", 2000),
+        env("BENCH_SECS", 10),
+        env("BENCH_BUSY", 8),
+    );
+    let (a, _) = db.node().await;
+    let mut chats = Vec::new();
+    for g in 0..100 {
+        let (u, v) = (format!("u{}", 2 * g), format!("u{}", 2 * g + 1));
+        chats.push((group(&*a, &format!("g{g}"), &[&u, &v]).await.chat_id, u, v));
+    }
+    let chats = Arc::new(chats);
+
+    struct TimingSink {
+        sent: Mutex<HashMap<String, Instant>>,
+        relayed: Mutex<Vec<Duration>>,
+    }
+    #[async_trait]
+    impl OutboxSink for TimingSink {
+        async fn publish(&self, batch: &[OutboxRecord]) -> Result<()> {
+            let now = Instant::now();
+            let mut relayed = self.relayed.lock();
+            let mut sent = self.sent.lock();
+            for r in batch {
+                if let Ok(Event::Message(m)) = wire::decode_event(&r.payload) {
+                    if let Some(t) = sent.remove(&m.client_msg_id) {
+                        relayed.push(now - t);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+    let sink = Arc::new(TimingSink {
+        sent: Mutex::new(HashMap::new()),
+        relayed: Mutex::new(Vec::new()),
+    });
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(OutboxRelay::new(a.pool(), sink.clone()).run(stop.clone()));
+    for _ in 0..busy {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let until = Instant::now() + Duration::from_micros(300);
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+    }
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now() + Duration::from_millis(100);
+    let n = rate * secs;
+    let mut tasks = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        tokio::time::sleep_until(at.into()).await;
+        let (store, chats, acks, sink) = (a.clone(), chats.clone(), acks.clone(), sink.clone());
+        tasks.push(tokio::spawn(async move {
+            let (chat, u, v) = &chats[(i % 100) as usize];
+            let (from, to) = if (i / 100) % 2 == 0 { (u, v) } else { (v, u) };
+            let cmid = format!("m{i}");
+            sink.sent.lock().insert(cmid.clone(), at);
+            let appended = store
+                .append_message(new_message(chat, from, &cmid, i as i64))
+                .await
+                .unwrap();
+            acks.lock().push(at.elapsed());
+            let seq = appended.message.seq;
+            store
+                .move_cursor(cursor(chat, to, "phone", seq, ReceiptKind::Delivered))
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let sent = start.elapsed();
+    wait_for("the relay", Duration::from_secs(60), async || {
+        sink.sent.lock().is_empty()
+    })
+    .await;
+    stop.cancel();
+    relay.await.unwrap();
+    let pct = |v: &mut Vec<Duration>| {
+        v.sort();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+        format!(
+            "p50 {:.1} p90 {:.1} p99 {:.1} max {:.1} ms",
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            at(1.0)
+        )
+    };
+    eprintln!(
+        "{n} appends at {rate}/s in {sent:?} (busy {busy}): ack {}; relayed {}",
+        pct(&mut acks.lock()),
+        pct(&mut sink.relayed.lock())
+    );
     a.close().await;
     db.remove().await;
 }
