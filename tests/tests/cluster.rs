@@ -9,7 +9,7 @@
 use chat_tests::cluster::node_name;
 use chat_tests::pb::{ChatEventKind, Message, PresenceStatus, ReceiptKind, TypingState};
 use chat_tests::realtime::*;
-use chat_tests::session::Frame;
+use chat_tests::session::{is_ambient, Event as StreamEvent, Frame};
 use chat_tests::*;
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
@@ -40,8 +40,25 @@ fn assert_welcomed_by(s: &Session, node: usize) {
 }
 
 /// Receive exactly `want` (in this order, each once), then nothing more for a quiet period.
+/// What the session got replayed when it connected counts first.
 async fn expect_exactly(s: &mut Session, want: &[&Message], ctx: &str) {
-    let got = s.expect_messages(want.len()).await;
+    let mut got = std::mem::take(&mut s.backlog);
+    let rest = want.len().saturating_sub(got.len());
+    got.extend(collect_messages(s, rest).await);
+    if got.len() < want.len() {
+        let got_seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+        let missing: Vec<u64> = want
+            .iter()
+            .map(|m| m.seq)
+            .filter(|q| !got_seqs.contains(q))
+            .collect();
+        panic!(
+            "{ctx} ({}): {} of {} messages arrived; missing seqs {missing:?}; got {got_seqs:?}",
+            who(s),
+            got.len(),
+            want.len()
+        );
+    }
     let got_ids: Vec<(u64, &str)> = got.iter().map(|m| (m.seq, m.message_id.as_str())).collect();
     let want_ids: Vec<(u64, &str)> = want
         .iter()
@@ -63,6 +80,22 @@ async fn expect_exactly(s: &mut Session, want: &[&Message], ctx: &str) {
         );
     }
     s.expect_no_message(QUIET_PERIOD).await;
+}
+
+/// Up to `n` messages, stopping early when none comes within the session's timeout.
+async fn collect_messages(s: &mut Session, n: usize) -> Vec<Message> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        match s.next_event(s.timeout).await {
+            Some(StreamEvent::Frame(Frame::Message(m))) => {
+                got.push(m.message.expect("MessageEvent.message is set"))
+            }
+            Some(StreamEvent::Frame(f)) if is_ambient(&f) || matches!(f, Frame::Chat(_)) => {}
+            Some(other) => panic!("{}: expected a MessageEvent, got {other:?}", who(s)),
+            None => break,
+        }
+    }
+    got
 }
 
 /// Queue `n` sends `"{prefix}-{i}"` on a stream, then collect their acks (pipelined).
@@ -138,10 +171,14 @@ async fn a_group_spread_over_every_node_gets_every_message() {
     }
     listeners.push(c.node(2).connect("alice", "tablet").await);
 
-    // Three senders, one per node, sending at the same time.
-    let mut tasks: Vec<JoinHandle<(Session, Vec<Message>)>> = Vec::new();
+    // Three senders, one per node, sending at the same time. All connect first: a sender
+    // connecting after another began would get the earlier messages as its backlog.
+    let mut connected = Vec::new();
     for (i, u) in members[..3].iter().enumerate() {
-        let mut s = c.node(i).connect(u, "phone").await;
+        connected.push((u, c.node(i).connect(u, "phone").await));
+    }
+    let mut tasks: Vec<JoinHandle<(Session, Vec<Message>)>> = Vec::new();
+    for (u, mut s) in connected {
         let id = id.clone();
         let prefix = u.to_string();
         tasks.push(tokio::spawn(async move {
