@@ -16,6 +16,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../../../../migrations/postgres/0002_writer.sql"),
     ),
+    (
+        3,
+        include_str!("../../../../migrations/postgres/0003_writer_apply.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations ("chatd" + 1).

@@ -239,7 +239,7 @@ async fn two_nodes_append_concurrently_with_gap_free_seqs() {
         return;
     };
     // Both nodes start at once and migrate: the advisory lock lets one of them do it.
-    let ((a, _), (b, _)) = tokio::join!(db.node(), db.node());
+    let ((a, a_local), (b, b_local)) = tokio::join!(db.node(), db.node());
     let users: Vec<String> = (0..8).map(|i| format!("u{i}")).collect();
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let mut chats = Vec::new();
@@ -336,11 +336,33 @@ async fn two_nodes_append_concurrently_with_gap_free_seqs() {
         let seqs: Vec<u64> = payloads
             .iter()
             .filter_map(|p| match wire::decode_event(p).unwrap() {
-                Event::Message(m) => Some(m.seq),
+                Event::Message(m) => {
+                    // Numbered where it was stored (the seq may differ from the one the
+                    // writer expected when another node appended meanwhile), and encoded as
+                    // the wire encodes it.
+                    assert_eq!(stored.get(m.message_id.as_str()), Some(&(m.seq as i64)));
+                    assert_eq!(p, &wire::encode_event(&Event::Message(m.clone())));
+                    Some(m.seq)
+                }
                 _ => None,
             })
             .collect();
         assert_eq!(seqs, (1..=rows.len() as u64).collect::<Vec<_>>());
+        // Each node's local events carry the stored seqs too.
+        let mut local: Vec<u64> = a_local
+            .lock()
+            .iter()
+            .chain(b_local.lock().iter())
+            .filter_map(|c| match &c.event {
+                Event::Message(m) if &m.chat_id == chat => {
+                    assert_eq!(stored.get(m.message_id.as_str()), Some(&(m.seq as i64)));
+                    Some(m.seq)
+                }
+                _ => None,
+            })
+            .collect();
+        local.sort();
+        assert_eq!(local, (1..=rows.len() as u64).collect::<Vec<_>>());
     }
     a.close().await;
     b.close().await;
@@ -495,7 +517,7 @@ async fn refusals_do_not_spoil_their_batch() {
     let mut nul = new_message(&chat, "alice", "6", 6);
     nul.content.text = "a\0b".into();
     let p6 = a.submit_message(nul).await.unwrap();
-    // What the writer's last statement carries as a literal: nothing in it is SQL.
+    // Comes back exactly as sent.
     let odd = "it's \\ \"q\" $chatd$ $chatd1$ $$ '); DROP TABLE messages; -- \u{1F600} \n\t";
     let mut tricky = new_message(&chat, "alice", "7", 7);
     tricky.content.text = odd.into();
@@ -774,6 +796,104 @@ async fn only_the_lock_holder_relays_and_another_takes_over() {
         .collect();
     assert_eq!(seqs, (1..=110).collect::<Vec<_>>());
     stops[1 - leader].cancel();
+    a.close().await;
+    db.remove().await;
+}
+
+/// The writer decides without locks, then its last statement takes them: a membership or a
+/// cursor that changed in between makes that statement fail as a serialization failure, and
+/// the batch runs again on what is there now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_last_statement_refuses_decisions_that_went_stale() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let (a, _) = db.node().await;
+    let chat = group(&*a, "g", &["alice", "bob"]).await.chat_id;
+    a.move_cursor(cursor(&chat, "bob", "phone", 0, ReceiptKind::Delivered))
+        .await
+        .unwrap();
+    a.append_message(new_message(&chat, "alice", "1", 1))
+        .await
+        .unwrap();
+    a.move_cursor(cursor(&chat, "bob", "phone", 1, ReceiptKind::Delivered))
+        .await
+        .unwrap();
+    let pool = a.pool();
+    // (member chat, member user, cursor known, cursor delivered seq as the writer read it)
+    let apply = |member: &'static str, known: bool, delivered: i64| {
+        let (pool, chat) = (pool.clone(), chat.clone());
+        async move {
+            let e: Vec<String> = Vec::new();
+            let n: Vec<i64> = Vec::new();
+            sqlx::query(
+                "SELECT * FROM chatd_writer_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                     $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26,
+                     $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41,
+                     $42)",
+            )
+            .bind(&e)
+            .bind(vec![chat.clone()])
+            .bind(vec!["bob"])
+            .bind(vec![chat.clone()])
+            .bind(vec![member])
+            .bind(vec!["bob"])
+            .bind(vec!["phone"])
+            .bind(vec![chat.clone()])
+            .bind(vec![known])
+            .bind(vec![delivered])
+            .bind(vec![7_001i64])
+            .bind(vec![0i64])
+            .bind(vec![0i64])
+            .bind(vec![2i64])
+            .bind(vec![9i64])
+            .bind(vec![0i64])
+            .bind(vec![0i64])
+            .bind(&e)
+            .bind(&e)
+            .bind(&n)
+            .bind(&e)
+            .bind(&e)
+            .bind(&e)
+            .bind(&e)
+            .bind(Vec::<Vec<u8>>::new())
+            .bind(&e)
+            .bind(&n)
+            .bind(&e)
+            .bind(&n)
+            .bind(&n)
+            .bind(&e)
+            .bind(&e)
+            .bind(&n)
+            .bind(&n)
+            .bind(&e)
+            .bind(&n)
+            .bind(&e)
+            .bind(Vec::<Vec<u8>>::new())
+            .bind(Vec::<Vec<u8>>::new())
+            .bind(&e)
+            .bind(&n)
+            .bind(OUTBOX_CHANNEL)
+            .execute(&pool)
+            .await
+        }
+    };
+    let code = |r: std::result::Result<_, sqlx::Error>| match r {
+        Err(sqlx::Error::Database(d)) => d.code().map(|c| c.to_string()),
+        other => panic!("expected a database error, got {other:?}"),
+    };
+    assert_eq!(
+        code(apply("carol", true, 1).await).as_deref(),
+        Some("40001")
+    );
+    assert_eq!(code(apply("bob", true, 0).await).as_deref(), Some("40001"));
+    assert_eq!(code(apply("bob", false, 0).await).as_deref(), Some("40001"));
+    // As read: the move goes through.
+    apply("bob", true, 1).await.unwrap();
+    let receipts = a.receipts(&chat, 0).await.unwrap();
+    assert!(receipts
+        .iter()
+        .any(|r| r.user_id == "bob" && r.kind == ReceiptKind::Delivered && r.seq == 2));
     a.close().await;
     db.remove().await;
 }
@@ -1239,7 +1359,7 @@ async fn migrations_run_once_and_are_required() {
     for r in runs {
         total += r.await.unwrap().unwrap();
     }
-    assert_eq!(total, 2, "each migration once");
+    assert_eq!(total, 3, "each migration once");
     assert_eq!(PgStore::migrate(&db.url).await.unwrap(), 0);
     let (a, _) = PgStore::connect(&db.options(false)).await.unwrap();
     let (b, _) = PgStore::connect(&db.options(false)).await.unwrap();
@@ -1539,7 +1659,8 @@ async fn bench_appends() {
 
 /// Send → ack and send → relayed latency of an open-loop load on a runtime kept busy, as a
 /// node's sessions keep it: `BENCH_RATE` appends/s (default 2000) for `BENCH_SECS` (10) over
-/// 100 two-member chats, each ack followed by the peer's delivered cursor move, beside
+/// 100 two-member chats (`BENCH_NODES=2`: their members on two stores), each ack followed by
+/// the peer's delivered cursor move, beside
 /// `BENCH_BUSY` (8) tasks that each burn 300 µs every 2 ms (about a core in all). `BENCH_LOG`:
 /// a tracing filter, e.g. `chatd::store::postgres=debug` for each batch's timings.
 /// `CHATD_TEST_DATABASE_URL=... cargo test -p chatd --release --lib store::postgres::tests::bench_latency -- --ignored --nocapture`
@@ -1567,6 +1688,13 @@ async fn bench_latency() {
         env("BENCH_BUSY", 8),
     );
     let (a, _) = db.node().await;
+    // With BENCH_NODES=2 each chat's second member writes through a second store, as when a
+    // pair's devices sit on different nodes.
+    let b = if env("BENCH_NODES", 1) >= 2 {
+        db.node().await.0
+    } else {
+        a.clone()
+    };
     let mut chats = Vec::new();
     for g in 0..100 {
         let (u, v) = (format!("u{}", 2 * g), format!("u{}", 2 * g + 1));
@@ -1619,19 +1747,24 @@ async fn bench_latency() {
     for i in 0..n {
         let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
         tokio::time::sleep_until(at.into()).await;
-        let (store, chats, acks, sink) = (a.clone(), chats.clone(), acks.clone(), sink.clone());
+        let (a, b) = (a.clone(), b.clone());
+        let (chats, acks, sink) = (chats.clone(), acks.clone(), sink.clone());
         tasks.push(tokio::spawn(async move {
             let (chat, u, v) = &chats[(i % 100) as usize];
-            let (from, to) = if (i / 100) % 2 == 0 { (u, v) } else { (v, u) };
+            let ((from, from_store), (to, to_store)) = if (i / 100) % 2 == 0 {
+                ((u, &a), (v, &b))
+            } else {
+                ((v, &b), (u, &a))
+            };
             let cmid = format!("m{i}");
             sink.sent.lock().insert(cmid.clone(), at);
-            let appended = store
+            let appended = from_store
                 .append_message(new_message(chat, from, &cmid, i as i64))
                 .await
                 .unwrap();
             acks.lock().push(at.elapsed());
             let seq = appended.message.seq;
-            store
+            to_store
                 .move_cursor(cursor(chat, to, "phone", seq, ReceiptKind::Delivered))
                 .await
                 .unwrap();
@@ -1664,5 +1797,6 @@ async fn bench_latency() {
         pct(&mut sink.relayed.lock())
     );
     a.close().await;
+    b.close().await;
     db.remove().await;
 }

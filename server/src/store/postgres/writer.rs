@@ -1,13 +1,20 @@
 //! The writer task: appends, cursor moves and last-seen updates of this node, in submission
 //! order, folded into one transaction per batch (group commit).
 //!
-//! A batch costs a handful of round trips whatever its size: lock the chats it appends to
-//! (`chat_id` order, so two nodes' batches never deadlock) and the member rows it moves cursors
-//! of; read what the checks need (membership, idempotency keys, cursors) in one go once the
-//! locks are held, so the reads see every commit that held them before; decide each write in
-//! order in memory, exactly as the SQLite writer does one after the other; then write
-//! messages, seqs, cursors, outbox rows and the relay's wake-up in one statement. A refused
-//! write (not a member, no such chat) is an answer, not a failure: its neighbours commit.
+//! A batch costs two round trips whatever its size, and holds its locks only inside the
+//! second. The first reads, without locks, what the checks need (last seqs, memberships,
+//! idempotency keys, cursors). The writer then decides each write in order in memory, exactly
+//! as the SQLite writer does one after the other. The second is one statement,
+//! `chatd_writer_apply` (migrations/postgres/0003_writer_apply.sql), that commits on its own:
+//! it locks the chats the batch appends to and the member rows whose cursors move (in key
+//! order, as every other writer, so two nodes' batches never deadlock), checks that the
+//! memberships and cursors the decisions rest on did not change meanwhile (else the batch runs
+//! again), numbers the messages from each chat's last seq as the lock found it (another node
+//! may have appended since the read: the answers are renumbered alike), and writes messages,
+//! seqs, cursors, outbox rows and the relay's wake-up. No client round trip happens while a
+//! lock is held, so two nodes appending to the same chats wait for each other only as long as
+//! PostgreSQL takes to write a batch. A refused write (not a member, no such chat) is an
+//! answer, not a failure: its neighbours commit.
 
 use super::{commit_failed, ids, is_connection_lost, message_at, Emitter, OUTBOX_CHANNEL};
 use crate::domain::model::{Event, Message, Receipt, ReceiptKind};
@@ -27,12 +34,10 @@ const MAX_BATCH: usize = 512;
 const BATCH_TIMEOUT: Duration = Duration::from_secs(15);
 /// A new connection for the writer must come within this, or the batch fails as unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Run on each new connection of the writer. Plans: the writer's statements take arrays of
-/// keys and are the same every time; a generic plan (index lookups per key) saves planning
-/// them again for each batch. Then the first transaction: every commit opens the next one in
-/// the same round trip (`COMMIT; BEGIN`), so a batch starts with its first real statement.
-/// A transaction that has run nothing holds no snapshot, transaction id or lock.
-const SESSION_SETUP: &str = "SET plan_cache_mode = force_generic_plan; BEGIN";
+/// Run on each new connection of the writer: its statements take arrays of keys and are the
+/// same every time; a generic plan (index lookups per key) saves planning them again for each
+/// batch.
+const SESSION_SETUP: &str = "SET plan_cache_mode = force_generic_plan";
 /// Runs of a batch that met another node's conflicting write (same idempotency key in another
 /// chat, a deadlock): the next run sees that write committed.
 const ATTEMPTS: usize = 5;
@@ -170,11 +175,10 @@ impl Writer {
                 Ok(Err(Failure::Sql(e))) if attempt < ATTEMPTS && is_conflict(&e) => {
                     tracing::debug!(error = %e, attempt, "append batch conflicted; running it again");
                     attempt += 1;
-                    self.reset().await;
                 }
-                // Nothing of an uncommitted transaction outlives its connection, so a batch
-                // that lost its connection (PostgreSQL restarted, an idle connection was
-                // closed) may run once more on a new one.
+                // A batch that lost its connection before its last statement (PostgreSQL
+                // restarted, an idle connection was closed) wrote nothing: it may run once
+                // more on a new one.
                 Ok(Err(Failure::Sql(e))) if !reconnected && is_connection_lost(&e) => {
                     tracing::info!(error = %e, "the writer lost its connection; reconnecting");
                     self.conn = None;
@@ -183,7 +187,7 @@ impl Writer {
                 Ok(Err(failure)) => break failure,
                 Err(_) => {
                     self.conn = None;
-                    break Failure::Sql(sqlx::Error::Io(std::io::Error::new(
+                    break Failure::Commit(sqlx::Error::Io(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!("no answer within {} s", BATCH_TIMEOUT.as_secs()),
                     )));
@@ -212,8 +216,6 @@ impl Writer {
         if lost {
             // The connection may be mid-statement or gone: start over with a new one.
             self.conn = None;
-        } else {
-            self.reset().await;
         }
         for op in ops {
             fail(op, &err);
@@ -225,13 +227,12 @@ impl Writer {
         }
     }
 
-    /// The writer's connection, inside an open transaction that has done nothing yet (see
-    /// [`run_batch`]).
+    /// The writer's connection, opened when there is none.
     async fn connection(&mut self) -> std::result::Result<&mut PgConnection, sqlx::Error> {
         if self.conn.is_none() {
             let connect = async {
                 let mut conn = PgConnection::connect_with(&self.options).await?;
-                sqlx::raw_sql(SESSION_SETUP).execute(&mut conn).await?;
+                sqlx::query(SESSION_SETUP).execute(&mut conn).await?;
                 Ok::<_, sqlx::Error>(conn)
             };
             let conn = tokio::time::timeout(CONNECT_TIMEOUT, connect)
@@ -246,51 +247,6 @@ impl Writer {
         }
         // Just set when it was empty.
         self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
-    }
-
-    /// After a failed batch: drops what its transaction did and opens the next one, or gives
-    /// up the connection.
-    async fn reset(&mut self) {
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
-        let reset = sqlx::raw_sql("ROLLBACK; BEGIN").execute(conn);
-        if !matches!(
-            tokio::time::timeout(CONNECT_TIMEOUT, reset).await,
-            Ok(Ok(_))
-        ) {
-            self.conn = None;
-        }
-    }
-}
-
-impl Emitter {
-    /// Runs a batch's last round trip, `statement` (ending in `COMMIT; BEGIN`), and queues the
-    /// batch's events once it committed. An error before the first statement answered means
-    /// nothing was committed; one after it, or a lost connection, that the commit may or may
-    /// not have happened.
-    async fn commit_last(
-        &self,
-        conn: &mut PgConnection,
-        statement: &str,
-        events: Vec<Event>,
-    ) -> std::result::Result<(), Failure> {
-        use futures_util::TryStreamExt;
-        let mut commit_id = self.commit_id.lock().await;
-        let mut answered = 0;
-        let mut results = sqlx::raw_sql(statement).fetch_many(&mut *conn);
-        loop {
-            match results.try_next().await {
-                Ok(Some(sqlx::Either::Left(_))) => answered += 1,
-                Ok(Some(sqlx::Either::Right(_))) => {}
-                Ok(None) => break,
-                Err(e @ sqlx::Error::Database(_)) if answered == 0 => return Err(Failure::Sql(e)),
-                Err(e) => return Err(Failure::Commit(e)),
-            }
-        }
-        drop(results);
-        self.emit(&mut commit_id, events).await;
-        Ok(())
     }
 }
 
@@ -336,7 +292,7 @@ fn fail(op: Op, err: &Error) {
 
 type Pair = (String, String);
 
-/// What the checks of a batch need, read once its locks are held.
+/// What the checks of a batch need, as read, then as the batch's decisions move it.
 #[derive(Default)]
 struct State {
     /// Last seq of every chat the batch touches that exists; moves as appends are decided.
@@ -351,6 +307,12 @@ struct State {
     reads: HashMap<Pair, (i64, i64)>,
 }
 
+/// What the first round trip read, before the decisions moved it.
+struct Before {
+    last_seq: HashMap<String, i64>,
+    cursors: HashMap<(String, String, String), [i64; 4]>,
+}
+
 fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v.sort();
     v.dedup();
@@ -362,8 +324,6 @@ async fn run_batch(
     emitter: &Emitter,
     ops: &[Op],
 ) -> std::result::Result<Vec<Outcome>, Failure> {
-    let mut append_chats = Vec::new();
-    let mut cursor_members = Vec::new();
     let mut pairs = Vec::new();
     let mut keys = Vec::new();
     let mut cursor_keys = Vec::new();
@@ -371,12 +331,10 @@ async fn run_batch(
     for op in ops {
         match op {
             Op::Append(m, _) => {
-                append_chats.push(m.chat_id.as_str());
                 pairs.push((m.chat_id.as_str(), m.sender_user_id.as_str()));
                 keys.push((m.sender_user_id.as_str(), m.client_msg_id.as_str()));
             }
             Op::Cursor(c, _) => {
-                cursor_members.push((c.chat_id.as_str(), c.user_id.as_str()));
                 pairs.push((c.chat_id.as_str(), c.user_id.as_str()));
                 cursor_keys.push((c.user_id.as_str(), c.device_id.as_str(), c.chat_id.as_str()));
             }
@@ -387,16 +345,12 @@ async fn run_batch(
             Op::Shutdown(_) => {}
         }
     }
-    let append_chats = sorted(append_chats);
-    let cursor_members = sorted(cursor_members);
     let pairs = sorted(pairs);
     let keys = sorted(keys);
     let cursor_keys = sorted(cursor_keys);
 
-    // One statement locks and reads (see migrations/postgres/0002_writer.sql). The transaction
-    // is already open: the last commit opened it.
+    // The first round trip reads, without locks, what the checks need.
     let mut state = State::default();
-    let (move_chats, move_users): (Vec<&str>, Vec<&str>) = cursor_members.iter().copied().unzip();
     let (pair_chats, pair_users): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
     let (key_senders, key_ids): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
     let mut cursor_cols: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
@@ -407,43 +361,36 @@ async fn run_batch(
     }
     let started = std::time::Instant::now();
     if !pairs.is_empty() {
-        let rows =
-            sqlx::query("SELECT * FROM chatd_writer_read($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
-                .bind(&append_chats)
-                .bind(&move_chats)
-                .bind(&move_users)
-                .bind(&pair_chats)
-                .bind(&pair_users)
-                .bind(&key_senders)
-                .bind(&key_ids)
-                .bind(&cursor_cols.0)
-                .bind(&cursor_cols.1)
-                .bind(&cursor_cols.2)
-                .fetch_all(&mut *conn)
-                .await?;
+        let rows = sqlx::query(READ)
+            .bind(&pair_chats)
+            .bind(&pair_users)
+            .bind(&key_senders)
+            .bind(&key_ids)
+            .bind(&cursor_cols.0)
+            .bind(&cursor_cols.1)
+            .bind(&cursor_cols.2)
+            .fetch_all(&mut *conn)
+            .await?;
         for r in rows {
             match r.try_get::<i32, _>(0)? {
                 1 => {
-                    state.reads.insert(
-                        (r.try_get(1)?, r.try_get(2)?),
-                        (r.try_get(4)?, r.try_get(5)?),
-                    );
-                }
-                2 => {
                     let (chat_id, user_id): (String, String) = (r.try_get(1)?, r.try_get(2)?);
                     state.last_seq.insert(chat_id.clone(), r.try_get(4)?);
-                    if r.try_get::<i64, _>(5)? == 1 {
+                    if let (Some(seq), Some(at)) = (r.try_get(5)?, r.try_get(6)?) {
+                        state
+                            .reads
+                            .insert((chat_id.clone(), user_id.clone()), (seq, at));
                         state.members.insert((chat_id, user_id));
                     }
                 }
-                3 => {
+                2 => {
                     let m = message_at(&r, 8).map_err(Failure::Data)?;
                     state.existing.insert(
                         (m.sender_user_id.clone(), m.client_msg_id.clone()),
                         Arc::new(m),
                     );
                 }
-                4 => {
+                3 => {
                     state.cursors.insert(
                         (r.try_get(1)?, r.try_get(2)?, r.try_get(3)?),
                         [r.try_get(4)?, r.try_get(5)?, r.try_get(6)?, r.try_get(7)?],
@@ -451,16 +398,20 @@ async fn run_batch(
                 }
                 kind => {
                     return Err(Failure::Data(Error::internal(format!(
-                        "chatd_writer_read returned a row of kind {kind}"
+                        "the writer's read returned a row of kind {kind}"
                     ))))
                 }
             }
         }
     }
-
     let read = started.elapsed();
+
+    let before = Before {
+        last_seq: state.last_seq.clone(),
+        cursors: state.cursors.clone(),
+    };
     let mut decided = Decided::default();
-    let outcomes: Vec<Outcome> = ops
+    let mut outcomes: Vec<Outcome> = ops
         .iter()
         .map(|op| match op {
             Op::Append(m, _) => Outcome::Append(decided.append(&mut state, m)),
@@ -468,14 +419,59 @@ async fn run_batch(
             Op::LastSeen { .. } | Op::Shutdown(_) => Outcome::None,
         })
         .collect();
-    let statement = decided.statement(&state, &last_seen)?;
+    if decided.messages.is_empty()
+        && decided.moved_cursors.is_empty()
+        && decided.moved_reads.is_empty()
+        && last_seen.is_empty()
+    {
+        // Refusals and duplicates only: nothing to write.
+        return Ok(outcomes);
+    }
     let decide = started.elapsed();
-    emitter
-        .commit_last(conn, &statement, decided.events)
-        .await?;
+
+    // The second round trip locks, checks that nothing the decisions rest on changed, writes
+    // and commits, in one statement (migrations/postgres/0003_writer_apply.sql). The commit
+    // lock orders this node's commits, and so its local events.
+    let mut commit_id = emitter.commit_id.lock().await;
+    let firsts = decided.apply(conn, &before, &state, &last_seen).await?;
+    // Another node appended to some chats since the read: the batch's messages there come
+    // after, numbered from the chat's last seq as the locks found it.
+    let mut renumbered: HashMap<&str, Arc<Message>> = HashMap::new();
+    for m in &decided.messages {
+        let read_last = before.last_seq.get(&m.chat_id).copied().unwrap_or(0);
+        let shift = firsts
+            .get(&m.chat_id)
+            .map_or(0, |first| first - 1 - read_last);
+        if shift != 0 {
+            let mut moved = Message::clone(m);
+            moved.seq = (m.seq as i64 + shift) as u64;
+            moved.wire = Default::default();
+            renumbered.insert(&m.message_id, Arc::new(moved));
+        }
+    }
+    let mut events = std::mem::take(&mut decided.events);
+    if !renumbered.is_empty() {
+        for outcome in &mut outcomes {
+            if let Outcome::Append(Ok(appended)) = outcome {
+                if let Some(m) = renumbered.get(appended.message.message_id.as_str()) {
+                    appended.message = m.clone();
+                }
+            }
+        }
+        for event in &mut events {
+            if let Event::Message(message) = event {
+                if let Some(m) = renumbered.get(message.message_id.as_str()) {
+                    *message = m.clone();
+                }
+            }
+        }
+    }
+    emitter.emit(&mut commit_id, events).await;
+    drop(commit_id);
     tracing::debug!(
         ops = ops.len(),
-        chats = append_chats.len(),
+        chats = firsts.len(),
+        renumbered = renumbered.len(),
         read_us = read.as_micros() as u64,
         decide_us = (decide - read).as_micros() as u64,
         write_us = (started.elapsed() - decide).as_micros() as u64,
@@ -483,6 +479,29 @@ async fn run_batch(
     );
     Ok(outcomes)
 }
+
+/// The first round trip: for each (chat, user) of the batch the chat's last seq and, when the
+/// user is a member, their read position (kind 1); messages with the batch's idempotency keys
+/// (kind 2, message columns from 8); the cursors it moves (kind 3).
+const READ: &str = "
+    SELECT 1, q.chat_id, q.user_id, NULL::TEXT, ch.last_seq, m.read_seq, m.read_at, NULL::BIGINT,
+           NULL::TEXT, NULL::TEXT, NULL::BIGINT, NULL::TEXT, NULL::TEXT, NULL::TEXT, NULL::TEXT,
+           NULL::BYTEA, NULL::TEXT, NULL::BIGINT
+    FROM unnest($1::TEXT[], $2::TEXT[]) AS q(chat_id, user_id)
+    JOIN chats ch ON ch.chat_id = q.chat_id
+    LEFT JOIN members m ON m.chat_id = q.chat_id AND m.user_id = q.user_id
+    UNION ALL
+    SELECT 2, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           x.message_id, x.chat_id, x.seq, x.sender_user_id, x.sender_device_id, x.client_msg_id,
+           x.text, x.ciphertext, x.attributes, x.created_at
+    FROM messages x
+    WHERE (x.sender_user_id, x.client_msg_id) IN (SELECT * FROM unnest($3::TEXT[], $4::TEXT[]))
+    UNION ALL
+    SELECT 3, d.user_id, d.device_id, d.chat_id, d.delivered_seq, d.delivered_at, d.read_seq,
+           d.read_at, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+    FROM device_cursors d
+    WHERE (d.user_id, d.device_id, d.chat_id)
+        IN (SELECT * FROM unnest($5::TEXT[], $6::TEXT[], $7::TEXT[]))";
 
 /// The changes of a batch, decided write by write.
 #[derive(Default)]
@@ -606,170 +625,222 @@ impl Decided {
         Ok(())
     }
 
-    /// The batch's last round trip: everything it changes and its outbox rows, as one JSON
-    /// document for `chatd_writer_write` (migrations/postgres/0002_writer.sql), then
-    /// `COMMIT; BEGIN`. Several statements in one message need the simple protocol, which
-    /// takes no parameters: the document goes in as a dollar-quoted literal, whose tag is
-    /// chosen not to occur in it, so nothing in it is ever read as SQL.
-    fn statement(
+    /// The second round trip: `chatd_writer_apply` with everything the batch changes. Returns
+    /// the first seq of the batch's messages in each chat that got some.
+    async fn apply(
         &self,
+        conn: &mut PgConnection,
+        before: &Before,
         state: &State,
         last_seen: &BTreeMap<&str, i64>,
-    ) -> std::result::Result<String, Failure> {
-        if self.messages.is_empty()
-            && self.moved_cursors.is_empty()
-            && self.moved_reads.is_empty()
-            && last_seen.is_empty()
-        {
-            return Ok(COMMIT.to_string());
-        }
-        let mut doc = Document::default();
+    ) -> std::result::Result<HashMap<String, i64>, Failure> {
+        let read_last = |chat_id: &str| before.last_seq.get(chat_id).copied().unwrap_or(0);
+        let lock_chats: Vec<&str> = self.activity.keys().map(String::as_str).collect();
+        let mut moved_members = BTreeSet::new();
+        let mut members = BTreeSet::new();
         for m in &self.messages {
-            doc.messages.push(MessageRow {
-                message_id: &m.message_id,
-                chat_id: &m.chat_id,
-                seq: m.seq as i64,
-                sender_user_id: &m.sender_user_id,
-                sender_device_id: &m.sender_device_id,
-                client_msg_id: &m.client_msg_id,
-                text: &m.content.text,
-                ciphertext: (!m.content.ciphertext.is_empty()).then(|| hex(&m.content.ciphertext)),
-                attributes: if m.content.attributes.is_empty() {
-                    None
-                } else {
-                    Some(serde_json::to_string(&m.content.attributes).map_err(|e| {
-                        Failure::Data(Error::internal(format!("attributes to JSON: {e}")))
-                    })?)
-                },
-                created_at: m.created_at,
-            });
+            members.insert((m.chat_id.as_str(), m.sender_user_id.as_str()));
         }
-        for (chat_id, at) in &self.activity {
-            doc.chats.push(ChatRow {
-                chat_id,
-                last_seq: state.last_seq.get(chat_id).copied().unwrap_or(0),
-                at: *at,
-            });
-        }
+        let mut cur = CursorColumns::default();
         for key in &self.moved_cursors {
-            let [d, d_at, r, r_at] = state.cursors.get(key).copied().unwrap_or([0; 4]);
-            doc.cursors.push(CursorRow {
-                user_id: &key.0,
-                device_id: &key.1,
-                chat_id: &key.2,
-                delivered_seq: d,
-                delivered_at: d_at,
-                read_seq: r,
-                read_at: r_at,
-            });
+            moved_members.insert((key.2.as_str(), key.0.as_str()));
+            members.insert((key.2.as_str(), key.0.as_str()));
+            let was = before.cursors.get(key);
+            let [d, d_at, r, r_at] = was.copied().unwrap_or([0; 4]);
+            let [nd, nd_at, nr, nr_at] = state.cursors.get(key).copied().unwrap_or([0; 4]);
+            cur.users.push(&key.0);
+            cur.devices.push(&key.1);
+            cur.chats.push(&key.2);
+            cur.known.push(was.is_some());
+            cur.was.0.push(d);
+            cur.was.1.push(d_at);
+            cur.was.2.push(r);
+            cur.was.3.push(r_at);
+            cur.new.0.push(nd);
+            cur.new.1.push(nd_at);
+            cur.new.2.push(nr);
+            cur.new.3.push(nr_at);
         }
         for key in &self.moved_reads {
+            moved_members.insert((key.0.as_str(), key.1.as_str()));
+        }
+        let (move_chats, move_users): (Vec<&str>, Vec<&str>) = moved_members.into_iter().unzip();
+        let (member_chats, member_users): (Vec<&str>, Vec<&str>) = members.into_iter().unzip();
+        let mut msg = MessageColumns::default();
+        for m in &self.messages {
+            msg.ids.push(&m.message_id);
+            msg.chats.push(&m.chat_id);
+            msg.ordinals.push(m.seq as i64 - read_last(&m.chat_id));
+            msg.senders.push(&m.sender_user_id);
+            msg.devices.push(&m.sender_device_id);
+            msg.client_ids.push(&m.client_msg_id);
+            msg.texts.push(&m.content.text);
+            msg.ciphertexts.push(
+                (!m.content.ciphertext.is_empty()).then_some(m.content.ciphertext.as_slice()),
+            );
+            msg.attributes.push(if m.content.attributes.is_empty() {
+                None
+            } else {
+                Some(serde_json::to_string(&m.content.attributes).map_err(|e| {
+                    Failure::Data(Error::internal(format!("attributes to JSON: {e}")))
+                })?)
+            });
+            msg.created.push(m.created_at);
+        }
+        let mut chats: (Vec<&str>, Vec<i64>, Vec<i64>) = Default::default();
+        for (chat_id, at) in &self.activity {
+            let last = state.last_seq.get(chat_id).copied().unwrap_or(0);
+            chats.0.push(chat_id);
+            chats.1.push(last - read_last(chat_id));
+            chats.2.push(*at);
+        }
+        let mut reads: (Vec<&str>, Vec<&str>, Vec<i64>, Vec<i64>) = Default::default();
+        for key in &self.moved_reads {
             let (seq, at) = state.reads.get(key).copied().unwrap_or((0, 0));
-            doc.reads.push(ReadRow {
-                chat_id: &key.0,
-                user_id: &key.1,
-                seq,
-                at,
-            });
+            reads.0.push(&key.0);
+            reads.1.push(&key.1);
+            reads.2.push(seq);
+            reads.3.push(at);
         }
-        for (user_id, at) in last_seen {
-            doc.last_seen.push(SeenRow { user_id, at: *at });
-        }
+        let seen_users: Vec<&str> = last_seen.keys().copied().collect();
+        let seen_at: Vec<i64> = last_seen.values().copied().collect();
+        let mut out = OutboxColumns::default();
         for event in &self.events {
-            let payload = String::from_utf8(crate::bus::wire::encode_event(event))
-                .map_err(|e| Failure::Data(Error::internal(format!("event is not UTF-8: {e}"))))?;
-            doc.outbox.push(OutboxRow {
-                chat_id: super::event_chat(event),
-                payload,
-            });
+            out.chats.push(super::event_chat(event));
+            match event {
+                Event::Message(m) => {
+                    let (head, tail) = seq_template(m);
+                    out.heads.push(head);
+                    out.tails.push(Some(tail));
+                    out.seq_chats.push(Some(m.chat_id.as_str()));
+                    out.ordinals
+                        .push(Some(m.seq as i64 - read_last(&m.chat_id)));
+                }
+                other => {
+                    out.heads.push(crate::bus::wire::encode_event(other));
+                    out.tails.push(None);
+                    out.seq_chats.push(None);
+                    out.ordinals.push(None);
+                }
+            }
         }
-        let json = serde_json::to_string(&doc)
-            .map_err(|e| Failure::Data(Error::internal(format!("batch to JSON: {e}"))))?;
-        let mut tag = String::from("$chatd$");
-        let mut n = 0u32;
-        while json.contains(&tag) {
-            n += 1;
-            tag = format!("$chatd{n}$");
-        }
-        Ok(format!(
-            "SELECT chatd_writer_write({tag}{json}{tag}::jsonb, '{OUTBOX_CHANNEL}'); {COMMIT}"
-        ))
+        let rows = sqlx::query(
+            "SELECT * FROM chatd_writer_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                 $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28,
+                 $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, $42)",
+        )
+        .bind(&lock_chats)
+        .bind(&move_chats)
+        .bind(&move_users)
+        .bind(&member_chats)
+        .bind(&member_users)
+        .bind(&cur.users)
+        .bind(&cur.devices)
+        .bind(&cur.chats)
+        .bind(&cur.known)
+        .bind(&cur.was.0)
+        .bind(&cur.was.1)
+        .bind(&cur.was.2)
+        .bind(&cur.was.3)
+        .bind(&cur.new.0)
+        .bind(&cur.new.1)
+        .bind(&cur.new.2)
+        .bind(&cur.new.3)
+        .bind(&msg.ids)
+        .bind(&msg.chats)
+        .bind(&msg.ordinals)
+        .bind(&msg.senders)
+        .bind(&msg.devices)
+        .bind(&msg.client_ids)
+        .bind(&msg.texts)
+        .bind(&msg.ciphertexts)
+        .bind(&msg.attributes)
+        .bind(&msg.created)
+        .bind(&chats.0)
+        .bind(&chats.1)
+        .bind(&chats.2)
+        .bind(&reads.0)
+        .bind(&reads.1)
+        .bind(&reads.2)
+        .bind(&reads.3)
+        .bind(&seen_users)
+        .bind(&seen_at)
+        .bind(&out.chats)
+        .bind(&out.heads)
+        .bind(&out.tails)
+        .bind(&out.seq_chats)
+        .bind(&out.ordinals)
+        .bind(OUTBOX_CHANNEL)
+        .fetch_all(conn)
+        .await
+        .map_err(|e| match e {
+            // The statement failed, and with it its transaction: nothing was written.
+            e @ sqlx::Error::Database(_) => Failure::Sql(e),
+            // Lost on the way: the commit may or may not have happened.
+            e => Failure::Commit(e),
+        })?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(Failure::Sql)
     }
 }
 
-/// Ends a batch's transaction and opens the next one.
-const COMMIT: &str = "COMMIT; BEGIN";
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+/// A message event as `bus::wire::encode_event` has it, split around its seq: the outbox row
+/// is `head || seq || tail`, the seq being numbered by `chatd_writer_apply`. Encoded with seq
+/// 0 and 1, the two differ in exactly that digit.
+fn seq_template(m: &Message) -> (Vec<u8>, Vec<u8>) {
+    let encode = |seq: u64| {
+        let mut m = m.clone();
+        m.seq = seq;
+        m.wire = Default::default();
+        crate::bus::wire::encode_event(&Event::Message(Arc::new(m)))
+    };
+    let (zero, one) = (encode(0), encode(1));
+    let at = zero
+        .iter()
+        .zip(&one)
+        .position(|(a, b)| a != b)
+        .unwrap_or(zero.len());
+    let tail = zero.get(at + 1..).unwrap_or_default().to_vec();
+    let mut head = zero;
+    head.truncate(at);
+    (head, tail)
 }
 
-/// What `chatd_writer_write` takes.
-#[derive(Default, serde::Serialize)]
-struct Document<'a> {
-    messages: Vec<MessageRow<'a>>,
-    chats: Vec<ChatRow<'a>>,
-    cursors: Vec<CursorRow<'a>>,
-    reads: Vec<ReadRow<'a>>,
-    last_seen: Vec<SeenRow<'a>>,
-    outbox: Vec<OutboxRow<'a>>,
+/// New messages as column arrays, for `unnest`.
+#[derive(Default)]
+struct MessageColumns<'a> {
+    ids: Vec<&'a str>,
+    chats: Vec<&'a str>,
+    /// 1, 2, ... per chat, in batch order.
+    ordinals: Vec<i64>,
+    senders: Vec<&'a str>,
+    devices: Vec<&'a str>,
+    client_ids: Vec<&'a str>,
+    texts: Vec<&'a str>,
+    ciphertexts: Vec<Option<&'a [u8]>>,
+    attributes: Vec<Option<String>>,
+    created: Vec<i64>,
 }
 
-#[derive(serde::Serialize)]
-struct MessageRow<'a> {
-    message_id: &'a str,
-    chat_id: &'a str,
-    seq: i64,
-    sender_user_id: &'a str,
-    sender_device_id: &'a str,
-    client_msg_id: &'a str,
-    text: &'a str,
-    /// Hex.
-    ciphertext: Option<String>,
-    attributes: Option<String>,
-    created_at: i64,
+/// Moved cursors as column arrays: what they were when read, what they become.
+#[derive(Default)]
+struct CursorColumns<'a> {
+    users: Vec<&'a str>,
+    devices: Vec<&'a str>,
+    chats: Vec<&'a str>,
+    known: Vec<bool>,
+    was: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>),
+    new: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>),
 }
 
-#[derive(serde::Serialize)]
-struct ChatRow<'a> {
-    chat_id: &'a str,
-    last_seq: i64,
-    at: i64,
-}
-
-#[derive(serde::Serialize)]
-struct CursorRow<'a> {
-    user_id: &'a str,
-    device_id: &'a str,
-    chat_id: &'a str,
-    delivered_seq: i64,
-    delivered_at: i64,
-    read_seq: i64,
-    read_at: i64,
-}
-
-#[derive(serde::Serialize)]
-struct ReadRow<'a> {
-    chat_id: &'a str,
-    user_id: &'a str,
-    seq: i64,
-    at: i64,
-}
-
-#[derive(serde::Serialize)]
-struct SeenRow<'a> {
-    user_id: &'a str,
-    at: i64,
-}
-
-#[derive(serde::Serialize)]
-struct OutboxRow<'a> {
-    chat_id: &'a str,
-    /// The event as `bus::wire::encode_event` has it (JSON), stored as its UTF-8 bytes.
-    payload: String,
+/// Outbox rows as column arrays.
+#[derive(Default)]
+struct OutboxColumns<'a> {
+    chats: Vec<&'a str>,
+    heads: Vec<Vec<u8>>,
+    tails: Vec<Option<Vec<u8>>>,
+    seq_chats: Vec<Option<&'a str>>,
+    ordinals: Vec<Option<i64>>,
 }
