@@ -331,8 +331,20 @@ impl KafkaBus {
             if batch.is_empty() {
                 continue;
             }
+            let started = std::time::Instant::now();
             if !fanout.handle(&batch).await {
                 break;
+            }
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                // How long the first event waited since its producer queued it (clocks of
+                // this machine's nodes only: a diagnostic, not a measurement across hosts).
+                let queued_ms = batch[0].timestamp().to_millis().unwrap_or(0);
+                tracing::debug!(
+                    events = batch.len(),
+                    waited_ms = crate::clock::now_ms().saturating_sub(queued_ms),
+                    hand_off_us = started.elapsed().as_micros() as u64,
+                    "fan-out batch handed off"
+                );
             }
             store_offsets(&consumer, &batch);
         }

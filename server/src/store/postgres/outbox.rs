@@ -227,6 +227,7 @@ impl OutboxRelay {
                 return Stop::Shutdown;
             }
             let full = at.last_full.elapsed() >= FULL_SCAN_EVERY;
+            let started = Instant::now();
             let read = match timed(read_batch(conn, &at, full)).await {
                 Ok(read) => read,
                 Err(e) => {
@@ -271,12 +272,19 @@ impl OutboxRelay {
                 }
                 continue;
             }
+            let read_at = started.elapsed();
             match self.sink.publish(&read.rows).await {
                 Ok(()) => {
                     backoff = FIRST_BACKOFF;
                     at.relayed = read.rows.iter().map(|r| r.id).collect();
                     at.advance(covered, read.rows.last().map(|r| r.id));
-                    tracing::trace!(rows = read.rows.len(), low = at.low, "outbox relayed");
+                    tracing::debug!(
+                        rows = read.rows.len(),
+                        low = at.low,
+                        read_us = read_at.as_micros() as u64,
+                        publish_us = (started.elapsed() - read_at).as_micros() as u64,
+                        "outbox relayed"
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, rows = read.rows.len(), retry_in = ?backoff, "outbox relay: publish failed");
