@@ -28,7 +28,7 @@ TARGETS = {
 CLUSTER_TARGETS = {
     "direct-10k": "steady 10,000 msgs/s, p99 <= 25 ms send->receive",
 }
-CLUSTER_ORDER = ["direct-2k", "direct-5k", "direct-10k", "direct-max", "group-1x1000"]
+CLUSTER_ORDER = ["direct-1k", "direct-2k", "direct-5k", "direct-10k", "direct-max", "group-1x1000"]
 ORDER = ["idle-1to1", "idle-shared", "direct-max", "direct-10k", "group-100x100", "group-1x1000", "resume-10k", "mixed"]
 
 
@@ -208,14 +208,14 @@ def cluster_section(result_dir):
              f"generator, **all on the same {os.cpu_count()} cores**. Connections are spread over both",
              "nodes, so most messages are committed on one node and delivered by the other",
              "(outbox → Kafka → fan-out → Redis `node.{id}` → session).", "",
-             "| scenario | target | result | ack p50 / p99 ms | cross-check | errors | CPU s (chatd / postgres / kafka / redis / loadgen) |",
+             "| scenario | target | result | ack p50 / p99 ms | cross-check | errors | CPU s during the run (chatd / postgres / kafka / redis) |",
              "|---|---|---|---|---|---|---|"]
     for name, (d, cpu) in runs.items():
         if "error" in d and not d.get("scenario"):
             lines.append(f"| {name} | {CLUSTER_TARGETS.get(name, '')} | failed: {d['error']} | | | | |")
             continue
         ack = d.get("ack_latency_us") or {}
-        cpu_text = " / ".join(fmt(cpu.get(k)) for k in ("chatd", "postgres", "kafka", "redis", "loadgen")) if cpu else "n/a"
+        cpu_text = " / ".join(fmt(cpu.get(k)) for k in ("chatd", "postgres", "kafka", "redis")) if cpu else "n/a"
         lines.append(f"| {name} | {CLUSTER_TARGETS.get(name, '')} | {headline(name, d)} | {ms(ack.get('p50'))} / {ms(ack.get('p99'))} "
                      f"| {'ok' if d.get('cross_check_ok') else d.get('cross_check_ok', 'n/a')} | {fmt(d.get('errors_total'))} | {cpu_text} |")
     lines += ["", "| scenario | delivery latency count | p50 | p90 | p99 | p99.9 | max (µs) |", "|---|---|---|---|---|---|---|"]
