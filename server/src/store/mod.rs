@@ -94,8 +94,6 @@ pub struct ResumeChat {
 #[derive(Debug, Clone, Default)]
 pub struct ResumePlan {
     pub chats: Vec<ResumeChat>,
-    /// Every commit visible to this plan has an id at most this; see `session::replay`.
-    pub watermark: u64,
 }
 
 /// A request to move a device's cursor in a chat.

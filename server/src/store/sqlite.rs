@@ -24,7 +24,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::Path,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc,
     },
 };
@@ -83,8 +83,6 @@ enum WriteOp {
 pub struct SqliteStore {
     writes: mpsc::Sender<WriteOp>,
     readers: Readers,
-    /// Highest commit id handed out; see `ResumePlan::watermark`.
-    watermark: Arc<AtomicU64>,
     /// Tells the checkpoint thread to finish.
     stopping: Arc<AtomicBool>,
 }
@@ -121,13 +119,11 @@ impl SqliteStore {
                 .map_err(db_err)?;
             readers.push(r);
         }
-        let watermark = Arc::new(AtomicU64::new(0));
         let (writes, rx) = mpsc::channel(WRITE_QUEUE);
         let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
         let writer = Writer {
             conn,
             outbox: outbox_tx,
-            watermark: watermark.clone(),
             commit_id: 0,
         };
         std::thread::Builder::new()
@@ -140,7 +136,6 @@ impl SqliteStore {
                 idle: Mutex::new(readers),
                 permits: Semaphore::new(READERS),
             },
-            watermark,
             stopping,
         };
         Ok((Arc::new(store), outbox_rx))
@@ -223,7 +218,6 @@ fn db_err(e: rusqlite::Error) -> Error {
 struct Writer {
     conn: Connection,
     outbox: mpsc::Sender<Committed>,
-    watermark: Arc<AtomicU64>,
     commit_id: u64,
 }
 
@@ -299,10 +293,7 @@ impl Writer {
             }
             return shutdown;
         }
-        // Published before the commit: any reader that sees this commit also sees an id at
-        // least this high (sessions rely on it to de-duplicate resume against live events).
         self.commit_id += 1;
-        self.watermark.store(self.commit_id, Ordering::Release);
         match tx.commit() {
             Ok(()) => {
                 for event in events {
@@ -1168,7 +1159,6 @@ impl Store for SqliteStore {
 
     async fn resume_plan(&self, user_id: &str, device_id: &str) -> Result<ResumePlan> {
         let (user_id, device_id) = (user_id.to_string(), device_id.to_string());
-        let watermark = self.watermark.clone();
         self.readers
             .run(move |c| {
                 let mut stmt = c
@@ -1191,7 +1181,7 @@ impl Store for SqliteStore {
                     .map_err(db_err)?
                     .collect::<rusqlite::Result<Vec<_>>>()
                     .map_err(db_err)?;
-                Ok(ResumePlan { chats, watermark: watermark.load(Ordering::Acquire) })
+                Ok(ResumePlan { chats })
             })
             .await
     }

@@ -859,12 +859,7 @@ impl Store for PgStore {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        // Commit ids are per node here, so they cannot order a resume against live events
-        // from other nodes; sessions de-duplicate by seq instead.
-        Ok(ResumePlan {
-            chats,
-            watermark: 0,
-        })
+        Ok(ResumePlan { chats })
     }
 
     async fn move_cursor(&self, m: CursorMove) -> Result<()> {
