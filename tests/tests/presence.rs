@@ -37,6 +37,48 @@ fn assert_offline_seen_between(
     );
 }
 
+/// Many devices of a user leaving at once: whatever order their changes are announced in, the
+/// watcher's last event is the state that remains (the phone, one device).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_leaving_at_once_leave_watchers_with_the_final_count() {
+    let server = TestServer::start().await;
+    let mut alice_c = server.client("alice", "phone").await;
+    open_direct(&mut alice_c, "bob").await;
+    let mut watcher = server.connect("alice", "phone").await;
+    watch_presence(&watcher, &["bob"]).await;
+    let _initial = next_presence(&mut watcher, "bob").await;
+
+    let _bob_phone = server.connect("bob", "phone").await;
+    let mut others = Vec::new();
+    for i in 0..8 {
+        others.push(server.connect("bob", &format!("tab{i}")).await);
+    }
+    wait_presence(&mut alice_c, "bob", "ONLINE with 9 devices", |p| {
+        p.status() == Online && p.devices_online == 9
+    })
+    .await;
+    // Drain what the connects announced.
+    let _ = collect_for(&mut watcher, QUIET_PERIOD).await;
+
+    for s in others {
+        s.close();
+    }
+    wait_presence(&mut alice_c, "bob", "ONLINE with 1 device", |p| {
+        p.status() == Online && p.devices_online == 1
+    })
+    .await;
+    let seen = presences(&collect_for(&mut watcher, QUIET_PERIOD).await);
+    assert!(
+        !seen.is_empty(),
+        "the watcher hears about the tablets leaving"
+    );
+    assert_eq!(
+        seen.last().map(|p| (p.status(), p.devices_online)),
+        Some((Online, 1)),
+        "the last event says what remains, one device: {seen:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_follows_the_devices_of_a_user() {
     let server = TestServer::start().await;

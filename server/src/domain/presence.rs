@@ -13,12 +13,18 @@ use std::{collections::HashSet, sync::Arc};
 
 /// Most users one `GetPresence` or `WatchPresence` may name.
 pub const MAX_USERS: usize = 1000;
+/// Locks that order a user's presence changes on this node (users hashed over them).
+const ORDER_LOCKS: usize = 64;
 
 pub struct PresenceService {
     registry: Arc<dyn Registry>,
     store: Arc<dyn Store>,
     /// Disconnects still being recorded, so shutdown can wait for them.
     leaving: tokio_util::task::TaskTracker,
+    /// A change and its announcement happen under the user's lock: two sessions of a user
+    /// leaving at once would otherwise announce their counts in either order, and watchers
+    /// could be left with the older one ("2 devices" after "1 device").
+    order: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl PresenceService {
@@ -27,7 +33,19 @@ impl PresenceService {
             registry,
             store,
             leaving: tokio_util::task::TaskTracker::new(),
+            order: (0..ORDER_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    async fn order_of(&self, user_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        user_id.hash(&mut h);
+        self.order[(h.finish() % ORDER_LOCKS as u64) as usize]
+            .lock()
+            .await
     }
 
     pub fn registry(&self) -> &Arc<dyn Registry> {
@@ -128,6 +146,7 @@ impl PresenceService {
     /// Registers a live session and tells the user's watchers. Once this returns, the fan-out
     /// of every later commit reaches the session.
     pub async fn device_connected(&self, session: &SessionKey) -> Result<()> {
+        let _order = self.order_of(&session.user_id).await;
         let p = self.registry.connect(session).await?;
         if let Err(e) = self.registry.publish(p).await {
             tracing::warn!(user_id = session.user_id, error = %e, "cannot publish presence");
@@ -165,6 +184,7 @@ impl PresenceService {
     /// entry that could not be removed expires with the heartbeat timeout).
     pub async fn device_disconnected(&self, session: &SessionKey, watched: &[String], now: i64) {
         self.registry.unwatch(session.session_id, watched).await;
+        let order = self.order_of(&session.user_id).await;
         let p = match self.registry.disconnect(session, now).await {
             Ok(p) => p,
             Err(e) => {
@@ -176,6 +196,7 @@ impl PresenceService {
         if let Err(e) = self.registry.publish(p).await {
             tracing::warn!(user_id = session.user_id, error = %e, "cannot publish presence");
         }
+        drop(order);
         if offline {
             if let Err(e) = self.store.record_last_seen(&session.user_id, now).await {
                 tracing::warn!(user_id = session.user_id, error = %e, "cannot record last seen");
