@@ -22,7 +22,7 @@ use crate::domain::{
 use crate::metrics::METRICS;
 use crate::registry::{SessionKey, Watcher};
 use crate::store::Appended;
-use crate::store::{SeqRange, Store};
+use crate::store::{Membership, SeqRange, Store};
 use crate::Error;
 pub use directory::Directory;
 use futures_util::{stream::FuturesOrdered, Stream, StreamExt};
@@ -488,6 +488,23 @@ impl Session {
         let Event::Message(m) = &c.event else {
             return self.emit(Output::Event(c.event)).await;
         };
+        if self.seqs.get(&m.chat_id).is_none() {
+            // A chat this stream has no position in yet: the user joined it (or it was
+            // created) after the stream began. Start where they joined, so nothing from
+            // before that goes out, whatever members the fan-out had in mind when it handed
+            // this message over (a lagging fan-out that misses its member cache reads today's
+            // members).
+            let membership = self
+                .svc
+                .store
+                .membership(&m.chat_id, &self.user_id)
+                .await
+                .map_err(Stop::Abort)?;
+            match membership {
+                Membership::Member(access) => self.seqs.passed(&m.chat_id, access.joined_seq),
+                Membership::NotMember | Membership::NoSuchChat => return Ok(()),
+            }
+        }
         match self.seqs.classify(&m.chat_id, m.seq) {
             Next::Duplicate => return Ok(()),
             Next::Gap { after } => {
