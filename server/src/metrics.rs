@@ -73,10 +73,6 @@ pub struct Metrics {
     pub gaps_filled: AtomicU64,
     /// Sessions told to re-read their backlog because the node may have missed deliveries.
     pub resyncs: AtomicU64,
-    /// Messages the committing node handed straight to the receivers' nodes (cluster).
-    pub direct_handoffs: AtomicU64,
-    /// Messages left to the durable path alone: the fast path's queue was full or it failed.
-    pub direct_skipped: AtomicU64,
     /// Errors returned to clients, by gRPC code.
     pub errors: [AtomicU64; CODES],
     /// Time from a send's arrival to its commit.
@@ -92,8 +88,6 @@ pub static METRICS: Metrics = Metrics {
     slow_consumers: AtomicU64::new(0),
     gaps_filled: AtomicU64::new(0),
     resyncs: AtomicU64::new(0),
-    direct_handoffs: AtomicU64::new(0),
-    direct_skipped: AtomicU64::new(0),
     errors: [const { AtomicU64::new(0) }; CODES],
     send_latency: Histogram::new(LATENCY_BUCKETS),
     commit_batch: Histogram::new(BATCH_BUCKETS),
@@ -167,18 +161,6 @@ pub fn render(gauges: &[Gauge]) -> String {
         "chatd_resyncs_total",
         "Sessions told to re-read their backlog after the node's bus link came back.",
         m.resyncs.load(Relaxed),
-    );
-    counter(
-        &mut out,
-        "chatd_direct_handoffs_total",
-        "Messages of 1:1 chats handed straight from the committing node to the receivers' nodes.",
-        m.direct_handoffs.load(Relaxed),
-    );
-    counter(
-        &mut out,
-        "chatd_direct_skipped_total",
-        "Messages of 1:1 chats left to the Kafka path alone (fast path queue full or failed).",
-        m.direct_skipped.load(Relaxed),
     );
     let _ = writeln!(out, "# HELP chatd_errors_total Errors returned to clients, by gRPC code.\n# TYPE chatd_errors_total counter");
     for (code, c) in m.errors.iter().enumerate() {

@@ -58,6 +58,17 @@ pub fn targets(event: &Event, members: &[String], live_receipts_max_members: usi
     }
 }
 
+/// The chat an event belongs to (`None` for presence).
+pub fn chat_of(event: &Event) -> Option<&str> {
+    match event {
+        Event::Message(m) => Some(&m.chat_id),
+        Event::Chat(c) => Some(&c.chat.chat_id),
+        Event::Receipt(r) => Some(&r.chat_id),
+        Event::Typing(t) => Some(&t.chat_id),
+        Event::Presence(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 //! sessions; typing events (never stored, so never on Kafka) are routed straight to the nodes
 //! of the chat's members; and this node's own commits end their senders' typing indicators.
 
-use super::{audience, direct::DirectHandOff, members::MemberCache, wire, AfterCommits, NodeLink};
+use super::{audience, members::MemberCache, wire, AfterCommits, NodeLink};
 use crate::domain::model::{Committed, Event, EPHEMERAL};
 use crate::domain::typing::Typing;
 use crate::registry::Registry;
@@ -44,7 +44,6 @@ pub struct EphemeralRouter {
     typing: Arc<Typing>,
     after_commits: Arc<dyn AfterCommits>,
     live_receipts_max_members: usize,
-    direct: DirectHandOff,
 }
 
 impl EphemeralRouter {
@@ -55,7 +54,6 @@ impl EphemeralRouter {
         typing: Arc<Typing>,
         after_commits: Arc<dyn AfterCommits>,
         live_receipts_max_members: usize,
-        direct: DirectHandOff,
     ) -> Self {
         EphemeralRouter {
             members: MemberCache::new(store),
@@ -65,7 +63,6 @@ impl EphemeralRouter {
             typing,
             after_commits,
             live_receipts_max_members,
-            direct,
         }
     }
 
@@ -93,11 +90,10 @@ impl EphemeralRouter {
         }
     }
 
-    /// A message goes to the fast path, and ends its sender's typing: the STOPPED goes through
-    /// the outbox behind the message, so members see the message first, as on a single node.
+    /// A message ends its sender's typing: the STOPPED goes through the outbox behind the
+    /// message, so members see the message first, as on a single node.
     async fn committed(&mut self, event: Event) {
         if let Event::Message(m) = &event {
-            self.direct.offer(m);
             if let Some(stop) = self.typing.message_ended_typing(m) {
                 if let Err(e) = self.after_commits.enqueue(&m.chat_id, &stop).await {
                     tracing::warn!(chat_id = m.chat_id, error = %e, "typing STOPPED dropped");
@@ -108,7 +104,7 @@ impl EphemeralRouter {
 
     /// Best effort, like typing itself: a failure drops the event with a log line.
     async fn route(&mut self, event: Event) {
-        let Some(chat_id) = event.chat_id() else {
+        let Some(chat_id) = audience::chat_of(&event) else {
             return;
         };
         if self.members_since.elapsed() > MEMBERS_MAX_AGE {

@@ -609,7 +609,7 @@ impl Fanout<'_> {
             self.cache(change.chat.chat_id.clone(), members.clone());
             return Some(Ok(members));
         }
-        let Some(chat_id) = event.chat_id() else {
+        let Some(chat_id) = audience::chat_of(event) else {
             return Some(Ok(Arc::from(Vec::new())));
         };
         if let Some(m) = self.members.get(chat_id) {

@@ -62,7 +62,7 @@ impl LocalFanout {
         if let Event::Chat(change) = &committed.event {
             self.members.apply(change);
         }
-        let Some(chat_id) = committed.event.chat_id() else {
+        let Some(chat_id) = audience::chat_of(&committed.event) else {
             return; // the registry delivers presence to its watchers
         };
         // A message that cannot be fanned out is not lost: it is committed, and devices get it

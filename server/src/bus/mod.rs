@@ -3,12 +3,10 @@
 //! On the embedded default everything is in one process ([`local`]). In a cluster the store's
 //! outbox goes to Kafka ([`kafka`]), a fan-out consumer group works out who must hear of each
 //! event ([`audience`]) and where they are connected (the registry), and hands it to those
-//! nodes over Redis Pub/Sub ([`pubsub`]), where [`cluster`] queues it for the sessions. Messages
-//! of 1:1 chats also take a fast path from the committing node ([`direct`]).
+//! nodes over Redis Pub/Sub ([`pubsub`]), where [`cluster`] queues it for the sessions.
 
 pub mod audience;
 pub mod cluster;
-pub mod direct;
 pub mod kafka;
 pub mod local;
 pub mod members;

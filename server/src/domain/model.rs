@@ -199,19 +199,6 @@ pub enum Event {
     Presence(Arc<Presence>),
 }
 
-impl Event {
-    /// The chat the event belongs to (`None` for presence).
-    pub fn chat_id(&self) -> Option<&str> {
-        match self {
-            Event::Message(m) => Some(&m.chat_id),
-            Event::Chat(c) => Some(&c.chat.chat_id),
-            Event::Receipt(r) => Some(&r.chat_id),
-            Event::Typing(t) => Some(&t.chat_id),
-            Event::Presence(_) => None,
-        }
-    }
-}
-
 /// An event in commit order, tagged with the id of the store commit that produced it
 /// ([`EPHEMERAL`] for events that were never stored: typing, presence).
 #[derive(Debug, Clone)]

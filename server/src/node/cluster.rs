@@ -5,7 +5,6 @@
 use super::{node_id, Backends, StartError, Wiring};
 use crate::bus::{
     cluster::{deliver_envelope, EphemeralRouter},
-    direct::DirectHandOff,
     kafka::{KafkaBus, KafkaSettings},
     pubsub::{PubSubHandlers, RedisPubSub},
 };
@@ -109,13 +108,6 @@ pub(super) async fn start(
             shutdown.clone(),
         )),
     ];
-    let (direct, direct_task) = DirectHandOff::start(
-        store.clone(),
-        registry.clone(),
-        pubsub.clone(),
-        shutdown.clone(),
-    );
-    tasks.push(direct_task);
     let router = EphemeralRouter::new(
         store.clone(),
         registry.clone(),
@@ -123,7 +115,6 @@ pub(super) async fn start(
         w.typing,
         pg.clone(),
         config.live_receipts_max_members as usize,
-        direct,
     );
     tasks.push(tokio::spawn(router.run(
         w.ephemeral,

@@ -4,14 +4,12 @@
 //! nothing committed during the replay is missed; events that arrive meanwhile wait in its
 //! queue. Each session keeps the highest seq it has passed on per chat ([`SeqTracker`]): live
 //! messages at or below it are duplicates (of the replay, or of a re-delivery in a cluster) and
-//! are dropped; a live message past a gap waits briefly for the ones before it, then the session
-//! reads what is still missing from the store first.
+//! are dropped; a live message past a gap makes the session read the gap from the store first.
 //! So every stream carries each chat's messages exactly once, in seq order, whatever the fan-out
 //! did. The session speaks in domain terms ([`Command`] in, [`Output`] out); the transport
 //! turns those into frames.
 
 pub mod directory;
-mod held;
 
 use crate::clock::now_ms;
 use crate::domain::{
@@ -28,7 +26,6 @@ use crate::store::{Membership, SeqRange, Store};
 use crate::Error;
 pub use directory::Directory;
 use futures_util::{stream::FuturesOrdered, Stream, StreamExt};
-use held::Held;
 use std::sync::atomic::Ordering::Relaxed;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 use std::{future::Future, pin::Pin};
@@ -208,8 +205,6 @@ struct Session {
     out: mpsc::Sender<Output>,
     registration: directory::Registration,
     seqs: SeqTracker,
-    /// Live messages that came past a gap, waiting briefly for the ones before them.
-    held: Held,
     acks: Arc<Semaphore>,
 }
 
@@ -306,7 +301,6 @@ async fn run<S>(
         online,
         sends: FuturesOrdered::new(),
         seqs: SeqTracker::default(),
-        held: Held::default(),
         acks: Arc::new(Semaphore::new(ACKS_IN_FLIGHT)),
     };
     let stop = match session.start(&hello).await {
@@ -449,10 +443,6 @@ impl Session {
                 Some((client_msg_id, result)) = self.sends.next(), if !self.sends.is_empty() => {
                     self.emit(send_answer(client_msg_id, result)).await
                 }
-                // Before new events: under a steady stream they would keep it waiting.
-                _ = sleep_until(self.held.deadline().unwrap_or(deadline)), if self.held.deadline().is_some() => {
-                    self.fill_all_held().await
-                }
                 event = self.registration.events.recv() => match event {
                     Some(c) => self.forward(c).await,
                     None => Err(Stop::Gone),
@@ -496,16 +486,8 @@ impl Session {
 
     async fn forward(&mut self, c: Committed) -> Result<(), Stop> {
         let Event::Message(m) = &c.event else {
-            // Whatever else a chat has must not overtake its held messages.
-            if let Some(chat_id) = c.event.chat_id() {
-                if self.held.holds(chat_id) {
-                    let chat_id = chat_id.to_string();
-                    self.fill_held(&chat_id).await?;
-                }
-            }
             return self.emit(Output::Event(c.event)).await;
         };
-        let m = m.clone();
         if self.seqs.get(&m.chat_id).is_none() {
             // A chat this stream has no position in yet: the user joined it (or it was
             // created) after the stream began. Start where they joined, so nothing from
@@ -524,69 +506,18 @@ impl Session {
             }
         }
         match self.seqs.classify(&m.chat_id, m.seq) {
-            Next::Duplicate => Ok(()),
+            Next::Duplicate => return Ok(()),
             Next::Gap { after } => {
-                let Err(c) = self.held.hold(&m.chat_id, m.seq, c, Instant::now()) else {
-                    return Ok(());
-                };
                 METRICS.gaps_filled.fetch_add(1, Relaxed);
                 self.pass_range(&m.chat_id, after, m.seq).await?;
-                self.pass_live(&m, c).await
             }
-            Next::Emit => self.pass_live(&m, c).await,
+            Next::Emit => {}
         }
-    }
-
-    /// Passes on live message `m` (the next of its chat), then any held ones it lets through.
-    async fn pass_live(&mut self, m: &Message, c: Committed) -> Result<(), Stop> {
         self.seqs.passed(&m.chat_id, m.seq);
-        if !self.is_own(m) {
-            self.emit(Output::Event(c.event)).await?;
+        if self.is_own(m) {
+            return Ok(());
         }
-        while let Some(next) = self
-            .held
-            .take_next(&m.chat_id, self.seqs.get(&m.chat_id).unwrap_or(0))
-        {
-            if let Event::Message(n) = &next.event {
-                let n = n.clone();
-                self.seqs.passed(&n.chat_id, n.seq);
-                if !self.is_own(&n) {
-                    self.emit(Output::Event(next.event)).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads from the store what is still missing before a chat's held messages, then passes
-    /// them on.
-    async fn fill_held(&mut self, chat_id: &str) -> Result<(), Stop> {
-        for (seq, c) in self.held.take_chat(chat_id) {
-            let last = self.seqs.get(chat_id).unwrap_or(0);
-            if seq <= last {
-                continue;
-            }
-            if seq > last + 1 {
-                METRICS.gaps_filled.fetch_add(1, Relaxed);
-                self.pass_range(chat_id, last, seq).await?;
-            }
-            if let Event::Message(m) = &c.event {
-                let m = m.clone();
-                self.seqs.passed(chat_id, seq);
-                if !self.is_own(&m) {
-                    self.emit(Output::Event(c.event)).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The wait for held messages' predecessors is over: read what is still missing.
-    async fn fill_all_held(&mut self) -> Result<(), Stop> {
-        for chat_id in self.held.chat_ids() {
-            self.fill_held(&chat_id).await?;
-        }
-        Ok(())
+        self.emit(Output::Event(c.event)).await
     }
 
     async fn handle(&mut self, cmd: Command) -> Result<(), Stop> {
