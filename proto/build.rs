@@ -10,8 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("chat_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
+        .build_client(env::var_os("CARGO_FEATURE_CLIENT").is_some())
+        .build_server(env::var_os("CARGO_FEATURE_SERVER").is_some())
         // The `Connect` RPC would clash with the generated `connect(dst)` constructor;
         // clients build a `Channel` themselves and call `ChatServiceClient::new`.
         .build_transport(false)
