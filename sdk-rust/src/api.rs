@@ -113,6 +113,11 @@ impl Api {
         Ok(Api::on_channel(ch, Credentials::new(token, device_id)?))
     }
 
+    /// Unary calls over a channel the caller built (its own connector, TLS, load balancing).
+    pub fn with_channel(channel: Channel, token: &str, device_id: Option<&str>) -> Result<Api> {
+        Ok(Api::on_channel(channel, Credentials::new(token, device_id)?))
+    }
+
     pub(crate) fn on_channel(ch: Channel, creds: Credentials) -> Api {
         // The server's own limit is 4 × max_message_bytes + 64 KiB; a history page of large
         // messages needs more than tonic's 4 MiB default on the way in.

@@ -455,3 +455,50 @@ async fn a_server_restart_loses_and_repeats_nothing() {
     alice.close().await;
     bob.close().await;
 }
+
+/// SIGKILL under a client sending 150 messages: every one is stored once, and the receiving
+/// client gets each once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_under_a_sending_client_loses_and_duplicates_nothing() {
+    let mut server = TestServer::start_with(NO_RATE_LIMIT).await;
+    let proxy = Proxy::start(server.addr).await;
+    let chat = pair(&server, "alice", "bob").await;
+    let s = secret(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, mut a_ev) = sdk_connect(sdk_config(
+        &proxy.endpoint(),
+        &mint_token(&s, "alice"),
+        "phone",
+        Some(dir.path()),
+    ))
+    .await;
+    let (bob, mut b_ev) =
+        sdk_connect(sdk_config(&proxy.endpoint(), &mint_token(&s, "bob"), "phone", None)).await;
+    let mut keys = Vec::new();
+    for i in 0..150 {
+        keys.push(
+            alice
+                .send(&chat, Content::text(format!("m{i}")))
+                .await
+                .unwrap()
+                .client_msg_id,
+        );
+    }
+    // Crash once some are stored and some are not.
+    b_ev.messages(&chat, 20).await;
+    server.kill_and_restart().await;
+    proxy.set_target(server.addr);
+    let mut seqs = Vec::new();
+    for k in &keys {
+        seqs.push(a_ev.sent(k).await.0.seq);
+    }
+    assert_eq!(seqs, (1..=150).collect::<Vec<_>>(), "stored once each, in order");
+    let rest = b_ev.messages(&chat, 130).await;
+    assert_eq!(rest.first().map(|m| m.seq), Some(21));
+    assert_eq!(rest.last().map(|m| m.seq), Some(150));
+    assert!(rest.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    assert!(b_ev.messages_for(QUIET_PERIOD).await.is_empty());
+    assert!(alice.stats().disconnects >= 1 && bob.stats().disconnects >= 1);
+    alice.close().await;
+    bob.close().await;
+}

@@ -1,5 +1,5 @@
 //! The client side of one device: connections (optionally bound to a chosen loopback source
-//! address), tokens, unary helpers, and the `Connect` session driver.
+//! address), unary helpers, and the `Connect` session driver.
 //!
 //! A session is opened with [`Session::open`]: Hello is queued before the call starts, then
 //! Welcome, the backlog and SyncComplete are read (bounded by a timeout). After that a task
@@ -12,8 +12,8 @@
 use crate::stats::{inc, now_ns, Stats};
 use chat_proto::v1::chat_service_client::ChatServiceClient;
 use chat_proto::v1::{
-    client_frame, server_frame::Frame, Ack, ClientFrame, Content, CreateGroupRequest, Hello,
-    OpenDirectChatRequest, Ping, Read, Send, ServerFrame, WatchPresence,
+    client_frame, server_frame::Frame, Ack, ClientFrame, Content, Hello, Ping, Read, Send,
+    ServerFrame, WatchPresence,
 };
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::Service;
 use tonic::transport::{Channel, Endpoint, Uri};
-use tonic::{Request, Status, Streaming};
+use tonic::{Request, Streaming};
 
 pub type Client = ChatServiceClient<Channel>;
 
@@ -121,27 +121,10 @@ fn source_of(e: &dyn std::error::Error) -> String {
     s
 }
 
-// ------------------------------------------------------------------ tokens and unary calls
-
-pub struct Tokens {
-    auth: chatd::auth::Authenticator,
-    ttl: Duration,
-}
-
-impl Tokens {
-    pub fn new(secret: &[u8], ttl: Duration) -> Tokens {
-        Tokens {
-            auth: chatd::auth::Authenticator::new(secret),
-            ttl,
-        }
-    }
-
-    pub fn mint(&self, user: &str, device: &str) -> Result<String, String> {
-        self.auth
-            .mint(user, Some(device), self.ttl, false)
-            .map_err(|e| format!("mint token for {user}: {e}"))
-    }
-}
+// ------------------------------------------------------------------ unary calls
+//
+// Raw tonic on the session's own connection (source-bound, on its node): `chat_sdk::Api` can
+// only open a connection of its own today (README, "SDK").
 
 /// `msg` with `authorization` (and `x-device-id` when given) metadata.
 pub fn authed<T>(msg: T, token: &str, device: Option<&str>) -> Result<Request<T>, String> {
@@ -165,50 +148,35 @@ pub fn authed<T>(msg: T, token: &str, device: Option<&str>) -> Result<Request<T>
 
 const UNARY_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn status_str(what: &str, s: &Status) -> String {
-    format!(
-        "{what}: {} {}",
-        crate::stats::code_name(s.code() as i32),
-        s.message()
-    )
+/// The setup calls go through the SDK's unary client on the loadgen's own connection (bound
+/// to its source address), so they share the session's HTTP/2 connection as before.
+fn api(ch: Channel, token: &str) -> Result<chat_sdk::Api, String> {
+    chat_sdk::Api::with_channel(ch, token, None)
+        .map(|a| a.with_timeout(UNARY_TIMEOUT))
+        .map_err(|e| e.to_string())
 }
 
 /// OpenDirectChat as `token`'s user with `peer`; the chat id.
-pub async fn open_direct(mut c: Client, token: &str, peer: &str) -> Result<String, String> {
-    let req = authed(
-        OpenDirectChatRequest {
-            peer_user_id: peer.to_string(),
-        },
-        token,
-        None,
-    )?;
-    match tokio::time::timeout(UNARY_TIMEOUT, c.open_direct_chat(req)).await {
-        Ok(Ok(r)) => Ok(r.into_inner().chat_id),
-        Ok(Err(s)) => Err(status_str(&format!("OpenDirectChat({peer})"), &s)),
-        Err(_) => Err(format!("OpenDirectChat({peer}) timed out")),
-    }
+pub async fn open_direct(ch: Channel, token: &str, peer: &str) -> Result<String, String> {
+    api(ch, token)?
+        .open_direct_chat(peer)
+        .await
+        .map(|c| c.chat_id)
+        .map_err(|e| format!("OpenDirectChat({peer}): {e}"))
 }
 
 /// CreateGroup as `token`'s user with `members`; the chat id.
 pub async fn create_group(
-    mut c: Client,
+    ch: Channel,
     token: &str,
     title: &str,
     members: Vec<String>,
 ) -> Result<String, String> {
-    let req = authed(
-        CreateGroupRequest {
-            title: title.to_string(),
-            member_user_ids: members,
-        },
-        token,
-        None,
-    )?;
-    match tokio::time::timeout(UNARY_TIMEOUT, c.create_group(req)).await {
-        Ok(Ok(r)) => Ok(r.into_inner().chat_id),
-        Ok(Err(s)) => Err(status_str(&format!("CreateGroup({title})"), &s)),
-        Err(_) => Err(format!("CreateGroup({title}) timed out")),
-    }
+    api(ch, token)?
+        .create_group(title, &members)
+        .await
+        .map(|c| c.chat_id)
+        .map_err(|e| format!("CreateGroup({title}): {e}"))
 }
 
 // ------------------------------------------------------------------ frames

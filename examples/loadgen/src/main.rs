@@ -12,6 +12,7 @@ mod probe;
 mod procfs;
 mod scenarios;
 mod stats;
+mod token;
 mod traffic;
 
 use clap::{Parser, ValueEnum};
@@ -207,28 +208,9 @@ fn validate(a: &Args) -> Result<Vec<SocketAddr>, String> {
     Ok(addrs)
 }
 
-fn secret(a: &Args) -> Result<Vec<u8>, String> {
-    if let Some(s) = &a.jwt_secret {
-        return chatd::auth::load_or_create_secret(Some(s), std::path::Path::new("."))
-            .map_err(|e| e.to_string());
-    }
-    let dir = a
-        .data_dir
-        .as_ref()
-        .ok_or("give --data-dir DIR (the server's) or --jwt-secret / CHATD_JWT_SECRET")?;
-    // Never create a secret here: a missing one means the wrong directory.
-    if !dir.join("jwt_secret").is_file() {
-        return Err(format!(
-            "{}/jwt_secret does not exist (is this the server's --data-dir?)",
-            dir.display()
-        ));
-    }
-    chatd::auth::load_or_create_secret(None, dir).map_err(|e| format!("{}: {e}", dir.display()))
-}
-
 async fn run(args: Args, addrs: Vec<SocketAddr>) -> Result<stats::Report, String> {
     let addr = addrs[0];
-    let secret = secret(&args)?;
+    let secret = token::load_secret(args.jwt_secret.as_deref(), args.data_dir.as_deref())?;
     let (soft, hard) = procfs::raise_nofile();
     let sessions = match args.scenario {
         Scenario::Group => args.groups * args.group_size,
@@ -250,7 +232,7 @@ async fn run(args: Args, addrs: Vec<SocketAddr>) -> Result<stats::Report, String
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let ctx = scenarios::Ctx {
-        tokens: client::Tokens::new(&secret, ttl),
+        tokens: token::Tokens::new(&secret, ttl),
         probe: probe::Probe::new(addrs.clone(), args.server_pid),
         run_id: format!("lg{unix:x}p{}", std::process::id()),
         source_addrs,

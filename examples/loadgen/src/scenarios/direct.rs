@@ -28,7 +28,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     // One chat per pair, opened by its first user.
     let chats: Vec<Option<String>> = stream::iter(0..pairs)
         .map(|p| {
-            let client = ctx.client(&channels, (2 * p) / spc);
+            let client = ctx.channel(&channels, (2 * p) / spc);
             let (token, peer) = (specs[2 * p].token.clone(), users[2 * p + 1].clone());
             async move {
                 match client {

@@ -31,7 +31,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     let groups: Vec<Option<String>> = stream::iter(0..g)
         .map(|k| {
             let first = k * size;
-            let client = ctx.client(&channels, first / spc);
+            let client = ctx.channel(&channels, first / spc);
             let token = specs[first].token.clone();
             let others = users[first + 1..first + size].to_vec();
             let title = format!("loadgen group {k}");

@@ -60,7 +60,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
         .collect::<Result<_, _>>()?;
     let direct: Vec<Option<String>> = stream::iter(0..n_direct)
         .map(|i| {
-            let client = ctx.client(&channels, i / spc);
+            let client = ctx.channel(&channels, i / spc);
             let (token, peer) = (tokens[i].clone(), users[(i + 1) % n].clone());
             async move {
                 match client {
@@ -82,7 +82,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     let groups: Vec<Option<String>> = stream::iter(0..n_groups)
         .map(|k| {
             let first = k * gsize;
-            let client = ctx.client(&channels, first / spc);
+            let client = ctx.channel(&channels, first / spc);
             let token = tokens[first].clone();
             let others = users[first + 1..first + gsize].to_vec();
             async move {

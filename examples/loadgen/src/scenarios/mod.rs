@@ -7,11 +7,10 @@ pub mod idle;
 pub mod mixed;
 pub mod resume;
 
-use crate::client::{
-    connect_channel, Client, DeviceState, Session, SessionCfg, SessionSpec, Tokens,
-};
+use crate::client::{connect_channel, Client, DeviceState, Session, SessionCfg, SessionSpec};
 use crate::probe::{self, Mark, Metrics, Probe};
 use crate::stats::{self, get, per_sec, Report, Stats};
+use crate::token::Tokens;
 use crate::traffic::{self, Drained};
 use crate::Args;
 use futures_util::stream::{self, StreamExt};
@@ -102,14 +101,18 @@ impl Ctx {
         Ok(out)
     }
 
-    /// A client on connection `j` (or any open one if that failed).
-    pub fn client(&self, channels: &[Option<Channel>], j: usize) -> Option<Client> {
+    /// Connection `j` (or any open one if that failed).
+    pub fn channel(&self, channels: &[Option<Channel>], j: usize) -> Option<Channel> {
         channels
             .get(j)
             .cloned()
             .flatten()
             .or_else(|| channels.iter().flatten().next().cloned())
-            .map(Client::new)
+    }
+
+    /// A client on connection `j` (or any open one if that failed).
+    pub fn client(&self, channels: &[Option<Channel>], j: usize) -> Option<Client> {
+        self.channel(channels, j).map(Client::new)
     }
 
     pub fn session_cfg(

@@ -25,7 +25,8 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     let (ua, ub) = (ctx.user("a"), ctx.user("b"));
     let spec_a = ctx.spec(0, &ua, vec![], true)?;
     let spec_b = ctx.spec(1, &ub, vec![], false)?;
-    let chat = open_direct(ca.clone(), &spec_a.token, &ub).await?;
+    let setup = ctx.channel(&channels, 0).ok_or("no connection")?;
+    let chat = open_direct(setup, &spec_a.token, &ub).await?;
     let cfg = ctx.session_cfg(HashMap::from([(chat.clone(), 1)]), None);
 
     // B: register the device (its cursor starts at the present), then go away cleanly.
