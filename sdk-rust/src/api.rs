@@ -115,7 +115,10 @@ impl Api {
 
     /// Unary calls over a channel the caller built (its own connector, TLS, load balancing).
     pub fn with_channel(channel: Channel, token: &str, device_id: Option<&str>) -> Result<Api> {
-        Ok(Api::on_channel(channel, Credentials::new(token, device_id)?))
+        Ok(Api::on_channel(
+            channel,
+            Credentials::new(token, device_id)?,
+        ))
     }
 
     pub(crate) fn on_channel(ch: Channel, creds: Credentials) -> Api {

@@ -68,8 +68,20 @@ mod tests {
         let b = Backoff::default();
         let secs: Vec<f64> = (0..14).map(|n| b.base(n).as_secs_f64()).collect();
         let want = [
-            1.0, 1.6, 2.56, 4.096, 6.5536, 10.48576, 16.777216, 26.8435456, 42.94967296,
-            68.719476736, 109.9511627776, 120.0, 120.0, 120.0,
+            1.0,
+            1.6,
+            2.56,
+            4.096,
+            6.5536,
+            10.48576,
+            16.777216,
+            26.8435456,
+            42.94967296,
+            68.719476736,
+            109.9511627776,
+            120.0,
+            120.0,
+            120.0,
         ];
         for (got, want) in secs.iter().zip(want) {
             assert!((got - want).abs() < 1e-6, "{secs:?}");
@@ -95,10 +107,19 @@ mod tests {
         let ok = Backoff::default();
         assert!(ok.validate().is_ok());
         for bad in [
-            Backoff { initial: Duration::ZERO, ..ok },
-            Backoff { multiplier: 0.5, ..ok },
+            Backoff {
+                initial: Duration::ZERO,
+                ..ok
+            },
+            Backoff {
+                multiplier: 0.5,
+                ..ok
+            },
             Backoff { jitter: 1.0, ..ok },
-            Backoff { max: Duration::from_millis(10), ..ok },
+            Backoff {
+                max: Duration::from_millis(10),
+                ..ok
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }

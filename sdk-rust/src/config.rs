@@ -121,10 +121,7 @@ mod tests {
         let ok = ClientConfig::new("http://127.0.0.1:1", "t", "phone");
         assert!(ok.validate().is_ok());
         let cases = [
-            (
-                ClientConfig::new("127.0.0.1:1", "t", "phone"),
-                "endpoint",
-            ),
+            (ClientConfig::new("127.0.0.1:1", "t", "phone"), "endpoint"),
             (ClientConfig::new("http://x", "t", "bad id"), "device_id"),
             (ClientConfig::new("http://x", "t", ""), "device_id"),
             (ClientConfig::new("http://x", " ", "d"), "token"),

@@ -448,7 +448,8 @@ impl Driver {
                 *synced = true;
                 self.stats.connects.fetch_add(1, Relaxed);
                 if let Some(users) = self.watching.clone() {
-                    let f = client_frame::Frame::WatchPresence(pb::WatchPresence { user_ids: users });
+                    let f =
+                        client_frame::Frame::WatchPresence(pb::WatchPresence { user_ids: users });
                     let _ = tx.send(frame_of(f)).await;
                 }
                 // Whatever the app took while we were away is acked now.
@@ -647,7 +648,8 @@ impl Driver {
             if self.in_flight.len() + out.len() >= self.cfg.send_window {
                 break;
             }
-            if self.in_flight.contains_key(&m.client_msg_id) || blocked.contains(m.chat_id.as_str()) {
+            if self.in_flight.contains_key(&m.client_msg_id) || blocked.contains(m.chat_id.as_str())
+            {
                 continue;
             }
             let n = per_chat.entry(m.chat_id.as_str()).or_default();

@@ -92,8 +92,10 @@ mod tests {
     #[test]
     fn status_carries_retry_after() {
         let mut s = tonic::Status::resource_exhausted("slow down");
-        s.metadata_mut()
-            .insert("retry-after-ms", tonic::metadata::MetadataValue::from(250u32));
+        s.metadata_mut().insert(
+            "retry-after-ms",
+            tonic::metadata::MetadataValue::from(250u32),
+        );
         let e = SdkError::from(s);
         match e {
             SdkError::Status {

@@ -176,7 +176,12 @@ impl LocalStore {
         .map(|_| ())
     }
 
-    pub async fn mark_failed(&self, client_msg_id: String, code: i32, reason: String) -> Result<()> {
+    pub async fn mark_failed(
+        &self,
+        client_msg_id: String,
+        code: i32,
+        reason: String,
+    ) -> Result<()> {
         self.run(move |c| {
             c.execute(
                 "UPDATE outbox SET failed_code = ?2, failed_message = ?3 WHERE client_msg_id = ?1",
@@ -270,9 +275,16 @@ mod tests {
         assert_eq!(out[1].failure, Some((7, "not a member".into())));
         let mut pos = s.positions().await.unwrap();
         pos.sort();
-        assert_eq!(pos, vec![("c1".into(), 5), ("c2".into(), 9)], "never lowered");
+        assert_eq!(
+            pos,
+            vec![("c1".into(), 5), ("c2".into(), 9)],
+            "never lowered"
+        );
 
-        assert!(!s.discard_failed("a".into()).await.unwrap(), "a is not failed");
+        assert!(
+            !s.discard_failed("a".into()).await.unwrap(),
+            "a is not failed"
+        );
         let back = s.requeue_failed("c".into()).await.unwrap().unwrap();
         assert_eq!(back.failure, None);
         s.mark_failed("c".into(), 3, "bad".into()).await.unwrap();

@@ -9,7 +9,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// A config for `endpoint` with a quick first reconnect (tests restart servers) and quick acks.
-pub fn sdk_config(endpoint: &str, token: &str, device: &str, data_dir: Option<&Path>) -> ClientConfig {
+pub fn sdk_config(
+    endpoint: &str,
+    token: &str,
+    device: &str,
+    data_dir: Option<&Path>,
+) -> ClientConfig {
     let mut cfg = ClientConfig::new(endpoint, token, device);
     cfg.data_dir = data_dir.map(Path::to_path_buf);
     cfg.reconnect.initial = Duration::from_millis(200);
@@ -37,7 +42,10 @@ pub struct Events(pub EventStream);
 impl Events {
     /// The next event within `timeout`, or None.
     pub async fn next_within(&mut self, timeout: Duration) -> Option<Event> {
-        tokio::time::timeout(timeout, self.0.next()).await.ok().flatten()
+        tokio::time::timeout(timeout, self.0.next())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Skip events until `pred` matches one; panics with `what` after [`crate::RECV_TIMEOUT`].
@@ -64,10 +72,13 @@ impl Events {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             let m = self
-                .until(&format!("message {} of {n} in {chat}", out.len() + 1), |e| match e {
-                    Event::Message(m) if m.chat_id == chat => Some(m.clone()),
-                    _ => None,
-                })
+                .until(
+                    &format!("message {} of {n} in {chat}", out.len() + 1),
+                    |e| match e {
+                        Event::Message(m) if m.chat_id == chat => Some(m.clone()),
+                        _ => None,
+                    },
+                )
                 .await;
             out.push(m);
         }

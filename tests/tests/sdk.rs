@@ -3,15 +3,16 @@
 //! replacement. Connections go through a [`Proxy`] so a test can cut them, lose replies, and
 //! keep one address while the server restarts.
 
-use chat_sdk::{
-    Backoff, Client, ClientConfig, Code, ConnectionState, Content, Event, SendOutcome,
-};
+use chat_sdk::{Backoff, Client, ClientConfig, Code, ConnectionState, Content, Event, SendOutcome};
 use chat_tests::sdk::*;
 use chat_tests::*;
 use std::time::Duration;
 
 fn secret(server: &TestServer) -> String {
-    server.secret().expect("test servers have a secret").to_string()
+    server
+        .secret()
+        .expect("test servers have a secret")
+        .to_string()
 }
 
 async fn pair(server: &TestServer, a: &str, b: &str) -> String {
@@ -25,7 +26,8 @@ async fn reconnects_after_a_killed_connection_and_resumes_exactly() {
     let proxy = Proxy::start(server.addr).await;
     let chat = pair(&server, "alice", "bob").await;
     let bob_token = mint_token(&secret(&server), "bob");
-    let (bob, mut bob_ev) = sdk_connect(sdk_config(&proxy.endpoint(), &bob_token, "phone", None)).await;
+    let (bob, mut bob_ev) =
+        sdk_connect(sdk_config(&proxy.endpoint(), &bob_token, "phone", None)).await;
 
     let mut alice = server.client("alice", "laptop").await;
     send_text(&mut alice, &chat, "a1", "one").await;
@@ -49,7 +51,10 @@ async fn reconnects_after_a_killed_connection_and_resumes_exactly() {
         .unwrap();
     assert_eq!(bob.status().attempt, 0);
     assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 3]);
-    assert!(bob_ev.messages_for(QUIET_PERIOD).await.is_empty(), "nothing repeated");
+    assert!(
+        bob_ev.messages_for(QUIET_PERIOD).await.is_empty(),
+        "nothing repeated"
+    );
     let st = bob.stats();
     assert!(st.disconnects >= 1 && st.connects >= 2, "{st:?}");
     assert_eq!(st.messages_received, 3, "{st:?}");
@@ -90,7 +95,11 @@ async fn reconnect_backoff_follows_the_grpc_schedule() {
         assert_eq!(s.attempt, seen + 1);
         assert!(s.error.is_some());
         if let Some((at, prev)) = last {
-            assert!(now - at >= prev, "retried after {:?}, before {prev:?}", now - at);
+            assert!(
+                now - at >= prev,
+                "retried after {:?}, before {prev:?}",
+                now - at
+            );
         }
         last = Some((now, delay));
         seen += 1;
@@ -160,7 +169,10 @@ async fn replays_of_messages_not_yet_taken_are_dropped() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let got = ev.messages(&chat, 5).await;
-    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert_eq!(
+        got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
     assert!(ev.messages_for(QUIET_PERIOD).await.is_empty(), "each once");
     let st = bob.stats();
     assert_eq!(st.duplicates_dropped, 5, "the replay was dropped: {st:?}");
@@ -196,7 +208,11 @@ async fn the_offline_queue_survives_a_client_restart() {
     server.start_again().await;
     proxy.set_target(server.addr);
     let client = Client::connect(cfg).await.unwrap();
-    assert_eq!(client.pending_sends().await.unwrap().len(), 3, "queued on disk");
+    assert_eq!(
+        client.pending_sends().await.unwrap().len(),
+        3,
+        "queued on disk"
+    );
     let mut ev = Events(client.events().unwrap());
     let mut seqs = Vec::new();
     for key in &queued {
@@ -210,7 +226,9 @@ async fn the_offline_queue_survives_a_client_restart() {
     let mut bob = server.client("bob", "tablet").await;
     let all = full_history(&mut bob, &chat).await;
     assert_eq!(
-        all.iter().map(|m| text_of(m).to_string()).collect::<Vec<_>>(),
+        all.iter()
+            .map(|m| text_of(m).to_string())
+            .collect::<Vec<_>>(),
         ["before", "q1", "q2", "q3"],
         "stored once each"
     );
@@ -251,7 +269,10 @@ async fn a_retry_after_a_lost_ack_is_idempotent() {
     let (m, duplicate) = alice_ev.sent(&echo.client_msg_id).await;
     assert!(duplicate, "the retry is answered with the original");
     assert_eq!(m.message_id, delivered[0].message_id);
-    assert!(bob_ev.messages_for(QUIET_PERIOD).await.is_empty(), "delivered once");
+    assert!(
+        bob_ev.messages_for(QUIET_PERIOD).await.is_empty(),
+        "delivered once"
+    );
     let mut raw = server.client("bob", "tablet").await;
     assert_eq!(full_history(&mut raw, &chat).await.len(), 1, "stored once");
     alice.close().await;
@@ -267,7 +288,9 @@ async fn permanent_errors_fail_the_send_transient_ones_keep_it_queued() {
     ])
     .await;
     let mut bob_raw = server.client("bob", "setup").await;
-    let closed = create_group(&mut bob_raw, "bob and carol", &["carol"]).await.chat_id;
+    let closed = create_group(&mut bob_raw, "bob and carol", &["carol"])
+        .await
+        .chat_id;
     let chat = pair(&server, "alice", "bob").await;
     let mut cfg = sdk_config(
         &format!("http://{}", server.addr),
@@ -279,7 +302,10 @@ async fn permanent_errors_fail_the_send_transient_ones_keep_it_queued() {
     let (alice, mut ev) = sdk_connect(cfg).await;
 
     // Not a member: refused for good, with the reason, and kept as failed.
-    let denied = alice.send(&closed, Content::text("let me in")).await.unwrap();
+    let denied = alice
+        .send(&closed, Content::text("let me in"))
+        .await
+        .unwrap();
     let r = ev.send_result(&denied.client_msg_id).await;
     match &r.outcome {
         SendOutcome::Failed { code, reason } => {
@@ -302,7 +328,13 @@ async fn permanent_errors_fail_the_send_transient_ones_keep_it_queued() {
     // Rate limited: waits retry_after_ms and goes again until stored.
     let mut keys = Vec::new();
     for i in 0..5 {
-        keys.push(alice.send(&chat, Content::text(format!("r{i}"))).await.unwrap().client_msg_id);
+        keys.push(
+            alice
+                .send(&chat, Content::text(format!("r{i}")))
+                .await
+                .unwrap()
+                .client_msg_id,
+        );
     }
     let mut seqs = Vec::new();
     for k in &keys {
@@ -310,7 +342,11 @@ async fn permanent_errors_fail_the_send_transient_ones_keep_it_queued() {
     }
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
     assert!(alice.stats().send_retries >= 1, "{:?}", alice.stats());
-    assert_eq!(alice.pending_sends().await.unwrap().len(), 1, "only the refused one");
+    assert_eq!(
+        alice.pending_sends().await.unwrap().len(),
+        1,
+        "only the refused one"
+    );
     alice.close().await;
 }
 
@@ -334,7 +370,10 @@ async fn the_token_can_be_replaced_while_connected() {
     bob.set_token(&mint_token(&s, "bob")).unwrap();
     tokio::time::sleep(Duration::from_secs(7)).await;
     // The old token is dead now; a unary call and the next stream use the new one.
-    bob.api().get_chat(&chat).await.expect("unary call with the new token");
+    bob.api()
+        .get_chat(&chat)
+        .await
+        .expect("unary call with the new token");
     proxy.cut();
     let mut alice = server.client("alice", "laptop").await;
     send_text(&mut alice, &chat, "a1", "after the new token").await;
@@ -371,45 +410,77 @@ async fn typed_events_for_receipts_typing_presence_and_chats() {
     let server = TestServer::start_with(NO_RATE_LIMIT).await;
     let s = secret(&server);
     let endpoint = format!("http://{}", server.addr);
-    let (alice, mut a_ev) = sdk_connect(sdk_config(&endpoint, &mint_token(&s, "alice"), "phone", None)).await;
-    let (bob, mut b_ev) = sdk_connect(sdk_config(&endpoint, &mint_token(&s, "bob"), "phone", None)).await;
+    let (alice, mut a_ev) = sdk_connect(sdk_config(
+        &endpoint,
+        &mint_token(&s, "alice"),
+        "phone",
+        None,
+    ))
+    .await;
+    let (bob, mut b_ev) =
+        sdk_connect(sdk_config(&endpoint, &mint_token(&s, "bob"), "phone", None)).await;
     let chat = alice.api().open_direct_chat("bob").await.unwrap();
     b_ev.until("ChatChanged for the new chat", |e| match e {
-        Event::ChatChanged(c) if c.chat.as_ref().is_some_and(|c| c.chat_id == chat.chat_id) => Some(()),
+        Event::ChatChanged(c) if c.chat.as_ref().is_some_and(|c| c.chat_id == chat.chat_id) => {
+            Some(())
+        }
         _ => None,
     })
     .await;
     alice.watch_presence(vec!["bob".into()]).unwrap();
     a_ev.until("bob online", |e| match e {
-        Event::Presence(p) if p.user_id == "bob" && p.status == chat_sdk::PresenceStatus::Online => Some(()),
+        Event::Presence(p)
+            if p.user_id == "bob" && p.status == chat_sdk::PresenceStatus::Online =>
+        {
+            Some(())
+        }
         _ => None,
     })
     .await;
 
-    let echo = alice.send(&chat.chat_id, Content::text("hello")).await.unwrap();
+    let echo = alice
+        .send(&chat.chat_id, Content::text("hello"))
+        .await
+        .unwrap();
     let (m, _) = a_ev.sent(&echo.client_msg_id).await;
     assert_eq!(b_ev.messages(&chat.chat_id, 1).await[0].seq, m.seq);
     // Taking the message acks it: alice hears it was delivered.
     a_ev.until("DELIVERED receipt", |e| match e {
-        Event::Receipt(r) if r.user_id == "bob" && r.kind == chat_sdk::ReceiptKind::Delivered && r.seq >= m.seq => Some(()),
+        Event::Receipt(r)
+            if r.user_id == "bob"
+                && r.kind == chat_sdk::ReceiptKind::Delivered
+                && r.seq >= m.seq =>
+        {
+            Some(())
+        }
         _ => None,
     })
     .await;
     bob.set_typing(&chat.chat_id, true).await.unwrap();
     a_ev.until("bob typing", |e| match e {
-        Event::Typing(t) if t.user_id == "bob" && t.state == chat_sdk::TypingState::Started => Some(()),
+        Event::Typing(t) if t.user_id == "bob" && t.state == chat_sdk::TypingState::Started => {
+            Some(())
+        }
         _ => None,
     })
     .await;
     bob.mark_read(&chat.chat_id, m.seq).await.unwrap();
     a_ev.until("READ receipt", |e| match e {
-        Event::Receipt(r) if r.user_id == "bob" && r.kind == chat_sdk::ReceiptKind::Read && r.seq == m.seq => Some(()),
+        Event::Receipt(r)
+            if r.user_id == "bob" && r.kind == chat_sdk::ReceiptKind::Read && r.seq == m.seq =>
+        {
+            Some(())
+        }
         _ => None,
     })
     .await;
     bob.close().await;
     a_ev.until("bob offline", |e| match e {
-        Event::Presence(p) if p.user_id == "bob" && p.status == chat_sdk::PresenceStatus::Offline => Some(()),
+        Event::Presence(p)
+            if p.user_id == "bob" && p.status == chat_sdk::PresenceStatus::Offline =>
+        {
+            Some(())
+        }
         _ => None,
     })
     .await;
@@ -429,28 +500,72 @@ async fn a_server_restart_loses_and_repeats_nothing() {
     let proxy = Proxy::start(server.addr).await;
     let chat = pair(&server, "alice", "bob").await;
     let s = secret(&server);
-    let (alice, mut a_ev) = sdk_connect(sdk_config(&proxy.endpoint(), &mint_token(&s, "alice"), "phone", None)).await;
-    let (bob, mut b_ev) = sdk_connect(sdk_config(&proxy.endpoint(), &mint_token(&s, "bob"), "phone", None)).await;
+    let (alice, mut a_ev) = sdk_connect(sdk_config(
+        &proxy.endpoint(),
+        &mint_token(&s, "alice"),
+        "phone",
+        None,
+    ))
+    .await;
+    let (bob, mut b_ev) = sdk_connect(sdk_config(
+        &proxy.endpoint(),
+        &mint_token(&s, "bob"),
+        "phone",
+        None,
+    ))
+    .await;
     let mut keys = Vec::new();
     for i in 0..3 {
-        keys.push(alice.send(&chat, Content::text(format!("m{i}"))).await.unwrap().client_msg_id);
+        keys.push(
+            alice
+                .send(&chat, Content::text(format!("m{i}")))
+                .await
+                .unwrap()
+                .client_msg_id,
+        );
     }
     a_ev.sent(&keys[2]).await;
     server.restart().await;
     proxy.set_target(server.addr);
     let started = std::time::Instant::now();
     for i in 3..6 {
-        keys.push(alice.send(&chat, Content::text(format!("m{i}"))).await.unwrap().client_msg_id);
+        keys.push(
+            alice
+                .send(&chat, Content::text(format!("m{i}")))
+                .await
+                .unwrap()
+                .client_msg_id,
+        );
     }
-    bob.wait_for(ConnectionState::Connected, Duration::from_secs(60)).await.unwrap();
-    alice.wait_for(ConnectionState::Connected, Duration::from_secs(60)).await.unwrap();
-    eprintln!("sdk reconnect after server restart: {:?}", started.elapsed());
+    bob.wait_for(ConnectionState::Connected, Duration::from_secs(60))
+        .await
+        .unwrap();
+    alice
+        .wait_for(ConnectionState::Connected, Duration::from_secs(60))
+        .await
+        .unwrap();
+    eprintln!(
+        "sdk reconnect after server restart: {:?}",
+        started.elapsed()
+    );
     for i in 6..9 {
-        keys.push(alice.send(&chat, Content::text(format!("m{i}"))).await.unwrap().client_msg_id);
+        keys.push(
+            alice
+                .send(&chat, Content::text(format!("m{i}")))
+                .await
+                .unwrap()
+                .client_msg_id,
+        );
     }
     let got = b_ev.messages(&chat, 9).await;
-    assert_eq!(texts(&got), (0..9).map(|i| format!("m{i}")).collect::<Vec<_>>());
-    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=9).collect::<Vec<_>>());
+    assert_eq!(
+        texts(&got),
+        (0..9).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=9).collect::<Vec<_>>()
+    );
     assert!(b_ev.messages_for(QUIET_PERIOD).await.is_empty());
     alice.close().await;
     bob.close().await;
@@ -472,8 +587,13 @@ async fn a_crash_under_a_sending_client_loses_and_duplicates_nothing() {
         Some(dir.path()),
     ))
     .await;
-    let (bob, mut b_ev) =
-        sdk_connect(sdk_config(&proxy.endpoint(), &mint_token(&s, "bob"), "phone", None)).await;
+    let (bob, mut b_ev) = sdk_connect(sdk_config(
+        &proxy.endpoint(),
+        &mint_token(&s, "bob"),
+        "phone",
+        None,
+    ))
+    .await;
     let mut keys = Vec::new();
     for i in 0..150 {
         keys.push(
@@ -492,7 +612,11 @@ async fn a_crash_under_a_sending_client_loses_and_duplicates_nothing() {
     for k in &keys {
         seqs.push(a_ev.sent(k).await.0.seq);
     }
-    assert_eq!(seqs, (1..=150).collect::<Vec<_>>(), "stored once each, in order");
+    assert_eq!(
+        seqs,
+        (1..=150).collect::<Vec<_>>(),
+        "stored once each, in order"
+    );
     let rest = b_ev.messages(&chat, 130).await;
     assert_eq!(rest.first().map(|m| m.seq), Some(21));
     assert_eq!(rest.last().map(|m| m.seq), Some(150));
