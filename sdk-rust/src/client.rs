@@ -111,7 +111,8 @@ impl Client {
 
     /// The event stream. It has one reader: a second call is [`SdkError::EventsTaken`]. Read
     /// it all the time: the connection pauses while `event_buffer` events wait, and messages
-    /// count as delivered only once taken.
+    /// count as delivered (saved, acked, DELIVERED receipt) only once taken. Dropping it stops
+    /// the events, not the client: sends still go out, and untaken messages are not acked.
     pub fn events(&self) -> Result<EventStream> {
         lock(&self.shared.events)
             .take()

@@ -243,7 +243,9 @@ impl Driver {
             return Err(SdkError::Closed);
         }
         tokio::select! {
-            r = self.events.send((ev, mark)) => r.map_err(|_| SdkError::Closed),
+            // The app dropped its event stream: it wants no more events, but the client goes
+            // on (sends, acks of what it did take). Nothing untaken is acked.
+            _ = self.events.send((ev, mark)) => Ok(()),
             _ = self.closing.changed() => Err(SdkError::Closed),
         }
     }

@@ -262,9 +262,19 @@ async fn a_retry_after_a_lost_ack_is_idempotent() {
     // Stored: bob has it.
     let delivered = bob_ev.messages(&chat, 1).await;
     assert_eq!(delivered[0].client_msg_id, echo.client_msg_id);
-    assert_eq!(alice.stats().sends_acked, 0, "the ack was lost");
     proxy.cut();
+    // Replies stay swallowed until the client has seen its connection go: the SendAck may
+    // still have been on its way when bob got the message.
+    let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+    while alice.status().state == ConnectionState::Connected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cut was not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     proxy.hold_replies(false);
+    assert_eq!(alice.stats().sends_acked, 0, "the ack was lost");
 
     let (m, duplicate) = alice_ev.sent(&echo.client_msg_id).await;
     assert!(duplicate, "the retry is answered with the original");
@@ -624,5 +634,37 @@ async fn a_crash_under_a_sending_client_loses_and_duplicates_nothing() {
     assert!(b_ev.messages_for(QUIET_PERIOD).await.is_empty());
     assert!(alice.stats().disconnects >= 1 && bob.stats().disconnects >= 1);
     alice.close().await;
+    bob.close().await;
+}
+
+/// Dropping the event stream stops the events, not the client: sends still go out, and what
+/// was never taken is not acked (a later client on the same data dir gets it).
+#[tokio::test]
+async fn dropping_the_event_stream_keeps_the_client_and_acks_nothing_untaken() {
+    let server = TestServer::start_with(NO_RATE_LIMIT).await;
+    let chat = pair(&server, "alice", "bob").await;
+    let s = secret(&server);
+    let endpoint = format!("http://{}", server.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sdk_config(&endpoint, &mint_token(&s, "bob"), "phone", Some(dir.path()));
+    let (bob, ev) = sdk_connect(cfg.clone()).await;
+    drop(ev);
+    let mut alice = server.client("alice", "laptop").await;
+    send_text(&mut alice, &chat, "a1", "unread").await;
+    let sent = bob.send(&chat, Content::text("from bob")).await.unwrap();
+    let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+    while bob.stats().sends_acked < 1 || bob.stats().messages_received < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", bob.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(bob.status().state, ConnectionState::Connected);
+    bob.close().await;
+    let (bob, mut ev) = sdk_connect(cfg).await;
+    let got = ev.messages(&chat, 1).await;
+    assert_eq!(texts(&got), ["unread"], "replayed: it was never taken");
+    assert!(
+        bob.pending_sends().await.unwrap().is_empty(),
+        "{sent:?} was acked"
+    );
     bob.close().await;
 }
