@@ -266,14 +266,16 @@ impl Client {
         self.shared.stats.snapshot()
     }
 
-    /// Save and ack what the app has taken, end the stream, stop reconnecting. Events already
-    /// queued can still be read; then the stream ends. Idempotent.
+    /// Save and ack what the app has taken, end the stream, stop reconnecting, and free the
+    /// data dir for another client. Events already queued can still be read; then the stream
+    /// ends. Idempotent.
     pub async fn close(&self) {
         let _ = self.shared.closing.send(true);
         let handle = self.shared.driver.lock().await.take();
         if let Some(h) = handle {
             let _ = h.await;
         }
+        self.shared.store.release();
     }
 }
 

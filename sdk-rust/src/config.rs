@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Settings of one [`crate::Client`]. [`ClientConfig::new`] fills everything but the three
-/// things only the app knows.
-#[derive(Debug, Clone)]
+/// things only the app knows. Its `Debug` output leaves the token out.
+#[derive(Clone)]
 pub struct ClientConfig {
     /// `http://host:port` (or `https://…`) of a chatd node or its load balancer.
     pub endpoint: String,
@@ -38,6 +38,24 @@ pub struct ClientConfig {
     pub ack_delay: Duration,
     /// Events waiting for the app at most; the connection pauses when the app lags further.
     pub event_buffer: usize,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("endpoint", &self.endpoint)
+            .field("token", &"<redacted>")
+            .field("device_id", &self.device_id)
+            .field("data_dir", &self.data_dir)
+            .field("client_version", &self.client_version)
+            .field("reconnect", &self.reconnect)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("send_window", &self.send_window)
+            .field("send_window_per_chat", &self.send_window_per_chat)
+            .field("ack_delay", &self.ack_delay)
+            .field("event_buffer", &self.event_buffer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientConfig {
@@ -137,5 +155,12 @@ mod tests {
             let e = cfg.validate().unwrap_err().to_string();
             assert!(e.contains(word), "{e}");
         }
+    }
+
+    #[test]
+    fn debug_output_leaves_the_token_out() {
+        let cfg = ClientConfig::new("http://x", "secret-jwt", "phone");
+        let s = format!("{cfg:?}");
+        assert!(!s.contains("secret-jwt") && s.contains("<redacted>"), "{s}");
     }
 }

@@ -56,6 +56,7 @@ impl ConnectionStatus {
 
 /// How a queued send ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // one per send, handed over once: a box buys nothing
 pub enum SendOutcome {
     /// Stored by the server; `duplicate` when an earlier attempt had already stored it.
     Sent { message: Message, duplicate: bool },

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 pub const FILE_NAME: &str = "chat-sdk.sqlite3";
+const LOCK_FILE: &str = "chat-sdk.lock";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS outbox (
@@ -45,15 +46,44 @@ pub struct OutgoingMessage {
 #[derive(Clone)]
 pub struct LocalStore {
     conn: Arc<Mutex<Connection>>,
+    /// Held (flock) while the store is open: a second client on the same dir would send the
+    /// same queue and move the same positions.
+    lock: Arc<Mutex<Option<std::fs::File>>>,
+}
+
+/// An exclusive lock on `dir/chat-sdk.lock`, refused at once if another process holds it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| SdkError::Storage(format!("{}: {e}", path.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            return Err(SdkError::Storage(format!(
+                "{} is in use by another client (one client per data_dir)",
+                dir.display()
+            )));
+        }
+    }
+    Ok(f)
 }
 
 impl LocalStore {
     /// Open (creating) the store in `dir`, or an in-memory one for `None`.
     pub fn open(dir: Option<&Path>) -> Result<LocalStore> {
+        let mut lock = None;
         let conn = match dir {
             Some(d) => {
                 std::fs::create_dir_all(d)
                     .map_err(|e| SdkError::Storage(format!("{}: {e}", d.display())))?;
+                lock = Some(lock_dir(d)?);
                 let path = d.join(FILE_NAME);
                 let c = Connection::open(&path)
                     .map_err(|e| SdkError::Storage(format!("{}: {e}", path.display())))?;
@@ -69,7 +99,17 @@ impl LocalStore {
         conn.execute_batch(SCHEMA).map_err(SdkError::storage)?;
         Ok(LocalStore {
             conn: Arc::new(Mutex::new(conn)),
+            lock: Arc::new(Mutex::new(lock)),
         })
+    }
+
+    /// Let another client open the data dir (the client was closed).
+    pub fn release(&self) {
+        let mut g = match self.lock.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        g.take();
     }
 
     async fn run<T: Send + 'static>(
@@ -247,6 +287,16 @@ mod tests {
             queued_at: 1,
             failure: None,
         }
+    }
+
+    #[tokio::test]
+    async fn one_client_per_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = LocalStore::open(Some(dir.path())).unwrap();
+        let e = LocalStore::open(Some(dir.path())).err().unwrap();
+        assert!(e.to_string().contains("in use"), "{e}");
+        first.release();
+        LocalStore::open(Some(dir.path())).expect("free again once released");
     }
 
     #[tokio::test]

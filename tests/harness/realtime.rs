@@ -21,12 +21,8 @@ use chat_proto::v1::{
     MarkReadRequest, Ping, Presence, PresenceStatus, Read, Receipt, ReceiptKind, SetTypingRequest,
     Typing, TypingEvent, TypingState, WatchPresence,
 };
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::Endpoint;
 use tonic::Status;
@@ -419,111 +415,6 @@ pub async fn connect_collecting(
             return (s, frames);
         }
     }
-}
-
-// ------------------------------------------------------------------------------------ proxy
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ProxyMode {
-    Forward,
-    /// Connections stay open but nothing passes either way (a phone that lost its network).
-    Frozen,
-    /// Every connection is closed abortively (RST).
-    Reset,
-}
-
-/// A TCP proxy in front of the server, for simulating a client's network going away.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    mode: watch::Sender<ProxyMode>,
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy addr");
-        let (mode, rx) = watch::channel(ProxyMode::Forward);
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let _ = client.set_nodelay(true);
-                if *rx.borrow() != ProxyMode::Forward {
-                    let _ = client.set_zero_linger();
-                    continue;
-                }
-                let ctl = rx.clone();
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let _ = server.set_nodelay(true);
-                    pump(client, server, ctl).await
-                });
-            }
-        });
-        Proxy { addr, mode, accept }
-    }
-
-    /// An endpoint that reaches the server through this proxy.
-    pub fn endpoint(&self) -> Endpoint {
-        Endpoint::from_shared(format!("http://{}", self.addr))
-            .expect("endpoint")
-            .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-    }
-
-    /// Stop passing bytes; connections stay open (no FIN, no RST).
-    pub fn freeze(&self) {
-        let _ = self.mode.send(ProxyMode::Frozen);
-    }
-
-    /// Reset every connection (abortive close towards the client and the server).
-    pub fn reset(&self) {
-        let _ = self.mode.send(ProxyMode::Reset);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-async fn next_mode(
-    ctl: &mut watch::Receiver<ProxyMode>,
-    want: impl Fn(ProxyMode) -> bool,
-) -> Option<ProxyMode> {
-    loop {
-        let m = *ctl.borrow_and_update();
-        if want(m) {
-            return Some(m);
-        }
-        if ctl.changed().await.is_err() {
-            return None;
-        }
-    }
-}
-
-async fn pump(mut client: TcpStream, mut server: TcpStream, mut ctl: watch::Receiver<ProxyMode>) {
-    let mode = tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
-        m = next_mode(&mut ctl, |m| m != ProxyMode::Forward) => match m {
-            Some(m) => m,
-            None => return,
-        },
-    };
-    if mode == ProxyMode::Frozen
-        && next_mode(&mut ctl, |m| m == ProxyMode::Reset)
-            .await
-            .is_none()
-    {
-        return;
-    }
-    let _ = client.set_zero_linger();
-    let _ = server.set_zero_linger();
 }
 
 // ------------------------------------------------------------------------- child process

@@ -26,8 +26,7 @@ async fn reconnects_after_a_killed_connection_and_resumes_exactly() {
     let proxy = Proxy::start(server.addr).await;
     let chat = pair(&server, "alice", "bob").await;
     let bob_token = mint_token(&secret(&server), "bob");
-    let (bob, mut bob_ev) =
-        sdk_connect(sdk_config(&proxy.endpoint(), &bob_token, "phone", None)).await;
+    let (bob, mut bob_ev) = sdk_connect(sdk_config(&proxy.uri(), &bob_token, "phone", None)).await;
 
     let mut alice = server.client("alice", "laptop").await;
     send_text(&mut alice, &chat, "a1", "one").await;
@@ -153,7 +152,7 @@ async fn replays_of_messages_not_yet_taken_are_dropped() {
     let proxy = Proxy::start(server.addr).await;
     let chat = pair(&server, "alice", "bob").await;
     let bob_token = mint_token(&secret(&server), "bob");
-    let (bob, mut ev) = sdk_connect(sdk_config(&proxy.endpoint(), &bob_token, "phone", None)).await;
+    let (bob, mut ev) = sdk_connect(sdk_config(&proxy.uri(), &bob_token, "phone", None)).await;
     let mut alice = server.client("alice", "laptop").await;
     send_many(&mut alice, &chat, "m", 5).await;
     // Wait until the client has them all queued for the app, without taking any.
@@ -188,7 +187,7 @@ async fn the_offline_queue_survives_a_client_restart() {
     let chat = pair(&server, "alice", "bob").await;
     let dir = tempfile::tempdir().unwrap();
     let alice_token = mint_token(&secret(&server), "alice");
-    let cfg = sdk_config(&proxy.endpoint(), &alice_token, "phone", Some(dir.path()));
+    let cfg = sdk_config(&proxy.uri(), &alice_token, "phone", Some(dir.path()));
     let (alice, mut alice_ev) = sdk_connect(cfg.clone()).await;
     let first = alice.send(&chat, Content::text("before")).await.unwrap();
     alice_ev.sent(&first.client_msg_id).await;
@@ -250,7 +249,7 @@ async fn a_retry_after_a_lost_ack_is_idempotent() {
     ))
     .await;
     let (alice, mut alice_ev) = sdk_connect(sdk_config(
-        &proxy.endpoint(),
+        &proxy.uri(),
         &mint_token(&secret(&server), "alice"),
         "phone",
         None,
@@ -369,7 +368,7 @@ async fn the_token_can_be_replaced_while_connected() {
     let now = now_secs();
     // Expires in 1 s (the server allows 5 s of clock skew).
     let short = mint_token_at(&s, "bob", now, now + 1);
-    let mut cfg = sdk_config(&proxy.endpoint(), &short, "phone", None);
+    let mut cfg = sdk_config(&proxy.uri(), &short, "phone", None);
     // Without the new token waking it, a refused client would wait a minute.
     cfg.reconnect = Backoff {
         initial: Duration::from_secs(60),
@@ -392,7 +391,7 @@ async fn the_token_can_be_replaced_while_connected() {
 
     // A client refused for its token says so, and a new token reconnects it at once.
     let expired = mint_token_at(&s, "carol", now - 100, now - 50);
-    let mut cfg = sdk_config(&proxy.endpoint(), &expired, "phone", None);
+    let mut cfg = sdk_config(&proxy.uri(), &expired, "phone", None);
     cfg.reconnect = Backoff {
         initial: Duration::from_secs(60),
         max: Duration::from_secs(60),
@@ -511,14 +510,14 @@ async fn a_server_restart_loses_and_repeats_nothing() {
     let chat = pair(&server, "alice", "bob").await;
     let s = secret(&server);
     let (alice, mut a_ev) = sdk_connect(sdk_config(
-        &proxy.endpoint(),
+        &proxy.uri(),
         &mint_token(&s, "alice"),
         "phone",
         None,
     ))
     .await;
     let (bob, mut b_ev) = sdk_connect(sdk_config(
-        &proxy.endpoint(),
+        &proxy.uri(),
         &mint_token(&s, "bob"),
         "phone",
         None,
@@ -591,14 +590,14 @@ async fn a_crash_under_a_sending_client_loses_and_duplicates_nothing() {
     let s = secret(&server);
     let dir = tempfile::tempdir().unwrap();
     let (alice, mut a_ev) = sdk_connect(sdk_config(
-        &proxy.endpoint(),
+        &proxy.uri(),
         &mint_token(&s, "alice"),
         "phone",
         Some(dir.path()),
     ))
     .await;
     let (bob, mut b_ev) = sdk_connect(sdk_config(
-        &proxy.endpoint(),
+        &proxy.uri(),
         &mint_token(&s, "bob"),
         "phone",
         None,
