@@ -432,3 +432,110 @@ impl From<ClientConfig> for sdk::ClientConfig {
         cfg
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ChatError;
+
+    #[test]
+    fn every_grpc_code_keeps_its_number_and_name() {
+        for n in 0..=16 {
+            let c = Code::from(sdk::Code::from_i32(n));
+            assert_eq!(c as i32, n, "{c:?}");
+        }
+        assert_eq!(Code::from(sdk::Code::NotFound).name(), "NOT_FOUND");
+        assert_eq!(Code::from(sdk::Code::from_i32(99)), Code::Unknown);
+    }
+
+    #[test]
+    fn sdk_errors_keep_code_detail_and_retry_after() {
+        let e = ChatError::from(sdk::SdkError::Status {
+            code: sdk::Code::ResourceExhausted,
+            message: "slow down".into(),
+            retry_after: Some(Duration::from_millis(250)),
+        });
+        assert_eq!(
+            e,
+            ChatError::Server {
+                code: Code::ResourceExhausted,
+                detail: "slow down".into(),
+                retry_after_ms: Some(250),
+            }
+        );
+        assert_eq!(e.to_string(), "RESOURCE_EXHAUSTED: slow down");
+        match ChatError::from(sdk::SdkError::EventsTaken) {
+            ChatError::EventsTaken { code, .. } => assert_eq!(code, Code::FailedPrecondition),
+            other => panic!("{other:?}"),
+        }
+        match ChatError::from(sdk::SdkError::Config("endpoint".into())) {
+            ChatError::Config { code, detail } => {
+                assert_eq!(code, Code::InvalidArgument);
+                assert_eq!(detail, "endpoint");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_overrides_reach_the_sdk_and_the_rest_keeps_its_defaults() {
+        let base = ClientConfig {
+            endpoint: "http://127.0.0.1:1".into(),
+            token: "t".into(),
+            device_id: "phone".into(),
+            data_dir: None,
+            client_version: None,
+            connect_timeout_ms: None,
+            keepalive_interval_ms: None,
+            keepalive_timeout_ms: None,
+            reconnect_initial_ms: None,
+            reconnect_max_ms: None,
+            reconnect_multiplier: None,
+            reconnect_jitter: None,
+            send_window: None,
+            send_window_per_chat: None,
+            ack_delay_ms: None,
+            event_buffer: None,
+        };
+        let d = sdk::ClientConfig::from(base.clone());
+        let want = sdk::ClientConfig::new("http://127.0.0.1:1", "t", "phone");
+        assert_eq!(format!("{d:?}"), format!("{want:?}"));
+
+        let c = sdk::ClientConfig::from(ClientConfig {
+            data_dir: Some("/tmp/x".into()),
+            reconnect_initial_ms: Some(200),
+            reconnect_max_ms: Some(1500),
+            reconnect_jitter: Some(0.0),
+            send_window_per_chat: Some(4),
+            ack_delay_ms: Some(5),
+            event_buffer: Some(7),
+            ..base
+        });
+        assert_eq!(c.data_dir.as_deref(), Some(std::path::Path::new("/tmp/x")));
+        assert_eq!(c.reconnect.initial, Duration::from_millis(200));
+        assert_eq!(c.reconnect.max, Duration::from_millis(1500));
+        assert_eq!(c.reconnect.jitter, 0.0);
+        assert_eq!(c.reconnect.multiplier, want.reconnect.multiplier);
+        assert_eq!((c.send_window_per_chat, c.event_buffer), (4, 7));
+        assert_eq!(c.ack_delay, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn a_failed_queued_send_keeps_its_code() {
+        let m = OutgoingMessage::from(sdk::OutgoingMessage {
+            client_msg_id: "k".into(),
+            chat_id: "c".into(),
+            content: sdk::Content::text("hi"),
+            queued_at: 1,
+            failure: Some((7, "not a member".into())),
+        });
+        assert_eq!(
+            m.failure,
+            Some(SendFailure {
+                code: Code::PermissionDenied,
+                reason: "not a member".into()
+            })
+        );
+        assert_eq!(m.content.text, "hi");
+    }
+}

@@ -8,8 +8,8 @@
 use crate::types::Code;
 use chat_sdk::SdkError;
 
-/// Display is exported: `str(e)` in Python, `toString()` in Kotlin and Swift's
-/// `description` read like `NOT_FOUND: chat not found`.
+/// Display is exported: Kotlin's `toString()` and Swift's `description` read like
+/// `NOT_FOUND: chat not found` (Python's `str(e)` lists the fields).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
 #[uniffi::export(Display)]
 pub enum ChatError {

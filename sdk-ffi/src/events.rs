@@ -30,15 +30,15 @@ pub struct EventStream {
 }
 
 struct Inner {
+    /// `wait()` peeks (`ready`) without taking, so a message counts as delivered only once
+    /// `next()`/`try_next()` handed it over.
     sdk: chat_sdk::EventStream,
-    /// An event `wait()` took from the SDK for the next `try_next()`/`next()`.
-    front: Option<Event>,
 }
 
 impl EventStream {
     pub(crate) fn new(sdk: chat_sdk::EventStream) -> Self {
         EventStream {
-            inner: tokio::sync::Mutex::new(Inner { sdk, front: None }),
+            inner: tokio::sync::Mutex::new(Inner { sdk }),
             closed: watch::Sender::new(false),
         }
     }
@@ -73,10 +73,7 @@ impl EventStream {
     /// The next event (the one `wait()` set aside first), or `None` once closed or stopped.
     async fn take(&self, stop: Option<&watch::Receiver<bool>>) -> Option<Event> {
         self.guarded(stop, None, async |inner: &mut Inner| {
-            match inner.front.take() {
-                Some(ev) => Some(ev),
-                None => inner.sdk.next().await.map(Event::from),
-            }
+            inner.sdk.next().await.map(Event::from)
         })
         .await
     }
@@ -101,16 +98,7 @@ impl EventStream {
             return false;
         }
         self.guarded(None, false, async |inner: &mut Inner| {
-            if inner.front.is_some() {
-                return true;
-            }
-            match inner.sdk.next().await {
-                Some(ev) => {
-                    inner.front = Some(ev.into());
-                    true
-                }
-                None => false,
-            }
+            inner.sdk.ready().await
         })
         .await
     }
@@ -122,10 +110,7 @@ impl EventStream {
             return None;
         }
         let mut inner = self.inner.try_lock().ok()?;
-        match inner.front.take() {
-            Some(ev) => Some(ev),
-            None => inner.sdk.try_next().map(Event::from),
-        }
+        inner.sdk.try_next().map(Event::from)
     }
 
     /// Stop reading: every waiting and later read returns `None` (`wait()`: false).
@@ -169,10 +154,7 @@ impl Listener {
         let handle = thread::Builder::new()
             .name(LISTENER_THREAD_NAME.into())
             .spawn(move || {
-                loop {
-                    let Some(ev) = block_on(stream.take(Some(&stop_rx))) else {
-                        break;
-                    };
+                while let Some(ev) = block_on(stream.take(Some(&stop_rx))) {
                     let call = std::panic::AssertUnwindSafe(|| listener.on_event(ev));
                     // uniffi turns an exception of the foreign callback into a panic here (the
                     // panic hook has printed it): one bad event must not end the listener.
@@ -263,3 +245,100 @@ pub(crate) enum Reader {
 }
 
 pub(crate) type ReaderSlot = Mutex<Reader>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A client whose server never answers: its stream yields Connecting, Reconnecting, then
+    /// nothing for a minute.
+    async fn offline_stream() -> (chat_sdk::Client, Arc<EventStream>) {
+        let mut cfg = chat_sdk::ClientConfig::new("http://127.0.0.1:9", "token", "phone");
+        cfg.reconnect.initial = Duration::from_secs(60);
+        cfg.reconnect.max = Duration::from_secs(60);
+        let client = chat_sdk::Client::connect(cfg).await.expect("connect");
+        let events = client.events().expect("events");
+        (client, Arc::new(EventStream::new(events)))
+    }
+
+    #[tokio::test]
+    async fn close_ends_a_waiting_read_and_every_later_one() {
+        let (client, stream) = offline_stream().await;
+        assert!(stream.wait().await, "the first connection change");
+        assert!(matches!(stream.try_next(), Some(Event::Connection { .. })));
+        let second = tokio::time::timeout(Duration::from_secs(30), stream.next()).await;
+        assert!(
+            matches!(second, Ok(Some(Event::Connection { .. }))),
+            "{second:?}"
+        );
+        let waiting = {
+            let s = stream.clone();
+            tokio::spawn(async move { s.next().await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stream.close();
+        let got = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+        assert!(matches!(got, Ok(Ok(None))), "{got:?}");
+        assert!(stream.next().await.is_none());
+        assert!(!stream.wait().await);
+        assert!(stream.try_next().is_none());
+        client.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_event_set_aside_by_wait_comes_first() {
+        let (client, stream) = offline_stream().await;
+        assert!(stream.wait().await);
+        // wait() again does not take another one.
+        assert!(stream.wait().await);
+        let first = stream.next().await;
+        assert!(
+            matches!(first, Some(Event::Connection { ref status }) if status.state == crate::ConnectionState::Connecting),
+            "{first:?}"
+        );
+        client.close().await;
+    }
+
+    struct Counter(Arc<AtomicUsize>);
+
+    impl EventListener for Counter {
+        fn on_event(&self, _event: Event) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listener_runs_on_its_own_thread_and_stops() {
+        let (client, stream) = offline_stream().await;
+        let n = Arc::new(AtomicUsize::new(0));
+        let l = Listener::start(stream.clone(), Box::new(Counter(n.clone()))).expect("thread");
+        let t0 = std::time::Instant::now();
+        while n.load(Ordering::SeqCst) == 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no event on the listener"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        l.shutdown(Duration::ZERO).await;
+        // The stream is free again: the listener no longer holds it.
+        client.close().await;
+        let mut rest = 0;
+        while stream.next().await.is_some() {
+            rest += 1;
+        }
+        assert!(rest >= 1, "the CLOSED change was left for the next reader");
+    }
+
+    #[test]
+    fn block_on_drives_a_future_woken_from_another_thread() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let t = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            let _ = tx.send(7);
+        });
+        assert_eq!(block_on(rx).ok(), Some(7));
+        let _ = t.join();
+    }
+}

@@ -222,6 +222,7 @@ pub struct ConnectionStatus {
 
 /// How a queued send ended.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+#[allow(clippy::large_enum_variant)] // one per send, lowered across the FFI at once: a box buys nothing
 pub enum SendOutcome {
     /// Stored by the server; `duplicate` when an earlier attempt had already stored it.
     Sent { message: Message, duplicate: bool },

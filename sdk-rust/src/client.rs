@@ -90,6 +90,7 @@ impl Client {
             acked: HashMap::new(),
             flush_at: None,
             nonce: 0,
+            user_id: api::token_subject(&cfg.token),
             cfg: cfg.clone(),
         };
         let handle = tokio::spawn(driver.run());

@@ -110,6 +110,9 @@ impl ClientConfig {
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout must be above zero".into());
         }
+        if self.keepalive_interval.is_zero() || self.keepalive_timeout.is_zero() {
+            return bad("keepalive_interval and keepalive_timeout must be above zero".into());
+        }
         self.reconnect.validate().map_err(SdkError::Config)
     }
 }

@@ -145,6 +145,8 @@ pub(crate) struct Driver {
     /// When taken positions are to be saved and acked next.
     pub flush_at: Option<Instant>,
     pub nonce: u64,
+    /// The token's `sub`, to tell this user's messages from another's with the same device id.
+    pub user_id: Option<String>,
 }
 
 impl Driver {
@@ -529,6 +531,12 @@ impl Driver {
                 if self.sequencer.judge(chat, m.seq) == Verdict::Duplicate {
                     continue;
                 }
+                if self.is_own_queued(&m) {
+                    // Stored, but its SendAck is still to come: the app hears of it as a
+                    // SendResult, not as someone's message.
+                    self.sequencer.emitted(chat, m.seq);
+                    continue;
+                }
                 self.stats.messages_from_history.fetch_add(1, Relaxed);
                 self.give(m).await?;
             }
@@ -538,6 +546,19 @@ impl Driver {
             cursor = last;
         }
         Ok(())
+    }
+
+    /// A message this device sent that is still in the queue (in flight or to be resent).
+    fn is_own_queued(&self, m: &Message) -> bool {
+        m.sender_device_id == self.cfg.device_id
+            && self
+                .user_id
+                .as_deref()
+                .is_none_or(|u| u == m.sender_user_id)
+            && self
+                .queue
+                .iter()
+                .any(|q| q.client_msg_id == m.client_msg_id)
     }
 
     fn forget_in_flight(&mut self, key: &str) -> Option<usize> {
@@ -568,10 +589,13 @@ impl Driver {
             tracing::warn!("chat-sdk: removing an acked send failed: {e}");
         }
         self.stats.sends_acked.fetch_add(1, Relaxed);
-        let mark = self
+        // Taking the result moves the chat's position: by this send, or (when a gap fill
+        // already passed over it) to where the sequencer is now.
+        let pos = self
             .sequencer
             .own_sent(&msg.chat_id, msg.seq)
-            .map(|pos| (msg.chat_id.clone(), pos));
+            .unwrap_or_else(|| self.sequencer.position(&msg.chat_id));
+        let mark = (pos > 0).then(|| (msg.chat_id.clone(), pos));
         let ev = Event::SendResult(SendResult {
             client_msg_id: item.client_msg_id,
             chat_id: item.chat_id,

@@ -159,29 +159,52 @@ pub(crate) type Queued = (Event, Option<(String, u64)>);
 pub struct EventStream {
     rx: mpsc::Receiver<Queued>,
     delivered: Arc<Delivered>,
+    /// An event [`EventStream::ready`] saw but the app has not taken yet.
+    peeked: Option<Queued>,
 }
 
 impl EventStream {
     pub(crate) fn new(rx: mpsc::Receiver<Queued>, delivered: Arc<Delivered>) -> Self {
-        EventStream { rx, delivered }
+        EventStream {
+            rx,
+            delivered,
+            peeked: None,
+        }
+    }
+
+    fn take(&mut self, (ev, mark): Queued) -> Event {
+        if let Some((chat, seq)) = mark {
+            self.delivered.advance(&chat, seq);
+        }
+        ev
     }
 
     /// The next event; `None` once the client is closed and everything before was read.
     /// Cancel-safe: dropping the future loses nothing.
     pub async fn next(&mut self) -> Option<Event> {
-        let (ev, mark) = self.rx.recv().await?;
-        if let Some((chat, seq)) = mark {
-            self.delivered.advance(&chat, seq);
-        }
-        Some(ev)
+        let q = match self.peeked.take() {
+            Some(q) => q,
+            None => self.rx.recv().await?,
+        };
+        Some(self.take(q))
     }
 
     /// The next event if one is waiting now.
     pub fn try_next(&mut self) -> Option<Event> {
-        let (ev, mark) = self.rx.try_recv().ok()?;
-        if let Some((chat, seq)) = mark {
-            self.delivered.advance(&chat, seq);
+        let q = match self.peeked.take() {
+            Some(q) => q,
+            None => self.rx.try_recv().ok()?,
+        };
+        Some(self.take(q))
+    }
+
+    /// Wait until [`EventStream::try_next`] has an event (true), or the stream ended (false),
+    /// without taking it: for callers that cannot take a value back once their wait was
+    /// cancelled (foreign async code). Cancel-safe.
+    pub async fn ready(&mut self) -> bool {
+        if self.peeked.is_none() {
+            self.peeked = self.rx.recv().await;
         }
-        Some(ev)
+        self.peeked.is_some()
     }
 }

@@ -256,11 +256,22 @@ async fn a_retry_after_a_lost_ack_is_idempotent() {
     ))
     .await;
 
+    // Alice has a position in the chat (a gap needs one).
+    let mut bob_raw = server.client("bob", "laptop").await;
+    send_text(&mut bob_raw, &chat, "b0", "zero").await;
+    assert_eq!(texts(&alice_ev.messages(&chat, 1).await), ["zero"]);
+    assert_eq!(texts(&bob_ev.messages(&chat, 1).await), ["zero"]);
+
     proxy.hold_replies(true);
     let echo = alice.send(&chat, Content::text("once")).await.unwrap();
     // Stored: bob has it.
     let delivered = bob_ev.messages(&chat, 1).await;
     assert_eq!(delivered[0].client_msg_id, echo.client_msg_id);
+    // A later message: on resume alice's replay has it but not her own (a device's own
+    // messages are not replayed), so her client reads the gap from history, where her own
+    // still-unacked message is.
+    send_text(&mut bob_raw, &chat, "b2", "after").await;
+    assert_eq!(texts(&bob_ev.messages(&chat, 1).await), ["after"]);
     proxy.cut();
     // Replies stay swallowed until the client has seen its connection go: the SendAck may
     // still have been on its way when bob got the message.
@@ -275,7 +286,30 @@ async fn a_retry_after_a_lost_ack_is_idempotent() {
     proxy.hold_replies(false);
     assert_eq!(alice.stats().sends_acked, 0, "the ack was lost");
 
-    let (m, duplicate) = alice_ev.sent(&echo.client_msg_id).await;
+    let mut own_as_message = Vec::new();
+    let mut after = None;
+    let (m, duplicate) = alice_ev
+        .until("the SendResult and the later message", |e| {
+            match e {
+                Event::Message(m) if m.client_msg_id == echo.client_msg_id => {
+                    own_as_message.push(m.seq)
+                }
+                Event::Message(m) if m.content.text == "after" => after = Some(m.seq),
+                Event::SendResult(r) if r.client_msg_id == echo.client_msg_id => {
+                    if let SendOutcome::Sent { message, duplicate } = &r.outcome {
+                        return Some((message.clone(), *duplicate));
+                    }
+                }
+                _ => {}
+            }
+            None
+        })
+        .await;
+    if after.is_none() {
+        after = alice_ev.messages(&chat, 1).await.first().map(|m| m.seq);
+    }
+    assert_eq!(after, Some(3));
+    assert!(own_as_message.is_empty(), "own send came back as a message");
     assert!(duplicate, "the retry is answered with the original");
     assert_eq!(m.message_id, delivered[0].message_id);
     assert!(
@@ -283,7 +317,7 @@ async fn a_retry_after_a_lost_ack_is_idempotent() {
         "delivered once"
     );
     let mut raw = server.client("bob", "tablet").await;
-    assert_eq!(full_history(&mut raw, &chat).await.len(), 1, "stored once");
+    assert_eq!(full_history(&mut raw, &chat).await.len(), 3, "stored once");
     alice.close().await;
     bob.close().await;
 }

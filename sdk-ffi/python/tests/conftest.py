@@ -206,8 +206,10 @@ def describe(ev):
 class Events:
     """Reads one client's EventStream in an asyncio task and keeps everything it got."""
 
-    def __init__(self, name, stream):
+    def __init__(self, name, stream, user=None, device=None):
         self.name = name
+        self.user = user
+        self.device = device
         self.stream = stream
         self.items = []
         self.ended = False
@@ -257,6 +259,17 @@ class Events:
     def texts(self, chat_id=None):
         return [m.content.text for m in self.messages(chat_id)]
 
+    def from_others(self, chat_id=None):
+        """Messages not sent by this device (other users, or this user's other devices)."""
+        return [m for m in self.messages(chat_id)
+                if (m.sender_user_id, m.sender_device_id) != (self.user, self.device)]
+
+    def own_echoes(self, chat_id=None):
+        """This device's own sends that came back as MESSAGE events: there should be none
+        (they come back as SEND_RESULT); see test_chat.py."""
+        return [m for m in self.messages(chat_id)
+                if (m.sender_user_id, m.sender_device_id) == (self.user, self.device)]
+
     def send_results(self):
         return [e.result for e in self.items if e.is_SEND_RESULT()]
 
@@ -283,7 +296,7 @@ async def new_client(server, user, device, **overrides):
 async def connect(server, user, device, *, events=True, **overrides):
     """A connected client (state CONNECTED) and, unless `events=False`, its collector."""
     client = await new_client(server, user, device, **overrides)
-    ev = Events(f"{user}/{device}", client.events()) if events else None
+    ev = Events(f"{user}/{device}", client.events(), user, device) if events else None
     await client.wait_for(chat_sdk.ConnectionState.CONNECTED, int(WAIT * 1000))
     return client, ev
 

@@ -1,4 +1,14 @@
-"""Messages between real clients: 1:1 and in a group, as typed events, in order, once."""
+"""Messages between real clients: 1:1 and in a group, as typed events, in order, once.
+
+The checks read the messages *from others* (`Events.from_others`): a device's own sends come
+back as SEND_RESULT, and also, today, as MESSAGE when the SDK fills a gap from history while
+their SendAck is still on its way (an SDK issue, pinned by test_own_sends_do_not_come_back_as
+_messages below).
+"""
+
+import asyncio
+
+import pytest
 
 import chat_sdk
 from conftest import close_all, connect, run, text
@@ -39,17 +49,15 @@ def test_direct_chat(server):
 
         want_b = [f"a{i}" for i in range(5)]
         want_a = [f"b{i}" for i in range(5)]
-        await b_ev.until(lambda: len(b_ev.texts(chat.chat_id)) >= 5, "alice's 5 messages")
-        await a_ev.until(lambda: len(a_ev.texts(chat.chat_id)) >= 5, "bob's 5 messages")
+        await b_ev.until(lambda: len(b_ev.from_others(chat.chat_id)) >= 5, "alice's 5 messages")
+        await a_ev.until(lambda: len(a_ev.from_others(chat.chat_id)) >= 5, "bob's 5 messages")
         await a_ev.until(lambda: len(a_ev.send_results()) >= 5, "alice's 5 send results")
         await b_ev.until(lambda: len(b_ev.send_results()) >= 5, "bob's 5 send results")
 
-        assert b_ev.texts(chat.chat_id) == want_b
-        assert a_ev.texts(chat.chat_id) == want_a
-        for ev, me in ((a_ev, "alice"), (b_ev, "bob")):
-            msgs = ev.messages(chat.chat_id)
-            assert all(m.sender_user_id != me for m in msgs), "own message echoed back"
-            seqs = [m.seq for m in msgs]
+        assert [m.content.text for m in b_ev.from_others(chat.chat_id)] == want_b
+        assert [m.content.text for m in a_ev.from_others(chat.chat_id)] == want_a
+        for ev in (a_ev, b_ev):
+            seqs = [m.seq for m in ev.messages(chat.chat_id)]
             assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
         # Own sends come back as SENT with the key the echo had, in queue order.
@@ -57,7 +65,7 @@ def test_direct_chat(server):
         assert list(a_sent) == [e.client_msg_id for e in echoes]
         assert list(a_sent.values()) == sorted(a_sent.values())
         # Both sides agree on the seq of each of alice's messages.
-        assert [m.seq for m in b_ev.messages(chat.chat_id)] == list(a_sent.values())
+        assert [m.seq for m in b_ev.from_others(chat.chat_id)] == list(a_sent.values())
         sent_seqs(b_ev.send_results())
 
         hist = await bob.get_history(chat.chat_id, 50, "")
@@ -70,6 +78,7 @@ def test_direct_chat(server):
         assert not unary.duplicate and again.duplicate
         assert again.message.seq == unary.message.seq == 11
         await b_ev.until(lambda: "unary" in b_ev.texts(chat.chat_id), "the unary message")
+        await asyncio.sleep(0.5)
         assert b_ev.texts(chat.chat_id).count("unary") == 1
 
         chats = await bob.list_all_chats()
@@ -102,22 +111,24 @@ def test_group_chat_three_users(server):
         for u, (_, ev) in users.items():
             others = [o for o in users if o != u]
             await ev.until(
-                lambda ev=ev: len(ev.messages(group.chat_id)) >= n * 2,
+                lambda ev=ev: len(ev.from_others(group.chat_id)) >= n * 2,
                 f"the group messages of {others}",
             )
             await ev.until(lambda ev=ev: len(ev.send_results()) >= n, "own send results")
+        await asyncio.sleep(0.5)  # anything repeated late would show up now
         for u, (_, ev) in users.items():
-            msgs = ev.messages(group.chat_id)
+            msgs = ev.from_others(group.chat_id)
             assert len(msgs) == n * 2, [m.content.text for m in msgs]
-            # Each sender's messages in the order sent, and the chat in seq order.
+            # Each sender's messages in the order sent, and the chat in seq order, once.
             for o in users:
-                got = [m.content.text for m in msgs if m.sender_user_id == o]
-                assert got == ([] if o == u else [f"{o}{i}" for i in range(n)])
-            seqs = [m.seq for m in msgs]
-            assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+                if o != u:
+                    got = [m.content.text for m in msgs if m.sender_user_id == o]
+                    assert got == [f"{o}{i}" for i in range(n)]
+            all_seqs = [m.seq for m in ev.messages(group.chat_id)]
+            assert all_seqs == sorted(all_seqs) and len(set(all_seqs)) == len(all_seqs)
             sent = sent_seqs(ev.send_results())
-            # Everyone's seqs together are exactly 1..3n: nothing lost, nothing twice.
-            assert sorted(seqs + list(sent.values())) == list(range(1, 3 * n + 1))
+            # Others' seqs and own seqs together are exactly 1..3n: nothing lost, nothing twice.
+            assert sorted([m.seq for m in msgs] + list(sent.values())) == list(range(1, 3 * n + 1))
 
         # A chat change reaches the members when someone leaves.
         carol, c_ev = users["carol"]
@@ -129,5 +140,31 @@ def test_group_chat_three_users(server):
             "a MEMBER_REMOVED chat change",
         )
         await close_all(*users.values())
+
+    run(body())
+
+
+def test_own_sends_do_not_come_back_as_messages(server):
+    """Three users send into one group at once, so each client keeps seeing others' messages
+    above its own sends whose SendAck has not arrived yet: a gap it fills from history."""
+    async def body():
+        users = {u: await connect(server, u, f"{u}-dev") for u in ("alice", "bob", "carol")}
+        group = await users["alice"][0].create_group("busy", ["bob", "carol"])
+        n = 40
+
+        async def sender(u):
+            for i in range(n):
+                await users[u][0].send(group.chat_id, text(f"{u}{i}"))
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(sender(u) for u in users))
+        for u, (_, ev) in users.items():
+            await ev.until(lambda ev=ev: len(ev.send_results()) >= n, "own send results")
+            await ev.until(lambda ev=ev: len(ev.from_others(group.chat_id)) >= 2 * n,
+                           "the others' messages")
+        echoes = {u: [m.content.text for m in ev.own_echoes(group.chat_id)]
+                  for u, (_, ev) in users.items()}
+        await close_all(*users.values())
+        assert not any(echoes.values()), f"own sends given as MESSAGE events: {echoes}"
 
     run(body())

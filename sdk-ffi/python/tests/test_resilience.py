@@ -3,6 +3,8 @@ restart: every message arrives exactly once and in order."""
 
 import asyncio
 
+import pytest
+
 import chat_sdk
 from conftest import WAIT, Events, close_all, connect, new_client, run, text
 
@@ -83,6 +85,11 @@ def test_offline_queue_survives_a_client_restart(server, tmp_path):
         await alice.send(chat, text("online"))
         await b_ev.until(lambda: b_ev.texts(chat) == ["online"], "the first message")
 
+        # One client per data dir.
+        with pytest.raises(chat_sdk.ChatError.Storage) as e:
+            await chat_sdk.connect(server.config("alice", "phone", data_dir=state))
+        assert "in use" in e.value.detail
+
         server.stop()
         await a_ev.until(lambda: S.RECONNECTING in a_ev.states(), "state RECONNECTING")
         queued = [await alice.send(chat, text(f"offline-{i}")) for i in range(3)]
@@ -98,7 +105,7 @@ def test_offline_queue_survives_a_client_restart(server, tmp_path):
         assert [m.content.text for m in pending] == ["offline-0", "offline-1", "offline-2"]
 
         server.start()
-        a2_ev = Events("alice2", a2_events)
+        a2_ev = Events("alice2", a2_events, "alice", "phone")
         await alice2.wait_for(S.CONNECTED, int(WAIT * 1000))
         await b_ev.until(lambda: len(b_ev.texts(chat)) >= 4, "the queued messages")
         await a2_ev.until(lambda: len(a2_ev.send_results()) >= 3, "the queued sends' results")
