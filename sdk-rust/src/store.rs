@@ -112,6 +112,23 @@ impl LocalStore {
         g.take();
     }
 
+    /// Like `run`, for writes whose loss in a power cut costs nothing but a repeat (an acked
+    /// send deleted, a position raised): the server answers a resend as duplicate and the
+    /// sequencer drops a replay. They skip the fsync (WAL, synchronous=NORMAL) and are made
+    /// durable by the next enqueue's.
+    async fn run_lazy<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.run(move |c| {
+            c.execute_batch("PRAGMA synchronous=NORMAL")?;
+            let r = f(c);
+            c.execute_batch("PRAGMA synchronous=FULL")?;
+            r
+        })
+        .await
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -143,7 +160,7 @@ impl LocalStore {
         if positions.is_empty() {
             return Ok(());
         }
-        self.run(move |c| {
+        self.run_lazy(move |c| {
             let tx = c.transaction()?;
             {
                 let mut st = tx.prepare_cached(
@@ -206,7 +223,7 @@ impl LocalStore {
 
     /// The send was acked: it leaves the queue.
     pub async fn remove(&self, client_msg_id: String) -> Result<()> {
-        self.run(move |c| {
+        self.run_lazy(move |c| {
             c.execute(
                 "DELETE FROM outbox WHERE client_msg_id = ?1",
                 params![client_msg_id],
