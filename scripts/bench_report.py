@@ -6,7 +6,8 @@ usage: bench_report.py RESULT_DIR OUT_MD OUT_SVG
 Every figure comes from the chat-loadgen JSON lines in RESULT_DIR; the analysis text (what bounds
 each figure) is kept by hand in docs/bench/analysis.md and included as it is. Cluster runs
 (scripts/bench-cluster: cluster-NAME.json plus cluster-NAME.cpu.json, the CPU seconds each
-process group used) get their own section, with docs/bench/cluster-analysis.md after it.
+process group used) get their own section, with docs/bench/cluster-analysis.md after it, and
+docs/bench/sdk.md (one SDK client, measured by hand) closes the file.
 """
 import json
 import math
@@ -179,6 +180,10 @@ def main():
     if analysis.exists():
         lines += ["", analysis.read_text().rstrip()]
     lines += cluster_section(result_dir)
+    # One SDK client (sdk-rust/examples/bench.rs): measured by hand, kept as it is.
+    sdk = Path("docs/bench/sdk.md")
+    if sdk.exists():
+        lines += ["", sdk.read_text().rstrip()]
     out_md.write_text("\n".join(lines) + "\n")
 
 

@@ -41,7 +41,7 @@ pub mod util;
 pub use auth::{mint_token, mint_token_at, now_secs, Auth, Claims};
 pub use backend::{Backend, Services};
 pub use cluster::TestCluster;
-pub use proxy::Proxy;
+pub use proxy::{Proxy, StableServer};
 pub use server::{ExitOutput, ServerOptions, TestServer};
 pub use session::{Session, SyncResult};
 pub use util::*;

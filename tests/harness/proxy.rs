@@ -195,3 +195,43 @@ async fn pump(mut client: TcpStream, mut server: TcpStream, mut ctl: watch::Rece
         }
     }
 }
+
+/// A test server behind a [`Proxy`]: one endpoint for its whole life, restarts included (the
+/// server itself comes back on a new port). For clients that keep their endpoint, like SDK
+/// apps.
+pub struct StableServer {
+    pub server: crate::TestServer,
+    pub proxy: Proxy,
+}
+
+impl StableServer {
+    pub async fn start() -> StableServer {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(env: &[(&str, &str)]) -> StableServer {
+        let server = crate::TestServer::start_with(env).await;
+        let proxy = Proxy::start(server.addr).await;
+        StableServer { server, proxy }
+    }
+
+    /// `http://ADDR` of the proxy.
+    pub fn endpoint(&self) -> String {
+        self.proxy.uri()
+    }
+
+    pub async fn token(&self, user: &str, device: &str) -> String {
+        self.server.token(user, device).await
+    }
+
+    /// SIGKILL; clients see their connections fail until [`StableServer::start_again`].
+    pub async fn kill(&mut self) {
+        self.server.kill().await;
+    }
+
+    /// Start the server again on its data dir; the endpoint stays.
+    pub async fn start_again(&mut self) {
+        self.server.start_again().await;
+        self.proxy.set_target(self.server.addr);
+    }
+}

@@ -2,15 +2,15 @@
 //! not answer again, and a crash between answering and `mark_read`. Needs the chatd binary
 //! (`cargo build -p chatd`, or `CHATD_BIN`).
 
-mod support;
-
 use chat_bot::Bot;
 use chat_sdk::{Api, Client, ClientConfig, ConnectionState, Content, Event, Message};
+use chat_tests::StableServer as Chatd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
-use support::{Chatd, Error};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -108,7 +108,7 @@ async fn user(server: &Chatd, dir: &Path) -> Result<Client, Error> {
     let alice = Client::connect(
         ClientConfig::new(
             server.endpoint(),
-            server.token("alice", "laptop")?,
+            server.token("alice", "laptop").await,
             "laptop",
         )
         .with_data_dir(dir),
@@ -145,7 +145,7 @@ async fn send(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_once_and_never_again_after_a_restart() -> Result<(), Error> {
-    let server = Chatd::start()?;
+    let server = Chatd::start().await;
     let tmp = tempfile::tempdir()?;
     let alice = user(&server, tmp.path()).await?;
     let mut events = alice.events()?;
@@ -153,7 +153,7 @@ async fn answers_once_and_never_again_after_a_restart() -> Result<(), Error> {
     send(&alice, &mut events, &chat.chat_id, "!help").await?;
     send(&alice, &mut events, &chat.chat_id, "hello").await?;
 
-    let token = server.token(BOT, "bot")?;
+    let token = server.token(BOT, "bot").await;
     let log = tmp.path().join("bot.log");
     let bot = BotProcess::start(&server, &token, &log)?;
     let msgs = until_bot_wrote(alice.api(), &chat.chat_id, 2).await?;
@@ -202,7 +202,7 @@ async fn answers_once_and_never_again_after_a_restart() -> Result<(), Error> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_answer_and_mark_read_does_not_answer_twice() -> Result<(), Error> {
-    let server = Chatd::start()?;
+    let server = Chatd::start().await;
     let tmp = tempfile::tempdir()?;
     let alice = user(&server, tmp.path()).await?;
     let mut events = alice.events()?;
@@ -213,7 +213,7 @@ async fn a_crash_between_answer_and_mark_read_does_not_answer_twice() -> Result<
     send(&alice, &mut events, &group.chat_id, "chatter").await?;
     send(&alice, &mut events, &group.chat_id, "!ping").await?;
 
-    let token = server.token(BOT, "bot")?;
+    let token = server.token(BOT, "bot").await;
     let bot = Bot::new(Api::new(&server.endpoint(), &token, Some("bot"))?, BOT);
     let chats = Api::new(&server.endpoint(), &token, Some("bot"))?
         .list_all_chats()

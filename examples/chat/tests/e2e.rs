@@ -2,18 +2,18 @@
 //! binary uses, fed by a real `chat_sdk::Client`, with keys typed into it; the peer is a plain
 //! SDK client. Needs the chatd binary (`cargo build -p chatd`, or `CHATD_BIN`).
 
-mod support;
-
 use chat_sdk::{
     Client, ClientConfig, ConnectionState, Content, Event, PresenceStatus, ReceiptKind, TypingState,
 };
+use chat_tests::StableServer as Chatd;
 use chat_tui::effects::Runner;
 use chat_tui::input::Action;
 use chat_tui::render::frame;
 use chat_tui::state::{AppState, Input};
 use chat_tui::ticks::Tick;
 use std::time::Duration;
-use support::{Chatd, Error};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -37,7 +37,7 @@ struct App {
 impl App {
     async fn start(server: &Chatd, user: &str, device: &str) -> Result<App, Error> {
         let dir = tempfile::tempdir()?;
-        let token = server.token(user, device)?;
+        let token = server.token(user, device).await;
         let client = Client::connect(
             ClientConfig::new(server.endpoint(), token, device).with_data_dir(dir.path()),
         )
@@ -119,7 +119,7 @@ impl Peer {
     async fn start(server: &Chatd, user: &str, device: &str) -> Result<Peer, Error> {
         let dir = tempfile::tempdir()?;
         let client = Client::connect(
-            ClientConfig::new(server.endpoint(), server.token(user, device)?, device)
+            ClientConfig::new(server.endpoint(), server.token(user, device).await, device)
                 .with_data_dir(dir.path()),
         )
         .await?;
@@ -156,7 +156,7 @@ impl Peer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_through_the_app_state() -> Result<(), Error> {
-    let server = Chatd::start()?;
+    let server = Chatd::start().await;
     let mut bob = Peer::start(&server, "bob", "phone").await?;
     let mut alice = App::start(&server, "alice", "tui").await?;
     alice
@@ -287,7 +287,7 @@ async fn a_conversation_through_the_app_state() -> Result<(), Error> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_typed_offline_is_queued_and_sent_on_reconnect() -> Result<(), Error> {
-    let mut server = Chatd::start()?;
+    let mut server = Chatd::start().await;
     let mut bob = Peer::start(&server, "bob", "phone").await?;
     let mut alice = App::start(&server, "alice", "tui").await?;
     alice
@@ -300,7 +300,7 @@ async fn a_message_typed_offline_is_queued_and_sent_on_reconnect() -> Result<(),
         })
         .await?;
 
-    server.kill();
+    server.kill().await;
     alice
         .until("reconnecting", |s| {
             s.conn.state == ConnectionState::Reconnecting
@@ -315,7 +315,7 @@ async fn a_message_typed_offline_is_queued_and_sent_on_reconnect() -> Result<(),
         "{screen}"
     );
 
-    server.restart()?;
+    server.start_again().await;
     alice
         .until("sent after the restart", |s| {
             s.tick_of("are you there?")
