@@ -239,15 +239,22 @@ impl Driver {
         self.emit(Event::Connection(s), None).await
     }
 
-    /// Hand an event to the app; waits while the app is `event_buffer` events behind.
+    /// Hand an event to the app; waits while the app is `event_buffer` events behind. An event
+    /// that fits is always queued, also while closing (so the stream tells every state the
+    /// status showed); only a full buffer gives way to `close()`.
     async fn emit(&mut self, ev: Event, mark: Option<(String, u64)>) -> Result<(), SdkError> {
+        use tokio::sync::mpsc::error::TrySendError;
+        let item = match self.events.try_send((ev, mark)) {
+            // Closed: the app dropped its event stream: it wants no more events, but the
+            // client goes on (sends, acks of what it did take). Nothing untaken is acked.
+            Ok(()) | Err(TrySendError::Closed(_)) => return Ok(()),
+            Err(TrySendError::Full(item)) => item,
+        };
         if *self.closing.borrow() {
             return Err(SdkError::Closed);
         }
         tokio::select! {
-            // The app dropped its event stream: it wants no more events, but the client goes
-            // on (sends, acks of what it did take). Nothing untaken is acked.
-            _ = self.events.send((ev, mark)) => Ok(()),
+            _ = self.events.send(item) => Ok(()),
             _ = self.closing.changed() => Err(SdkError::Closed),
         }
     }
