@@ -169,11 +169,29 @@ pub fn load_or_create_secret(
             Ok(secret.into_bytes())
         }
         // Another process (a concurrent `chatd token`) won the race: use its secret.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Ok(std::fs::read_to_string(&path)?.trim().as_bytes().to_vec())
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_written_secret(&path),
         Err(e) => Err(e),
     }
+}
+
+/// The secret another process is writing to `path`. Never an empty one: an empty key would
+/// let anyone sign tokens. A file that stays empty (a crash between create and write, or
+/// someone truncating it) is an error naming it.
+fn read_written_secret(path: &Path) -> std::io::Result<Vec<u8>> {
+    for _ in 0..50 {
+        let s = std::fs::read_to_string(path)?;
+        if !s.trim().is_empty() {
+            return Ok(s.trim().as_bytes().to_vec());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "{} is empty: delete it to have a new secret generated, or set CHATD_JWT_SECRET",
+            path.display()
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -229,6 +247,14 @@ mod tests {
             a.verify(&old),
             Err(Error::Unauthenticated("token expired".into()))
         );
+    }
+
+    #[test]
+    fn an_empty_secret_file_is_refused_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(SECRET_FILE), "  \n").unwrap();
+        let e = load_or_create_secret(None, dir.path()).unwrap_err();
+        assert!(e.to_string().contains("is empty"), "{e}");
     }
 
     #[test]
