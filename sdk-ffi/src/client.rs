@@ -82,6 +82,13 @@ impl ChatClient {
 
 #[uniffi::export(async_runtime = "tokio")]
 impl ChatClient {
+    /// The module's `connect` as a named constructor (`ChatClient.connect(config)`), for code
+    /// that looks for it on the class.
+    #[uniffi::constructor(name = "connect")]
+    pub async fn connect_client(config: ClientConfig) -> Result<Arc<ChatClient>> {
+        connect(config).await
+    }
+
     // ------------------------------------------------------------------ events
 
     /// The event stream. It has one reader: a second call, or a call while a listener runs, is

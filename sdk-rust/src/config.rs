@@ -58,6 +58,14 @@ impl std::fmt::Debug for ClientConfig {
     }
 }
 
+/// The local default server and every tuning default; the token and device id are empty
+/// (`Client::connect` refuses them), for `ClientConfig { token, device_id, ..Default::default() }`.
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig::new("http://127.0.0.1:50051", "", "")
+    }
+}
+
 impl ClientConfig {
     pub fn new(
         endpoint: impl Into<String>,
@@ -158,6 +166,21 @@ mod tests {
             let e = cfg.validate().unwrap_err().to_string();
             assert!(e.contains(word), "{e}");
         }
+    }
+
+    #[test]
+    fn struct_update_from_default() {
+        let cfg = ClientConfig {
+            token: "t".into(),
+            device_id: "phone".into(),
+            data_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        };
+        assert!(cfg.validate().is_ok());
+        assert!(
+            ClientConfig::default().validate().is_err(),
+            "no token, no device"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 import chat_sdk
-from conftest import close_all, connect, run, text
+from conftest import WAIT, close_all, connect, run, text
 
 
 def sent_seqs(results):
@@ -166,5 +166,22 @@ def test_own_sends_do_not_come_back_as_messages(server):
                   for u, (_, ev) in users.items()}
         await close_all(*users.values())
         assert not any(echoes.values()), f"own sends given as MESSAGE events: {echoes}"
+
+    run(body())
+
+
+def test_chat_client_connect_is_the_module_connect(server):
+    """`ChatClient.connect(config)` (the named constructor) gives the same client as
+    `chat_sdk.connect(config)`."""
+    async def body():
+        client = await chat_sdk.ChatClient.connect(server.config("dora", "phone"))
+        try:
+            assert isinstance(client, chat_sdk.ChatClient)
+            await client.wait_for(chat_sdk.ConnectionState.CONNECTED, int(WAIT * 1000))
+            assert client.user_id() == "dora" and client.device_id() == "phone"
+            chat = await client.open_direct_chat("erin")
+            assert chat.kind == chat_sdk.ChatKind.DIRECT
+        finally:
+            await client.close()
 
     run(body())
