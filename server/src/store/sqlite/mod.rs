@@ -1,0 +1,335 @@
+//! The embedded store: one SQLite database in the data dir, WAL mode, `synchronous=FULL` so a
+//! commit is on disk before anyone hears of it. This module opens and migrates the database,
+//! starts the writer and checkpoint threads and implements [`Store`] by handing writes to the
+//! writer thread ([`writer`], group commit; the operations themselves are in [`writes`]) and
+//! reads to a small pool of read-only connections ([`reads`]), which WAL lets run beside the
+//! writer.
+
+mod reads;
+#[cfg(test)]
+mod tests;
+mod writer;
+mod writes;
+
+use super::{
+    ActivityKey, CursorMove, Membership, NewChat, NewMessage, PendingAppend, ResumePlan, SeqRange,
+    Store,
+};
+use crate::domain::model::{Chat, ChatView, Committed, Message, Receipt};
+use crate::{Error, Result};
+use async_trait::async_trait;
+use reads::Readers;
+use rusqlite::{Connection, ErrorCode};
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+use tokio::sync::{mpsc, oneshot};
+use writer::{Reply, WriteOp, Writer};
+
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../../migrations/sqlite/0001_core.sql"),
+    include_str!("../../../../migrations/sqlite/0002_realtime.sql"),
+];
+const WRITE_QUEUE: usize = 8192;
+const OUTBOX_QUEUE: usize = 8192;
+const READERS: usize = 4;
+
+const MESSAGE_COLUMNS: &str =
+    "message_id, chat_id, seq, sender_user_id, sender_device_id, client_msg_id, text, ciphertext, attributes, created_at";
+
+pub struct SqliteStore {
+    writes: mpsc::Sender<WriteOp>,
+    readers: Readers,
+    /// Tells the checkpoint thread to finish.
+    stopping: Arc<AtomicBool>,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating) `chat.db` in `data_dir`. Returns the store and the
+    /// outbox: committed events in commit order.
+    pub fn open(data_dir: &Path) -> Result<(Arc<Self>, mpsc::Receiver<Committed>)> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join("chat.db");
+        let mut conn = Connection::open(&path).map_err(db_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;
+             PRAGMA wal_autocheckpoint=0;",
+        )
+        .map_err(db_err)?;
+        migrate(&mut conn)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let checkpointer = Connection::open(&path).map_err(db_err)?;
+        let stop = stopping.clone();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_until(checkpointer, stop))
+            .map_err(|e| Error::internal(format!("cannot start the checkpoint thread: {e}")))?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = Connection::open(&path).map_err(db_err)?;
+            r.execute_batch("PRAGMA query_only=1; PRAGMA busy_timeout=5000;")
+                .map_err(db_err)?;
+            readers.push(r);
+        }
+        let (writes, rx) = mpsc::channel(WRITE_QUEUE);
+        let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
+        let writer = Writer::new(conn, outbox_tx);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::internal(format!("cannot start the writer thread: {e}")))?;
+        let store = SqliteStore {
+            writes,
+            readers: Readers::new(readers),
+            stopping,
+        };
+        Ok((Arc::new(store), outbox_rx))
+    }
+
+    /// Writes waiting for the writer thread.
+    pub fn write_queue_depth(&self) -> usize {
+        self.writes.max_capacity() - self.writes.capacity()
+    }
+
+    async fn write<T>(&self, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.writes.send(op(tx)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+/// Copies the WAL back into the database beside the writer, so that the writer's commits never
+/// pay for it (SQLite would otherwise checkpoint inside a commit every 1000 pages). PASSIVE
+/// never waits for the writer; a last TRUNCATE at shutdown leaves a small WAL behind.
+fn checkpoint_until(conn: Connection, stopping: Arc<AtomicBool>) {
+    while !stopping.load(Ordering::Acquire) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "wal checkpoint");
+        }
+    }
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
+fn stopped() -> Error {
+    Error::Unavailable("the store is shutting down".into())
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: usize = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if version > MIGRATIONS.len() {
+        return Err(Error::internal(format!(
+            "database schema version {version} is newer than this chatd ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(db_err)?;
+        tx.execute_batch(sql).map_err(db_err)?;
+        tx.pragma_update(None, "user_version", i + 1)
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// SQLite errors: a full disk, I/O or lock trouble means "try again later"; anything else is a
+/// bug worth an internal error. The detail goes to the log, not to the client.
+fn db_err(e: rusqlite::Error) -> Error {
+    let unavailable = matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::ReadOnly
+        )
+    );
+    tracing::error!(error = %e, "sqlite");
+    if unavailable {
+        Error::Unavailable("the store is unavailable".into())
+    } else {
+        Error::internal(e)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn submit_message(&self, message: NewMessage) -> Result<PendingAppend> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send(WriteOp::Append(message, tx))
+            .await
+            .map_err(|_| stopped())?;
+        Ok(Box::pin(async move { rx.await.map_err(|_| stopped())? }))
+    }
+
+    async fn create_chat(&self, chat: NewChat) -> Result<(Chat, bool)> {
+        self.write(|reply| WriteOp::CreateChat(chat, reply)).await
+    }
+
+    async fn add_members(
+        &self,
+        chat_id: &str,
+        user_ids: Vec<String>,
+        max_members: u32,
+        now: i64,
+    ) -> Result<Chat> {
+        let chat_id = chat_id.to_string();
+        self.write(|reply| WriteOp::AddMembers {
+            chat_id,
+            user_ids,
+            max_members,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn remove_member(&self, chat_id: &str, user_id: &str, now: i64) -> Result<Chat> {
+        let (chat_id, user_id) = (chat_id.to_string(), user_id.to_string());
+        self.write(|reply| WriteOp::RemoveMember {
+            chat_id,
+            user_id,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn chat(&self, chat_id: &str) -> Result<Option<Chat>> {
+        let chat_id = chat_id.to_string();
+        self.readers
+            .run(move |c| reads::load_chat(c, &chat_id))
+            .await
+    }
+
+    async fn membership(&self, chat_id: &str, user_id: &str) -> Result<Membership> {
+        let (chat_id, user_id) = (chat_id.to_string(), user_id.to_string());
+        self.readers
+            .run(move |c| reads::membership(c, &chat_id, &user_id))
+            .await
+    }
+
+    async fn chat_members(&self, chat_id: &str) -> Result<Vec<String>> {
+        let chat_id = chat_id.to_string();
+        self.readers
+            .run(move |c| reads::chat_members(c, &chat_id))
+            .await
+    }
+
+    async fn chat_view(&self, chat_id: &str, user_id: &str) -> Result<Option<ChatView>> {
+        let (chat_id, user_id) = (chat_id.to_string(), user_id.to_string());
+        self.readers
+            .run(move |c| reads::chat_view(c, &chat_id, &user_id))
+            .await
+    }
+
+    async fn list_chats(
+        &self,
+        user_id: &str,
+        after: Option<ActivityKey>,
+        limit: u32,
+    ) -> Result<Vec<ChatView>> {
+        let user_id = user_id.to_string();
+        self.readers
+            .run(move |c| reads::list_chats(c, &user_id, after, limit))
+            .await
+    }
+
+    async fn messages(&self, chat_id: &str, range: SeqRange, limit: u32) -> Result<Vec<Message>> {
+        let chat_id = chat_id.to_string();
+        self.readers
+            .run(move |c| reads::messages(c, &chat_id, range, limit))
+            .await
+    }
+
+    async fn register_device(&self, user_id: &str, device_id: &str, now: i64) -> Result<bool> {
+        let (user_id, device_id) = (user_id.to_string(), device_id.to_string());
+        self.write(|reply| WriteOp::RegisterDevice {
+            user_id,
+            device_id,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn resume_plan(&self, user_id: &str, device_id: &str) -> Result<ResumePlan> {
+        let (user_id, device_id) = (user_id.to_string(), device_id.to_string());
+        self.readers
+            .run(move |c| reads::resume_plan(c, &user_id, &device_id))
+            .await
+    }
+
+    async fn move_cursor(&self, m: CursorMove) -> Result<()> {
+        self.write(|reply| WriteOp::Cursor(m, reply)).await
+    }
+
+    async fn receipts(&self, chat_id: &str, min_seq: u64) -> Result<Vec<Receipt>> {
+        let chat_id = chat_id.to_string();
+        self.readers
+            .run(move |c| reads::receipts(c, &chat_id, min_seq))
+            .await
+    }
+
+    async fn purge_before(&self, before: i64, limit: u32) -> Result<u64> {
+        self.write(|reply| WriteOp::Purge {
+            before,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    async fn record_last_seen(&self, user_id: &str, at: i64) -> Result<()> {
+        let user_id = user_id.to_string();
+        self.writes
+            .send(WriteOp::LastSeen { user_id, at })
+            .await
+            .map_err(|_| stopped())
+    }
+
+    async fn last_seen(&self, user_ids: Vec<String>) -> Result<HashMap<String, i64>> {
+        self.readers
+            .run(move |c| reads::last_seen(c, user_ids))
+            .await
+    }
+
+    async fn contacts_among(&self, user_id: &str, candidates: Vec<String>) -> Result<Vec<String>> {
+        let user_id = user_id.to_string();
+        self.readers
+            .run(move |c| reads::contacts_among(c, &user_id, candidates))
+            .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.readers.run(reads::ping).await?;
+        if self.writes.is_closed() {
+            return Err(stopped());
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writes.send(WriteOp::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        self.stopping.store(true, Ordering::Release);
+    }
+}

@@ -1,0 +1,388 @@
+//! The read-only queries, run on a small pool of read-only connections that WAL lets read
+//! beside the writer. A few of them (membership, loading a chat, a message row) also serve the
+//! writes' checks inside the writer's transaction, so they take any connection.
+
+use super::{db_err, stopped, MESSAGE_COLUMNS};
+use crate::domain::model::{
+    Chat, ChatKind, ChatView, Content, Member, Message, Receipt, ReceiptKind, Role,
+};
+use crate::store::{Access, ActivityKey, Membership, ResumeChat, ResumePlan, SeqRange};
+use crate::{Error, Result};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::{BTreeMap, HashMap};
+use tokio::sync::Semaphore;
+
+fn kind_from(code: i64) -> ChatKind {
+    if code == 1 {
+        ChatKind::Direct
+    } else {
+        ChatKind::Group
+    }
+}
+
+fn role_from(code: i64) -> Role {
+    if code == 2 {
+        Role::Admin
+    } else {
+        Role::Member
+    }
+}
+
+pub(super) fn membership(c: &Connection, chat_id: &str, user_id: &str) -> Result<Membership> {
+    let row = c
+        .prepare_cached(
+            "SELECT c.kind, c.last_seq, m.role, m.joined_seq FROM chats c
+             LEFT JOIN members m ON m.chat_id = c.chat_id AND m.user_id = ?2 WHERE c.chat_id = ?1",
+        )
+        .map_err(db_err)?
+        .query_row(params![chat_id, user_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })
+        .optional()
+        .map_err(db_err)?;
+    Ok(match row {
+        None => Membership::NoSuchChat,
+        Some((_, _, None, _)) => Membership::NotMember,
+        Some((kind, last_seq, Some(role), joined_seq)) => Membership::Member(Access {
+            role: role_from(role),
+            kind: kind_from(kind),
+            joined_seq: joined_seq.unwrap_or(0) as u64,
+            last_seq: last_seq as u64,
+        }),
+    })
+}
+
+pub(super) fn load_chat(c: &Connection, chat_id: &str) -> Result<Option<Chat>> {
+    let row = c
+        .prepare_cached("SELECT kind, title, last_seq, created_at, last_activity_at FROM chats WHERE chat_id = ?1")
+        .map_err(db_err)?
+        .query_row([chat_id], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?))
+        })
+        .optional()
+        .map_err(db_err)?;
+    let Some((kind, title, last_seq, created_at, last_activity_at)) = row else {
+        return Ok(None);
+    };
+    let mut stmt = c
+        .prepare_cached("SELECT user_id, role, joined_at, joined_seq FROM members WHERE chat_id = ?1 ORDER BY joined_at, user_id")
+        .map_err(db_err)?;
+    let members = stmt
+        .query_map([chat_id], |r| {
+            Ok(Member {
+                user_id: r.get(0)?,
+                role: role_from(r.get(1)?),
+                joined_at: r.get(2)?,
+                joined_seq: r.get::<_, i64>(3)? as u64,
+            })
+        })
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db_err)?;
+    Ok(Some(Chat {
+        chat_id: chat_id.to_string(),
+        kind: kind_from(kind),
+        title,
+        members,
+        last_seq: last_seq as u64,
+        created_at,
+        last_activity_at,
+    }))
+}
+
+pub(super) fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    let attributes: Option<String> = r.get(8)?;
+    let attributes: BTreeMap<String, String> = match attributes {
+        Some(json) => serde_json::from_str(&json).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        None => BTreeMap::new(),
+    };
+    Ok(Message {
+        message_id: r.get(0)?,
+        chat_id: r.get(1)?,
+        seq: r.get::<_, i64>(2)? as u64,
+        sender_user_id: r.get(3)?,
+        sender_device_id: r.get(4)?,
+        client_msg_id: r.get(5)?,
+        content: Content {
+            text: r.get(6)?,
+            ciphertext: r.get::<_, Option<Vec<u8>>>(7)?.unwrap_or_default(),
+            attributes,
+        },
+        created_at: r.get(9)?,
+        wire: Default::default(),
+    })
+}
+
+pub(super) fn chat_view(c: &Connection, chat_id: &str, user_id: &str) -> Result<Option<ChatView>> {
+    let Some(chat) = load_chat(c, chat_id)? else {
+        return Ok(None);
+    };
+    let Some(member) = chat.member(user_id) else {
+        return Ok(None);
+    };
+    let joined_seq = member.joined_seq;
+    let read_seq: i64 = c
+        .prepare_cached("SELECT read_seq FROM members WHERE chat_id = ?1 AND user_id = ?2")
+        .map_err(db_err)?
+        .query_row(params![chat_id, user_id], |r| r.get(0))
+        .map_err(db_err)?;
+    let read_seq = (read_seq as u64).max(joined_seq);
+    let unread_count: i64 = c
+        .prepare_cached("SELECT COUNT(*) FROM messages WHERE chat_id = ?1 AND seq > ?2 AND sender_user_id != ?3")
+        .map_err(db_err)?
+        .query_row(params![chat_id, read_seq as i64, user_id], |r| r.get(0))
+        .map_err(db_err)?;
+    let last_message = if chat.last_seq > joined_seq {
+        c.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2"
+        ))
+        .map_err(db_err)?
+        .query_row(params![chat_id, chat.last_seq as i64], message_from_row)
+        .optional()
+        .map_err(db_err)?
+    } else {
+        None
+    };
+    Ok(Some(ChatView {
+        chat,
+        read_seq,
+        unread_count: unread_count as u64,
+        last_message,
+    }))
+}
+
+/// Who reached `min_seq` in a chat: each device's delivered and read cursor, and each member's
+/// read position (as a receipt with an empty device id). Only current members count.
+pub(super) fn receipts(c: &Connection, chat_id: &str, min_seq: u64) -> Result<Vec<Receipt>> {
+    let min = min_seq as i64;
+    let mut out = Vec::new();
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT d.user_id, d.device_id, d.delivered_seq, d.delivered_at, d.read_seq, d.read_at
+             FROM device_cursors d JOIN members m ON m.chat_id = d.chat_id AND m.user_id = d.user_id
+             WHERE d.chat_id = ?1 AND d.delivered_seq >= ?2 AND d.delivered_seq > m.joined_seq
+             ORDER BY d.user_id, d.device_id",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map(params![chat_id, min], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })
+        .map_err(db_err)?;
+    for row in rows {
+        let (user_id, device_id, delivered, delivered_at, read, read_at) = row.map_err(db_err)?;
+        let receipt = |kind, seq: i64, at| Receipt {
+            chat_id: chat_id.to_string(),
+            user_id: user_id.clone(),
+            device_id: device_id.clone(),
+            kind,
+            seq: seq as u64,
+            at,
+        };
+        out.push(receipt(ReceiptKind::Delivered, delivered, delivered_at));
+        if read >= min {
+            out.push(receipt(ReceiptKind::Read, read, read_at));
+        }
+    }
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT user_id, read_seq, read_at FROM members
+             WHERE chat_id = ?1 AND read_seq >= ?2 AND read_seq > joined_seq ORDER BY user_id",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map(params![chat_id, min], |r| {
+            Ok(Receipt {
+                chat_id: chat_id.to_string(),
+                user_id: r.get(0)?,
+                device_id: String::new(),
+                kind: ReceiptKind::Read,
+                seq: r.get::<_, i64>(1)? as u64,
+                at: r.get(2)?,
+            })
+        })
+        .map_err(db_err)?;
+    for r in rows {
+        out.push(r.map_err(db_err)?);
+    }
+    Ok(out)
+}
+
+/// A few read-only connections; a read borrows one on the blocking pool.
+pub(super) struct Readers {
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+impl Readers {
+    pub(super) fn new(conns: Vec<Connection>) -> Readers {
+        Readers {
+            permits: Semaphore::new(conns.len()),
+            idle: Mutex::new(conns),
+        }
+    }
+
+    pub(super) async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let _permit = self.permits.acquire().await.map_err(|_| stopped())?;
+        let conn = self
+            .idle
+            .lock()
+            .pop()
+            .ok_or_else(|| Error::internal("reader pool empty"))?;
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let r = f(&conn);
+            (conn, r)
+        })
+        .await
+        .map_err(Error::internal)?;
+        self.idle.lock().push(conn);
+        result
+    }
+}
+
+pub(super) fn chat_members(c: &Connection, chat_id: &str) -> Result<Vec<String>> {
+    let mut stmt = c
+        .prepare_cached("SELECT user_id FROM members WHERE chat_id = ?1")
+        .map_err(db_err)?;
+    let rows = stmt.query_map([chat_id], |r| r.get(0)).map_err(db_err)?;
+    rows.collect::<rusqlite::Result<Vec<String>>>()
+        .map_err(db_err)
+}
+
+pub(super) fn list_chats(
+    c: &Connection,
+    user_id: &str,
+    after: Option<ActivityKey>,
+    limit: u32,
+) -> Result<Vec<ChatView>> {
+    let (at, id) = after
+        .map(|k| (k.last_activity_at, k.chat_id))
+        .unwrap_or((i64::MAX, String::new()));
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT c.chat_id FROM members m JOIN chats c ON c.chat_id = m.chat_id
+                         WHERE m.user_id = ?1 AND (c.last_activity_at < ?2 OR (c.last_activity_at = ?2 AND (?3 = '' OR c.chat_id < ?3)))
+                         ORDER BY c.last_activity_at DESC, c.chat_id DESC LIMIT ?4",
+        )
+        .map_err(db_err)?;
+    let ids = stmt
+        .query_map(params![user_id, at, id, limit], |r| r.get::<_, String>(0))
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db_err)?;
+    let mut views = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(v) = chat_view(c, &id, user_id)? {
+            views.push(v);
+        }
+    }
+    Ok(views)
+}
+
+pub(super) fn messages(
+    c: &Connection,
+    chat_id: &str,
+    range: SeqRange,
+    limit: u32,
+) -> Result<Vec<Message>> {
+    let order = if range.newest_first { "DESC" } else { "ASC" };
+    let mut stmt = c
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq {order} LIMIT ?4"
+        ))
+        .map_err(db_err)?;
+    let before = range.before.min(i64::MAX as u64) as i64;
+    let rows = stmt
+        .query_map(
+            params![chat_id, range.after as i64, before, limit],
+            message_from_row,
+        )
+        .map_err(db_err)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+}
+
+pub(super) fn resume_plan(c: &Connection, user_id: &str, device_id: &str) -> Result<ResumePlan> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT m.chat_id, m.joined_seq, COALESCE(d.delivered_seq, 0), c.last_seq
+                         FROM members m JOIN chats c ON c.chat_id = m.chat_id
+                         LEFT JOIN device_cursors d ON d.user_id = m.user_id AND d.device_id = ?2 AND d.chat_id = m.chat_id
+                         WHERE m.user_id = ?1 ORDER BY m.chat_id",
+        )
+        .map_err(db_err)?;
+    let chats = stmt
+        .query_map(params![user_id, device_id], |r| {
+            Ok(ResumeChat {
+                chat_id: r.get(0)?,
+                joined_seq: r.get::<_, i64>(1)? as u64,
+                delivered_seq: r.get::<_, i64>(2)? as u64,
+                last_seq: r.get::<_, i64>(3)? as u64,
+            })
+        })
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db_err)?;
+    Ok(ResumePlan { chats })
+}
+
+pub(super) fn last_seen(c: &Connection, user_ids: Vec<String>) -> Result<HashMap<String, i64>> {
+    let mut stmt = c
+        .prepare_cached("SELECT at FROM last_seen WHERE user_id = ?1")
+        .map_err(db_err)?;
+    let mut out = HashMap::new();
+    for u in user_ids {
+        if let Some(at) = stmt
+            .query_row([&u], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?
+        {
+            out.insert(u, at);
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn contacts_among(
+    c: &Connection,
+    user_id: &str,
+    candidates: Vec<String>,
+) -> Result<Vec<String>> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM members a JOIN members b ON b.chat_id = a.chat_id
+                         WHERE a.user_id = ?1 AND b.user_id = ?2)",
+        )
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for u in candidates {
+        if stmt
+            .query_row(params![user_id, u], |r| r.get::<_, bool>(0))
+            .map_err(db_err)?
+        {
+            out.push(u);
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn ping(c: &Connection) -> Result<()> {
+    c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err)
+}

@@ -1,0 +1,275 @@
+//! The writer thread: every write of the store, in submission order, folded into one
+//! transaction per batch (group commit), so a hundred concurrent sends cost one fsync, not a
+//! hundred. It drains whatever is queued (up to [`MAX_BATCH`]) and runs each write of
+//! [`writes`](super::writes) in turn with no savepoint of its own; a refusal is that write's
+//! answer, but any other failure rolls the whole batch back and every write in it is answered
+//! UNAVAILABLE. After the commit it hands the batch's events, tagged with the commit id, to the
+//! outbox channel in commit order, and only then answers the callers, so nobody hears of a
+//! write the fan-out could miss.
+
+use super::{db_err, writes};
+use crate::domain::model::{Chat, Committed, Event};
+use crate::store::{Appended, CursorMove, NewChat, NewMessage};
+use crate::{Error, Result};
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most writes folded into one transaction; bounds the latency a batch adds to its last write.
+const MAX_BATCH: usize = 512;
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
+
+pub(super) enum WriteOp {
+    Append(NewMessage, Reply<Appended>),
+    CreateChat(NewChat, Reply<(Chat, bool)>),
+    AddMembers {
+        chat_id: String,
+        user_ids: Vec<String>,
+        max_members: u32,
+        now: i64,
+        reply: Reply<Chat>,
+    },
+    RemoveMember {
+        chat_id: String,
+        user_id: String,
+        now: i64,
+        reply: Reply<Chat>,
+    },
+    RegisterDevice {
+        user_id: String,
+        device_id: String,
+        now: i64,
+        reply: Reply<bool>,
+    },
+    Cursor(CursorMove, Reply<()>),
+    Purge {
+        before: i64,
+        limit: u32,
+        reply: Reply<u64>,
+    },
+    LastSeen {
+        user_id: String,
+        at: i64,
+    },
+    Shutdown(oneshot::Sender<()>),
+}
+
+pub(super) struct Writer {
+    conn: Connection,
+    outbox: mpsc::Sender<Committed>,
+    commit_id: u64,
+}
+
+impl Writer {
+    pub(super) fn new(conn: Connection, outbox: mpsc::Sender<Committed>) -> Writer {
+        Writer {
+            conn,
+            outbox,
+            commit_id: 0,
+        }
+    }
+}
+
+/// A write's answer, held until its batch commits (or fails as a whole).
+type Pending = Box<dyn FnOnce(Option<&Error>) + Send>;
+
+fn pending<T: Send + 'static>(reply: Reply<T>, result: Result<T>) -> Pending {
+    Box::new(move |batch_failed| {
+        let _ = reply.send(match batch_failed {
+            Some(e) => Err(e.clone()),
+            None => result,
+        });
+    })
+}
+
+impl Writer {
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<WriteOp>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(op) = rx.blocking_recv() {
+            batch.push(op);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let shutdown = self.commit_batch(&mut batch);
+            if let Some(done) = shutdown {
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    /// Runs one batch in one transaction. Returns the shutdown signal if the batch held one.
+    fn commit_batch(&mut self, batch: &mut Vec<WriteOp>) -> Option<oneshot::Sender<()>> {
+        crate::metrics::METRICS
+            .commit_batch
+            .observe(batch.len() as f64);
+        let mut answers: Vec<Pending> = Vec::with_capacity(batch.len());
+        let mut events: Vec<Event> = Vec::new();
+        let mut shutdown = None;
+        let tx = match self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+        {
+            Ok(tx) => tx,
+            Err(e) => {
+                let err = db_err(e);
+                for op in batch.drain(..) {
+                    fail(op, &err);
+                }
+                return None;
+            }
+        };
+        let mut broken = None;
+        for op in batch.drain(..) {
+            let mark = events.len();
+            let (answer, ok) = apply(&tx, op, &mut events, &mut shutdown, &mut broken);
+            if !ok {
+                events.truncate(mark);
+            }
+            if let Some(answer) = answer {
+                answers.push(answer);
+            }
+        }
+        if let Some(err) = broken {
+            // A write failed midway: nothing of this batch may stay, and nobody gets an ack.
+            let _ = tx.rollback();
+            let err = Error::Unavailable(format!("the store could not commit: {err}"));
+            for answer in answers {
+                answer(Some(&err));
+            }
+            return shutdown;
+        }
+        self.commit_id += 1;
+        match tx.commit() {
+            Ok(()) => {
+                for event in events {
+                    if self
+                        .outbox
+                        .blocking_send(Committed {
+                            commit_id: self.commit_id,
+                            event,
+                        })
+                        .is_err()
+                    {
+                        break; // no fan-out running (shutting down); the store still holds it all
+                    }
+                }
+                for answer in answers {
+                    answer(None);
+                }
+            }
+            Err(e) => {
+                let err = db_err(e);
+                for answer in answers {
+                    answer(Some(&err));
+                }
+            }
+        }
+        shutdown
+    }
+}
+
+fn fail(op: WriteOp, err: &Error) {
+    fn reject<T>(reply: Reply<T>, err: &Error) {
+        let _ = reply.send(Err(err.clone()));
+    }
+    match op {
+        WriteOp::Append(_, r) => reject(r, err),
+        WriteOp::CreateChat(_, r) => reject(r, err),
+        WriteOp::AddMembers { reply, .. } | WriteOp::RemoveMember { reply, .. } => {
+            reject(reply, err)
+        }
+        WriteOp::RegisterDevice { reply, .. } => reject(reply, err),
+        WriteOp::Cursor(_, reply) => reject(reply, err),
+        WriteOp::Purge { reply, .. } => reject(reply, err),
+        WriteOp::LastSeen { .. } => {}
+        WriteOp::Shutdown(done) => {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Applies one write. Returns its pending answer and whether it
+/// changed anything (its events are dropped if not).
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    op: WriteOp,
+    events: &mut Vec<Event>,
+    shutdown: &mut Option<oneshot::Sender<()>>,
+    broken: &mut Option<Error>,
+) -> (Option<Pending>, bool) {
+    // No savepoint per write (they cost a sub-journal of every page touched): each write makes
+    // all its checks before its first change, so a refusal has changed nothing, and any other
+    // failure marks the whole batch broken, to be rolled back.
+    macro_rules! run {
+        ($reply:expr, $body:expr) => {{
+            let result = ($body)(&**tx);
+            if let Err(e @ (Error::Internal(_) | Error::Unavailable(_))) = &result {
+                broken.get_or_insert_with(|| e.clone());
+            }
+            let ok = result.is_ok();
+            (Some(pending($reply, result)), ok)
+        }};
+    }
+    match op {
+        WriteOp::Append(m, reply) => run!(reply, |c| writes::append(c, m, events)),
+        WriteOp::CreateChat(chat, reply) => run!(reply, |c| writes::create_chat(c, chat, events)),
+        WriteOp::AddMembers {
+            chat_id,
+            user_ids,
+            max_members,
+            now,
+            reply,
+        } => {
+            run!(reply, |c| writes::add_members(
+                c,
+                &chat_id,
+                user_ids,
+                max_members,
+                now,
+                events
+            ))
+        }
+        WriteOp::RemoveMember {
+            chat_id,
+            user_id,
+            now,
+            reply,
+        } => {
+            run!(reply, |c| writes::remove_member(
+                c, &chat_id, &user_id, now, events
+            ))
+        }
+        WriteOp::RegisterDevice {
+            user_id,
+            device_id,
+            now,
+            reply,
+        } => {
+            run!(reply, |c| writes::register_device(
+                c, &user_id, &device_id, now
+            ))
+        }
+        WriteOp::Cursor(m, reply) => run!(reply, |c| writes::move_cursor(c, m, events)),
+        WriteOp::Purge {
+            before,
+            limit,
+            reply,
+        } => run!(reply, |c| writes::purge(c, before, limit)),
+        WriteOp::LastSeen { user_id, at } => {
+            let result = writes::set_last_seen(tx, &user_id, at);
+            if let Err(e) = &result {
+                tracing::warn!(user_id, error = %e, "cannot record last seen");
+                broken.get_or_insert_with(|| e.clone());
+            }
+            (None, result.is_ok())
+        }
+        WriteOp::Shutdown(done) => {
+            *shutdown = Some(done);
+            (None, true)
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The write operations the writer thread runs inside a batch, one after the other in one
+//! transaction. Each makes all its checks (membership, idempotency key, limits) before its first
+//! change, so a refusal has changed nothing and its neighbours in the batch commit; any other
+//! error leaves the transaction half-written and the writer rolls the whole batch back. Each
+//! pushes the events others must hear of, which the writer hands to the outbox after the commit.
+
+use super::reads::{load_chat, membership, message_from_row};
+use super::{db_err, MESSAGE_COLUMNS};
+use crate::domain::model::{
+    Chat, ChatChange, ChatChangeKind, ChatKind, Event, Message, Receipt, ReceiptKind, Role,
+};
+use crate::store::{Appended, CursorMove, NewChat, NewMessage};
+use crate::{domain::ids, Error, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::sync::Arc;
+
+pub(super) fn append(c: &Connection, m: NewMessage, events: &mut Vec<Event>) -> Result<Appended> {
+    let last_seq = membership(c, &m.chat_id, &m.sender_user_id)?
+        .require(&m.chat_id)?
+        .last_seq;
+    let existing = c
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_user_id = ?1 AND client_msg_id = ?2"
+        ))
+        .map_err(db_err)?
+        .query_row(params![m.sender_user_id, m.client_msg_id], message_from_row)
+        .optional()
+        .map_err(db_err)?;
+    if let Some(original) = existing {
+        if original.chat_id != m.chat_id {
+            return Err(Error::invalid(
+                "client_msg_id",
+                "was already used for a message in another chat",
+            ));
+        }
+        return Ok(Appended {
+            message: Arc::new(original),
+            duplicate: true,
+        });
+    }
+    let seq = last_seq + 1;
+    c.prepare_cached("UPDATE chats SET last_seq = ?1, last_activity_at = ?2 WHERE chat_id = ?3")
+        .map_err(db_err)?
+        .execute(params![seq as i64, m.created_at, m.chat_id])
+        .map_err(db_err)?;
+    let message = Message {
+        message_id: ids::new_id(),
+        chat_id: m.chat_id,
+        seq,
+        sender_user_id: m.sender_user_id,
+        sender_device_id: m.sender_device_id,
+        client_msg_id: m.client_msg_id,
+        content: m.content,
+        created_at: m.created_at,
+        wire: Default::default(),
+    };
+    let attributes = if message.content.attributes.is_empty() {
+        None
+    } else {
+        Some(serde_json::to_string(&message.content.attributes).map_err(Error::internal)?)
+    };
+    let ciphertext =
+        (!message.content.ciphertext.is_empty()).then_some(&message.content.ciphertext);
+    c.prepare_cached(&format!(
+        "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    ))
+    .map_err(db_err)?
+    .execute(params![
+        message.message_id,
+        message.chat_id,
+        seq as i64,
+        message.sender_user_id,
+        message.sender_device_id,
+        message.client_msg_id,
+        message.content.text,
+        ciphertext,
+        attributes,
+        message.created_at,
+    ])
+    .map_err(db_err)?;
+    let message = Arc::new(message);
+    events.push(Event::Message(message.clone()));
+    Ok(Appended {
+        message,
+        duplicate: false,
+    })
+}
+
+pub(super) fn create_chat(
+    c: &Connection,
+    chat: NewChat,
+    events: &mut Vec<Event>,
+) -> Result<(Chat, bool)> {
+    if let Some(key) = &chat.direct_key {
+        let existing: Option<String> = c
+            .prepare_cached("SELECT chat_id FROM chats WHERE direct_key = ?1")
+            .map_err(db_err)?
+            .query_row([key], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?;
+        if let Some(id) = existing {
+            let chat = load_chat(c, &id)?.ok_or_else(|| Error::internal("direct chat vanished"))?;
+            return Ok((chat, false));
+        }
+    }
+    let chat_id = ids::new_id();
+    c.prepare_cached(
+        "INSERT INTO chats (chat_id, kind, title, direct_key, last_seq, created_at, last_activity_at) VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5)",
+    )
+    .map_err(db_err)?
+    .execute(params![chat_id, kind_code(chat.kind), chat.title, chat.direct_key, chat.created_at])
+    .map_err(db_err)?;
+    for (user_id, role) in &chat.members {
+        insert_member(c, &chat_id, user_id, *role, chat.created_at, 0)?;
+    }
+    let loaded = load_chat(c, &chat_id)?.ok_or_else(|| Error::internal("new chat vanished"))?;
+    events.push(Event::Chat(Arc::new(ChatChange {
+        kind: ChatChangeKind::Created,
+        user_ids: chat.members.into_iter().map(|(u, _)| u).collect(),
+        chat: loaded.clone(),
+    })));
+    Ok((loaded, true))
+}
+
+fn insert_member(
+    c: &Connection,
+    chat_id: &str,
+    user_id: &str,
+    role: Role,
+    now: i64,
+    joined_seq: u64,
+) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO members (chat_id, user_id, role, joined_at, joined_seq, read_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+    )
+    .map_err(db_err)?
+    .execute(params![chat_id, user_id, role_code(role), now, joined_seq as i64])
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub(super) fn add_members(
+    c: &Connection,
+    chat_id: &str,
+    user_ids: Vec<String>,
+    max_members: u32,
+    now: i64,
+    events: &mut Vec<Event>,
+) -> Result<Chat> {
+    let chat = load_chat(c, chat_id)?.ok_or_else(|| Error::chat_not_found(chat_id))?;
+    if chat.kind == ChatKind::Direct {
+        return Err(Error::FailedPrecondition(
+            "members cannot be added to a direct chat".into(),
+        ));
+    }
+    let mut added: Vec<String> = Vec::new();
+    for u in user_ids {
+        if chat.member(&u).is_none() && !added.contains(&u) {
+            added.push(u);
+        }
+    }
+    if added.is_empty() {
+        return Ok(chat);
+    }
+    let total = chat.members.len() + added.len();
+    if total > max_members as usize {
+        return Err(Error::FailedPrecondition(format!(
+            "the group would have {total} members; the limit is {max_members}"
+        )));
+    }
+    for u in &added {
+        insert_member(c, chat_id, u, Role::Member, now, chat.last_seq)?;
+        // A re-added member's old device positions predate its new joined_seq.
+        c.prepare_cached("DELETE FROM device_cursors WHERE user_id = ?1 AND chat_id = ?2")
+            .map_err(db_err)?
+            .execute(params![u, chat_id])
+            .map_err(db_err)?;
+    }
+    touch(c, chat_id, now)?;
+    let chat = load_chat(c, chat_id)?.ok_or_else(|| Error::internal("chat vanished"))?;
+    events.push(Event::Chat(Arc::new(ChatChange {
+        kind: ChatChangeKind::MemberAdded,
+        chat: chat.clone(),
+        user_ids: added,
+    })));
+    Ok(chat)
+}
+
+pub(super) fn remove_member(
+    c: &Connection,
+    chat_id: &str,
+    user_id: &str,
+    now: i64,
+    events: &mut Vec<Event>,
+) -> Result<Chat> {
+    let removed = c
+        .prepare_cached("DELETE FROM members WHERE chat_id = ?1 AND user_id = ?2")
+        .map_err(db_err)?
+        .execute(params![chat_id, user_id])
+        .map_err(db_err)?;
+    if removed == 0 {
+        return Err(Error::NotFound(format!(
+            "{user_id} is not a member of chat {chat_id}"
+        )));
+    }
+    c.prepare_cached("DELETE FROM device_cursors WHERE user_id = ?1 AND chat_id = ?2")
+        .map_err(db_err)?
+        .execute(params![user_id, chat_id])
+        .map_err(db_err)?;
+    // A group is never left without an admin while it has members.
+    c.prepare_cached(
+        "UPDATE members SET role = 2 WHERE chat_id = ?1 AND user_id = (
+             SELECT user_id FROM members WHERE chat_id = ?1 ORDER BY joined_at, user_id LIMIT 1)
+         AND NOT EXISTS (SELECT 1 FROM members WHERE chat_id = ?1 AND role = 2)
+         AND (SELECT kind FROM chats WHERE chat_id = ?1) = 2",
+    )
+    .map_err(db_err)?
+    .execute([chat_id])
+    .map_err(db_err)?;
+    touch(c, chat_id, now)?;
+    let chat = load_chat(c, chat_id)?.ok_or_else(|| Error::internal("chat vanished"))?;
+    events.push(Event::Chat(Arc::new(ChatChange {
+        kind: ChatChangeKind::MemberRemoved,
+        chat: chat.clone(),
+        user_ids: vec![user_id.to_string()],
+    })));
+    Ok(chat)
+}
+
+fn touch(c: &Connection, chat_id: &str, now: i64) -> Result<()> {
+    c.prepare_cached(
+        "UPDATE chats SET last_activity_at = MAX(last_activity_at, ?2) WHERE chat_id = ?1",
+    )
+    .map_err(db_err)?
+    .execute(params![chat_id, now])
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub(super) fn register_device(
+    c: &Connection,
+    user_id: &str,
+    device_id: &str,
+    now: i64,
+) -> Result<bool> {
+    let inserted = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO devices (user_id, device_id, created_at) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(db_err)?
+        .execute(params![user_id, device_id, now])
+        .map_err(db_err)?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    // A new device starts at the present: older messages are history, not backlog.
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO device_cursors (user_id, device_id, chat_id, delivered_seq, delivered_at, read_seq, read_at)
+         SELECT ?1, ?2, m.chat_id, c.last_seq, ?3, m.read_seq, m.read_at
+         FROM members m JOIN chats c ON c.chat_id = m.chat_id WHERE m.user_id = ?1",
+    )
+    .map_err(db_err)?
+    .execute(params![user_id, device_id, now])
+    .map_err(db_err)?;
+    Ok(true)
+}
+
+/// Moves a delivered or read cursor forward and reports the receipts that changed. `seq`
+/// beyond the chat's last seq is an error, a `seq` at or below the cursor changes nothing.
+/// Reading implies having received: a read moves the device's delivered cursor up with it.
+pub(super) fn move_cursor(c: &Connection, m: CursorMove, events: &mut Vec<Event>) -> Result<()> {
+    let last_seq = membership(c, &m.chat_id, &m.user_id)?
+        .require(&m.chat_id)?
+        .last_seq;
+    if m.seq > last_seq {
+        return Err(Error::invalid(
+            "seq",
+            format!("{} is beyond the chat's last seq {last_seq}", m.seq),
+        ));
+    }
+    let (delivered, delivered_at, read, read_at): (i64, i64, i64, i64) = c
+        .prepare_cached(
+            "SELECT delivered_seq, delivered_at, read_seq, read_at FROM device_cursors
+             WHERE user_id = ?1 AND device_id = ?2 AND chat_id = ?3",
+        )
+        .map_err(db_err)?
+        .query_row(params![m.user_id, m.device_id, m.chat_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()
+        .map_err(db_err)?
+        .unwrap_or((0, 0, 0, 0));
+    let seq = m.seq as i64;
+    let moves_delivered = seq > delivered;
+    let moves_read = m.kind == ReceiptKind::Read && seq > read;
+    if !moves_delivered && !moves_read {
+        return Ok(());
+    }
+    c.prepare_cached(
+        "INSERT INTO device_cursors (user_id, device_id, chat_id, delivered_seq, delivered_at, read_seq, read_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (user_id, device_id, chat_id) DO UPDATE SET
+             delivered_seq = excluded.delivered_seq, delivered_at = excluded.delivered_at,
+             read_seq = excluded.read_seq, read_at = excluded.read_at",
+    )
+    .map_err(db_err)?
+    .execute(params![
+        m.user_id,
+        m.device_id,
+        m.chat_id,
+        delivered.max(seq),
+        if moves_delivered { m.at } else { delivered_at },
+        if moves_read { seq } else { read },
+        if moves_read { m.at } else { read_at },
+    ])
+    .map_err(db_err)?;
+    let receipt = |kind| {
+        Event::Receipt(Arc::new(Receipt {
+            chat_id: m.chat_id.clone(),
+            user_id: m.user_id.clone(),
+            device_id: m.device_id.clone(),
+            kind,
+            seq: m.seq,
+            at: m.at,
+        }))
+    };
+    if moves_delivered {
+        events.push(receipt(ReceiptKind::Delivered));
+    }
+    if moves_read {
+        c.prepare_cached(
+            "UPDATE members SET read_seq = ?3, read_at = ?4 WHERE chat_id = ?1 AND user_id = ?2 AND read_seq < ?3",
+        )
+        .map_err(db_err)?
+        .execute(params![m.chat_id, m.user_id, seq, m.at])
+        .map_err(db_err)?;
+        events.push(receipt(ReceiptKind::Read));
+    }
+    Ok(())
+}
+
+/// Deletes up to `limit` messages created before `before`; chats keep their `last_seq`.
+pub(super) fn purge(c: &Connection, before: i64, limit: u32) -> Result<u64> {
+    let n = c
+        .prepare_cached(
+            // `messages` has no rowid: its key is (chat_id, seq).
+            "DELETE FROM messages WHERE (chat_id, seq) IN
+                 (SELECT chat_id, seq FROM messages WHERE created_at < ?1 LIMIT ?2)",
+        )
+        .map_err(db_err)?
+        .execute(params![before, limit])
+        .map_err(db_err)?;
+    Ok(n as u64)
+}
+
+pub(super) fn set_last_seen(c: &Connection, user_id: &str, at: i64) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO last_seen (user_id, at) VALUES (?1, ?2)
+         ON CONFLICT (user_id) DO UPDATE SET at = MAX(at, excluded.at)",
+    )
+    .map_err(db_err)?
+    .execute(params![user_id, at])
+    .map_err(db_err)?;
+    Ok(())
+}
+
+// The codes the schema stores for kinds and roles (see migrations/sqlite/0001_core.sql).
+
+fn kind_code(kind: ChatKind) -> i64 {
+    match kind {
+        ChatKind::Direct => 1,
+        ChatKind::Group => 2,
+    }
+}
+
+fn role_code(role: Role) -> i64 {
+    match role {
+        Role::Member => 1,
+        Role::Admin => 2,
+    }
+}
