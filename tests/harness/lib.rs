@@ -62,24 +62,15 @@ pub const NO_RATE_LIMIT: &[(&str, &str)] = &[
     ("CHATD_RATE_LIMIT_BURST", "1000000"),
 ];
 
-/// For suites that only make sense on the full stack: true (after printing a notice) when this
-/// run is not `CHAT_TEST_BACKEND=full`, so the test returns early.
-pub fn skip_unless_full_stack(test: &str) -> bool {
-    if Backend::from_env() == Backend::FullStack {
-        return false;
-    }
-    eprintln!(
-        "SKIPPED {test}: needs the full stack (CHAT_TEST_BACKEND=full with scripts/services)"
+/// For suites that only make sense on the full stack (they are `#[ignore]`d, so a plain
+/// `cargo test` lists them as ignored): panics, saying how to run them, when this run is not
+/// `CHAT_TEST_BACKEND=full`, so a test asked for (`--ignored`) without its services fails
+/// rather than passes untested.
+pub fn require_full_stack(test: &str) {
+    assert!(
+        Backend::from_env() == Backend::FullStack,
+        "{test} needs the full stack: PostgreSQL, Redis and Kafka with CHAT_TEST_BACKEND=full \
+         (scripts/test runs it; by hand: `eval \"$(scripts/services up)\"` and \
+         CHAT_TEST_BACKEND=full cargo test ... -- --ignored)"
     );
-    true
-}
-
-/// For tests that exercise something only the embedded backend has (files in the data dir,
-/// SQLite): true (after printing why) when this run is on another backend.
-pub fn skip_unless_embedded(test: &str, reason: &str) -> bool {
-    if Backend::from_env() == Backend::Embedded {
-        return false;
-    }
-    eprintln!("SKIPPED {test} on this backend: {reason}");
-    true
 }

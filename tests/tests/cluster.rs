@@ -1,5 +1,6 @@
-//! Several nodes of one cluster on PostgreSQL, Redis and Kafka (full stack only: with
-//! `CHAT_TEST_BACKEND` other than `full` every test prints a skip notice and returns).
+//! Several nodes of one cluster on PostgreSQL, Redis and Kafka (full stack only: every test is
+//! `#[ignore]`d, `scripts/test` runs them with `CHAT_TEST_BACKEND=full -- --ignored`, and run
+//! on another backend they fail).
 //!
 //! Delivery to every device of a user and every member of a group wherever they are connected,
 //! in order and exactly once; presence, typing, receipts and membership changes across nodes;
@@ -18,9 +19,7 @@ use tokio::task::JoinHandle;
 
 macro_rules! full_stack_only {
     ($name:expr) => {
-        if skip_unless_full_stack($name) {
-            return;
-        }
+        require_full_stack($name)
     };
 }
 
@@ -116,6 +115,7 @@ async fn stream_send_many(s: &mut Session, chat: &str, prefix: &str, n: usize) -
 // ------------------------------------------------------------------------------ delivery
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full): scripts/test runs it"]
 async fn devices_of_one_user_on_different_nodes_get_every_message_once_in_order() {
     full_stack_only!("devices_of_one_user_on_different_nodes_get_every_message_once_in_order");
     let c = TestCluster::start_with(3, NO_RATE_LIMIT).await;
@@ -149,6 +149,7 @@ async fn devices_of_one_user_on_different_nodes_get_every_message_once_in_order(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full): scripts/test runs it"]
 async fn a_group_spread_over_every_node_gets_every_message() {
     full_stack_only!("a_group_spread_over_every_node_gets_every_message");
     let c = TestCluster::start_with(3, NO_RATE_LIMIT).await;
@@ -224,6 +225,7 @@ async fn a_group_spread_over_every_node_gets_every_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full): scripts/test runs it"]
 async fn the_same_client_msg_id_on_two_nodes_is_stored_once() {
     full_stack_only!("the_same_client_msg_id_on_two_nodes_is_stored_once");
     let c = TestCluster::start_with(2, NO_RATE_LIMIT).await;
@@ -275,6 +277,7 @@ async fn the_same_client_msg_id_on_two_nodes_is_stored_once() {
 // ------------------------------------------------------------------------------- realtime
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full): scripts/test runs it"]
 async fn presence_crosses_nodes() {
     full_stack_only!("presence_crosses_nodes");
     let c = TestCluster::start(3).await;
@@ -350,6 +353,7 @@ async fn presence_crosses_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full): scripts/test runs it"]
 async fn typing_crosses_nodes_and_ends_with_a_message() {
     full_stack_only!("typing_crosses_nodes_and_ends_with_a_message");
     let c = TestCluster::start(3).await;
@@ -422,6 +426,7 @@ async fn typing_crosses_nodes_and_ends_with_a_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full): scripts/test runs it"]
 async fn receipts_cross_nodes() {
     full_stack_only!("receipts_cross_nodes");
     let c = TestCluster::start(3).await;
@@ -484,6 +489,7 @@ async fn receipts_cross_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full): scripts/test runs it"]
 async fn membership_changes_cross_nodes() {
     full_stack_only!("membership_changes_cross_nodes");
     let c = TestCluster::start(3).await;
@@ -527,6 +533,7 @@ async fn membership_changes_cross_nodes() {
 // --------------------------------------------------------------------------------- resume
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full): scripts/test runs it"]
 async fn resume_and_retry_on_another_node() {
     full_stack_only!("resume_and_retry_on_another_node");
     let c = TestCluster::start(3).await;
@@ -591,6 +598,7 @@ async fn resume_and_retry_on_another_node() {
 // ------------------------------------------------------------------------------ operations
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full): scripts/test runs it"]
 async fn nodes_started_together_on_an_empty_database_all_come_up() {
     full_stack_only!("nodes_started_together_on_an_empty_database_all_come_up");
     // All three race to apply the schema and create the topics.
@@ -610,6 +618,7 @@ async fn nodes_started_together_on_an_empty_database_all_come_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full): scripts/test runs it"]
 async fn migrate_command_applies_the_schema_and_is_idempotent() {
     full_stack_only!("migrate_command_applies_the_schema_and_is_idempotent");
     let scratch = tempfile::tempdir().unwrap();
@@ -652,6 +661,7 @@ async fn migrate_command_applies_the_schema_and_is_idempotent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full): scripts/test runs it"]
 async fn a_gracefully_restarted_node_rejoins_the_cluster() {
     full_stack_only!("a_gracefully_restarted_node_rejoins_the_cluster");
     let mut c = TestCluster::start_with(3, NO_RATE_LIMIT).await;
@@ -721,6 +731,7 @@ async fn expect_refusal(env: &[(&str, &str)], names: &[&str], ctx: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full): scripts/test runs it"]
 async fn an_unreachable_service_stops_start_up_with_its_name() {
     full_stack_only!("an_unreachable_service_stops_start_up_with_its_name");
     let dead = closed_port();
@@ -748,6 +759,7 @@ async fn an_unreachable_service_stops_start_up_with_its_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full): scripts/test runs it"]
 async fn users_of_a_crashed_node_go_offline_for_the_others() {
     full_stack_only!("users_of_a_crashed_node_go_offline_for_the_others");
     // A dead node refreshes nothing: its sessions expire after the heartbeat timeout.

@@ -1,6 +1,7 @@
 //! Integration tests against a real PostgreSQL: `CHATD_TEST_DATABASE_URL` names a server where
 //! the tests may create databases (each test makes its own, and drops it when it passes).
-//! Without it they say so and pass, unless `CHAT_TEST_REQUIRE_SERVICES=1`.
+//! They are `#[ignore]`d, so a plain `cargo test` lists them as ignored; `scripts/test` runs them
+//! (`-- --ignored`) with its services, and run without that variable they fail.
 
 use super::*;
 use crate::bus::{wire, OutboxRecord, OutboxSink};
@@ -27,23 +28,15 @@ fn futures_are_send(store: Arc<PgStore>, pool: PgPool, relay: OutboxRelay) {
     send(relay.run(CancellationToken::new()));
 }
 
-fn admin_url() -> Option<String> {
+fn admin_url() -> String {
     match std::env::var("CHATD_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            if std::env::var("CHAT_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!(
-                    "CHAT_TEST_REQUIRE_SERVICES=1 but CHATD_TEST_DATABASE_URL is not set: start \
-                     PostgreSQL (`eval \"$(scripts/services up)\"`) and export \
-                     CHATD_TEST_DATABASE_URL=$CHATD_DATABASE_URL"
-                );
-            }
-            eprintln!(
-                "skipping a PostgreSQL test: set CHATD_TEST_DATABASE_URL to a server where tests \
-                 may create databases"
-            );
-            None
-        }
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "CHATD_TEST_DATABASE_URL is not set: this test needs PostgreSQL. Run `scripts/test`, or \
+             start it (`eval \"$(scripts/services up)\"`), export \
+             CHATD_TEST_DATABASE_URL=$CHATD_DATABASE_URL and run the ignored tests \
+             (`cargo test --workspace --lib -- --ignored --skip bench_`)"
+        ),
     }
 }
 
@@ -91,8 +84,8 @@ struct TestDb {
 }
 
 impl TestDb {
-    async fn new() -> Option<TestDb> {
-        let admin = admin_url()?;
+    async fn new() -> TestDb {
+        let admin = admin_url();
         let name = format!("chatd_test_{}", ids::new_id());
         let mut conn = PgConnection::connect(&admin)
             .await
@@ -103,7 +96,7 @@ impl TestDb {
             .expect("CREATE DATABASE");
         let _ = conn.close().await;
         let url = with_database(&admin, &name);
-        Some(TestDb { admin, name, url })
+        TestDb { admin, name, url }
     }
 
     fn options(&self, migrate: bool) -> PgOptions {
@@ -234,10 +227,9 @@ async fn wait_for(what: &str, within: Duration, mut done: impl AsyncFnMut() -> b
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
 async fn two_nodes_append_concurrently_with_gap_free_seqs() {
-    let Some(db) = TestDb::new().await else {
-        return;
-    };
+    let db = TestDb::new().await;
     // Both nodes start at once and migrate: the advisory lock lets one of them do it.
     let ((a, a_local), (b, b_local)) = tokio::join!(db.node(), db.node());
     let users: Vec<String> = (0..8).map(|i| format!("u{i}")).collect();
@@ -370,10 +362,9 @@ async fn two_nodes_append_concurrently_with_gap_free_seqs() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
 async fn idempotent_retries_within_a_batch_and_across_nodes() {
-    let Some(db) = TestDb::new().await else {
-        return;
-    };
+    let db = TestDb::new().await;
     let (a, _) = db.node().await;
     let (b, _) = db.node().await;
     let chat = group(&*a, "g", &["alice", "bob"]).await.chat_id;
@@ -487,10 +478,9 @@ async fn idempotent_retries_within_a_batch_and_across_nodes() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
 async fn refusals_do_not_spoil_their_batch() {
-    let Some(db) = TestDb::new().await else {
-        return;
-    };
+    let db = TestDb::new().await;
     let (a, _) = db.node().await;
     let chat = group(&*a, "g", &["alice", "bob"]).await.chat_id;
     let nowhere = "f".repeat(32);
@@ -574,10 +564,9 @@ async fn refusals_do_not_spoil_their_batch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
 async fn cursors_from_two_nodes_only_move_forward() {
-    let Some(db) = TestDb::new().await else {
-        return;
-    };
+    let db = TestDb::new().await;
     let (a, _) = db.node().await;
     let (b, _) = db.node().await;
     let chat = group(&*a, "g", &["alice", "bob"]).await.chat_id;
@@ -619,10 +608,9 @@ async fn cursors_from_two_nodes_only_move_forward() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
 async fn outbox_rows_are_relayed_in_order_and_deleted() {
-    let Some(db) = TestDb::new().await else {
-        return;
-    };
+    let db = TestDb::new().await;
     let (a, local) = db.node().await;
     let chat = group(&*a, "g", &["alice", "bob"]).await;
     a.add_members(&chat.chat_id, vec!["carol".into()], 10, 1_500)
@@ -737,10 +725,9 @@ async fn outbox_rows_are_relayed_in_order_and_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
 async fn only_the_lock_holder_relays_and_another_takes_over() {
-    let Some(db) = TestDb::new().await else {
-        return;
-    };
+    let db = TestDb::new().await;
     let (a, _) = db.node().await;
     let chat = group(&*a, "g", &["alice", "bob"]).await.chat_id;
     let pool = a.pool();
@@ -804,10 +791,9 @@ async fn only_the_lock_holder_relays_and_another_takes_over() {
 /// cursor that changed in between makes that statement fail as a serialization failure, and
 /// the batch runs again on what is there now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
 async fn the_last_statement_refuses_decisions_that_went_stale() {
-    let Some(db) = TestDb::new().await else {
-        return;
-    };
+    let db = TestDb::new().await;
     let (a, _) = db.node().await;
     let chat = group(&*a, "g", &["alice", "bob"]).await.chat_id;
     a.move_cursor(cursor(&chat, "bob", "phone", 0, ReceiptKind::Delivered))
@@ -901,10 +887,9 @@ async fn the_last_statement_refuses_decisions_that_went_stale() {
 /// The relay reads from a lower bound; a row whose transaction took its id early and commits
 /// late, after rows above it went out, still goes out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
 async fn a_row_that_commits_late_is_relayed_all_the_same() {
-    let Some(db) = TestDb::new().await else {
-        return;
-    };
+    let db = TestDb::new().await;
     let (a, _) = db.node().await;
     let chat = group(&*a, "g", &["alice", "bob"]).await.chat_id;
     let sink = Arc::new(RecordingSink::default());
@@ -1314,10 +1299,9 @@ async fn scenario(s: &dyn Store) -> Vec<String> {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
 async fn answers_like_sqlite() {
-    let Some(db) = TestDb::new().await else {
-        return;
-    };
+    let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let (sqlite, rx) = SqliteStore::open(dir.path()).unwrap();
     let _sqlite_commits = drain(rx);
@@ -1337,10 +1321,9 @@ async fn answers_like_sqlite() {
 // Migrations, the shared secret, failures
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
 async fn migrations_run_once_and_are_required() {
-    let Some(db) = TestDb::new().await else {
-        return;
-    };
+    let db = TestDb::new().await;
     let refused = PgStore::connect(&db.options(false))
         .await
         .err()
@@ -1374,10 +1357,9 @@ async fn migrations_run_once_and_are_required() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
 async fn unreachable_server_is_unavailable_without_the_password() {
-    let Some(admin) = admin_url() else {
-        return;
-    };
+    let admin = admin_url();
     // A port nobody listens on.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1456,10 +1438,9 @@ impl Proxy {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
 async fn a_lost_server_is_unavailable_and_the_writer_recovers() {
-    let Some(db) = TestDb::new().await else {
-        return;
-    };
+    let db = TestDb::new().await;
     PgStore::migrate(&db.url).await.unwrap();
     let options = parse_url(&db.url).unwrap();
     let proxy = Proxy::start((options.get_host().to_string(), options.get_port()), 0).await;
@@ -1538,10 +1519,9 @@ async fn a_lost_server_is_unavailable_and_the_writer_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
 async fn killed_connections_are_replaced_without_failing_calls() {
-    let Some(db) = TestDb::new().await else {
-        return;
-    };
+    let db = TestDb::new().await;
     let (a, _) = db.node().await;
     let chat = group(&*a, "g", &["alice", "bob"]).await.chat_id;
     let sink = Arc::new(RecordingSink::default());
@@ -1589,11 +1569,9 @@ async fn killed_connections_are_replaced_without_failing_calls() {
 
 /// `CHATD_TEST_DATABASE_URL=... cargo test -p chatd --release --lib store::postgres::tests::bench -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
+#[ignore = "benchmark, needs PostgreSQL: run by hand (-p chatd --lib -- --ignored bench_appends)"]
 async fn bench_appends() {
-    let Some(db) = TestDb::new().await else {
-        return;
-    };
+    let db = TestDb::new().await;
     let (a, _) = db.node().await;
     let senders = 200usize;
     let per_sender = 250usize;
@@ -1665,11 +1643,9 @@ async fn bench_appends() {
 /// a tracing filter, e.g. `chatd::store::postgres=debug` for each batch's timings.
 /// `CHATD_TEST_DATABASE_URL=... cargo test -p chatd --release --lib store::postgres::tests::bench_latency -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
+#[ignore = "benchmark, needs PostgreSQL: run by hand (-p chatd --lib -- --ignored bench_latency)"]
 async fn bench_latency() {
-    let Some(db) = TestDb::new().await else {
-        return;
-    };
+    let db = TestDb::new().await;
     let env = |k: &str, d: u64| -> u64 {
         std::env::var(k)
             .ok()
