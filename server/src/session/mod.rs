@@ -1,116 +1,43 @@
-//! One connected device: hello, resume, live events, heartbeats and its bounded queue.
-//!
-//! A session registers in the [`Directory`] and the registry *before* it reads its backlog, so
-//! nothing committed during the replay is missed; events that arrive meanwhile wait in its
-//! queue. Each session keeps the highest seq it has passed on per chat ([`SeqTracker`]): live
-//! messages at or below it are duplicates (of the replay, or of a re-delivery in a cluster) and
-//! are dropped; a live message past a gap makes the session read the gap from the store first.
-//! So every stream carries each chat's messages exactly once, in seq order, whatever the fan-out
-//! did. The session speaks in domain terms ([`Command`] in, [`Output`] out); the transport
-//! turns those into frames.
+//! One connected device, from its hello to its end: the hello, registration in the
+//! [`Directory`] and the registry, the replay of its backlog (`replay.rs`), `SyncComplete`, then
+//! the live loop — events from its queue, client frames, up to `MAX_SENDS_IN_FLIGHT` sends
+//! pipelined and answered in order, cursor moves committed in the background, heartbeats —
+//! until the client leaves, the queue overflows, a heartbeat is missed or the node shuts down.
+//! Registration comes before the replay so nothing committed meanwhile is missed (it waits in
+//! the queue). The session speaks in domain terms ([`Command`] in, [`Output`] out, see
+//! `protocol.rs`); the transport turns those into frames. Its presence (device up/down,
+//! watched users) is in `presence.rs`.
 
 pub mod directory;
+mod presence;
+mod protocol;
+mod replay;
 
 use crate::clock::now_ms;
 use crate::domain::{
-    ids,
-    messaging::{Messaging, SendRequest},
-    model::*,
-    presence::PresenceService,
-    typing::TypingService,
+    ids, messaging::Messaging, model::*, presence::PresenceService, typing::TypingService,
 };
 use crate::metrics::METRICS;
-use crate::registry::{SessionKey, Watcher};
-use crate::store::Appended;
-use crate::store::{Membership, SeqRange, Store};
+use crate::registry::SessionKey;
+use crate::store::{Appended, Store};
 use crate::Error;
 pub use directory::Directory;
 use futures_util::{stream::FuturesOrdered, Stream, StreamExt};
+use presence::OnlineGuard;
+use protocol::send_answer;
+pub use protocol::{Command, Hello, Outlet, Output};
+use replay::SeqTracker;
 use std::sync::atomic::Ordering::Relaxed;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 use std::{future::Future, pin::Pin};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Sends one session may have waiting for their commit; they share commits with each other.
 const MAX_SENDS_IN_FLIGHT: usize = 64;
-/// Messages read from the store per replay query.
-const REPLAY_PAGE: u32 = 512;
 /// Acks a session may have in flight before it stops reading its client.
 const ACKS_IN_FLIGHT: usize = 64;
-
-/// The opening frame of a session.
-#[derive(Debug, Clone, Default)]
-pub struct Hello {
-    pub device_id: String,
-    /// The device's own positions per chat; they override the stored cursors for this replay.
-    pub delivered_seq: HashMap<String, u64>,
-    pub client_version: String,
-}
-
-/// A client frame, decoded.
-#[derive(Debug, Clone)]
-pub enum Command {
-    Hello(Hello),
-    Send(SendRequest),
-    Ack {
-        chat_id: String,
-        seq: u64,
-    },
-    Read {
-        chat_id: String,
-        seq: u64,
-    },
-    /// `started` is `None` for an unspecified state.
-    Typing {
-        chat_id: String,
-        started: Option<bool>,
-    },
-    WatchPresence {
-        user_ids: Vec<String>,
-    },
-    Ping {
-        nonce: u64,
-    },
-    /// A frame with no oneof member set.
-    Empty,
-}
-
-/// What a session sends to its device.
-#[derive(Debug)]
-pub enum Output {
-    Welcome {
-        session_id: String,
-        node_id: String,
-        heartbeat_interval_ms: u32,
-        heartbeat_timeout_ms: u32,
-    },
-    Event(Event),
-    SendAck {
-        client_msg_id: String,
-        message: Arc<Message>,
-        duplicate: bool,
-    },
-    SendError {
-        client_msg_id: String,
-        error: Error,
-    },
-    FrameError {
-        frame: &'static str,
-        error: Error,
-        chat_id: String,
-    },
-    SyncComplete {
-        replayed: u64,
-    },
-    Pong {
-        nonce: u64,
-        server_time: i64,
-    },
-    /// The last output: the stream ends with this status after what is queued before it.
-    End(Error),
-}
 
 /// Session timing and limits.
 #[derive(Debug, Clone)]
@@ -134,13 +61,6 @@ pub struct Services {
     pub shutdown: CancellationToken,
 }
 
-/// The two ways a session's output reaches the transport: an ordered queue, and an abort
-/// signal that ends the stream at once, ahead of anything still queued.
-pub struct Outlet {
-    pub out: mpsc::Sender<Output>,
-    pub abort: oneshot::Sender<Error>,
-}
-
 /// Why a session stopped.
 enum Stop {
     /// The client went away; nothing more to say.
@@ -149,46 +69,6 @@ enum Stop {
     End(Error),
     /// End now (slow consumer, shutdown, heartbeat timeout).
     Abort(Error),
-}
-
-/// What a live message means for a stream that passed on messages up to `seen` in its chat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Next {
-    /// Pass it on.
-    Emit,
-    /// Already passed on (replayed, or delivered twice by the fan-out).
-    Duplicate,
-    /// Messages after `after` and before it are missing: read them first.
-    Gap { after: u64 },
-}
-
-/// Highest seq passed on per chat, for the chats this stream has seen messages of.
-#[derive(Debug, Default)]
-struct SeqTracker {
-    seen: HashMap<String, u64>,
-}
-
-impl SeqTracker {
-    fn classify(&self, chat_id: &str, seq: u64) -> Next {
-        match self.seen.get(chat_id) {
-            Some(&last) if seq <= last => Next::Duplicate,
-            Some(&last) if seq > last + 1 => Next::Gap { after: last },
-            _ => Next::Emit,
-        }
-    }
-
-    fn passed(&mut self, chat_id: &str, seq: u64) {
-        match self.seen.get_mut(chat_id) {
-            Some(last) => *last = (*last).max(seq),
-            None => {
-                self.seen.insert(chat_id.to_string(), seq);
-            }
-        }
-    }
-
-    fn get(&self, chat_id: &str) -> Option<u64> {
-        self.seen.get(chat_id).copied()
-    }
 }
 
 /// A send queued in the store, answered when its commit is durable.
@@ -355,74 +235,6 @@ impl Session {
         self.emit(Output::SyncComplete { replayed }).await
     }
 
-    /// Passes on every message above the device's position in each of its chats. The
-    /// position is the highest of: what this stream already passed on, what the client says it
-    /// has (`claimed`), and the stored delivered cursor. Returns how many messages went out.
-    async fn replay(&mut self, claimed: &HashMap<String, u64>) -> Result<u64, Stop> {
-        let plan = self
-            .svc
-            .store
-            .resume_plan(&self.user_id, &self.device_id)
-            .await
-            .map_err(Stop::Abort)?;
-        let mut replayed = 0u64;
-        for chat in plan.chats {
-            let cursor = match (self.seqs.get(&chat.chat_id), claimed.get(&chat.chat_id)) {
-                (Some(passed), _) => passed.max(chat.delivered_seq),
-                (None, Some(&claim)) => claim,
-                (None, None) => chat.delivered_seq,
-            };
-            let after = cursor.max(chat.joined_seq);
-            replayed += self
-                .pass_range(&chat.chat_id, after, chat.last_seq + 1)
-                .await?;
-            self.seqs.passed(&chat.chat_id, chat.last_seq);
-        }
-        Ok(replayed)
-    }
-
-    /// Passes on the messages of a chat strictly between `after` and `before`, from the store.
-    async fn pass_range(
-        &mut self,
-        chat_id: &str,
-        mut after: u64,
-        before: u64,
-    ) -> Result<u64, Stop> {
-        let mut passed = 0u64;
-        while after + 1 < before {
-            let range = SeqRange {
-                after,
-                before,
-                newest_first: false,
-            };
-            let page = self
-                .svc
-                .store
-                .messages(chat_id, range, REPLAY_PAGE)
-                .await
-                .map_err(Stop::Abort)?;
-            let Some(newest) = page.last().map(|m| m.seq) else {
-                break;
-            };
-            for m in page {
-                self.seqs.passed(chat_id, m.seq);
-                // The sending device had its SendAck (or gets it again on retry), as live.
-                if self.is_own(&m) {
-                    continue;
-                }
-                self.emit(Output::Event(Event::Message(Arc::new(m))))
-                    .await?;
-                passed += 1;
-            }
-            after = newest;
-        }
-        Ok(passed)
-    }
-
-    fn is_own(&self, m: &Message) -> bool {
-        m.sender_device_id == self.device_id && m.sender_user_id == self.user_id
-    }
-
     async fn live<S>(&mut self, mut inbound: Option<S>) -> Stop
     where
         S: Stream<Item = Result<Command, Error>> + Unpin + Send,
@@ -482,42 +294,6 @@ impl Session {
                 return;
             }
         }
-    }
-
-    async fn forward(&mut self, c: Committed) -> Result<(), Stop> {
-        let Event::Message(m) = &c.event else {
-            return self.emit(Output::Event(c.event)).await;
-        };
-        if self.seqs.get(&m.chat_id).is_none() {
-            // A chat this stream has no position in yet: the user joined it (or it was
-            // created) after the stream began. Start where they joined, so nothing from
-            // before that goes out, whatever members the fan-out had in mind when it handed
-            // this message over (a lagging fan-out that misses its member cache reads today's
-            // members).
-            let membership = self
-                .svc
-                .store
-                .membership(&m.chat_id, &self.user_id)
-                .await
-                .map_err(Stop::Abort)?;
-            match membership {
-                Membership::Member(access) => self.seqs.passed(&m.chat_id, access.joined_seq),
-                Membership::NotMember | Membership::NoSuchChat => return Ok(()),
-            }
-        }
-        match self.seqs.classify(&m.chat_id, m.seq) {
-            Next::Duplicate => return Ok(()),
-            Next::Gap { after } => {
-                METRICS.gaps_filled.fetch_add(1, Relaxed);
-                self.pass_range(&m.chat_id, after, m.seq).await?;
-            }
-            Next::Emit => {}
-        }
-        self.seqs.passed(&m.chat_id, m.seq);
-        if self.is_own(m) {
-            return Ok(());
-        }
-        self.emit(Output::Event(c.event)).await
     }
 
     async fn handle(&mut self, cmd: Command) -> Result<(), Stop> {
@@ -601,81 +377,6 @@ impl Session {
             }
         }
     }
-}
-
-/// A session's presence footprint: its device counts as online and its watches are
-/// registered until this is dropped, however the session ends.
-struct OnlineGuard {
-    presence: Arc<PresenceService>,
-    key: SessionKey,
-    /// The users this session watches (those it may see).
-    watched: Vec<String>,
-}
-
-impl OnlineGuard {
-    async fn new(presence: &Arc<PresenceService>, key: SessionKey) -> crate::Result<Self> {
-        presence.device_connected(&key).await?;
-        Ok(OnlineGuard {
-            presence: presence.clone(),
-            key,
-            watched: Vec::new(),
-        })
-    }
-}
-
-impl Drop for OnlineGuard {
-    fn drop(&mut self) {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        let watched = std::mem::take(&mut self.watched);
-        self.presence
-            .spawn_disconnected(self.key.clone(), watched, now_ms());
-    }
-}
-
-impl Session {
-    /// Replaces the watched set and sends the current presence of every user asked for.
-    async fn watch_presence(&mut self, user_ids: Vec<String>) -> Result<(), Stop> {
-        let watcher = Watcher {
-            queue: self.registration.queue.clone(),
-            overflow: self.registration.overflow.clone(),
-        };
-        let presence = self.svc.presence.clone();
-        let watched = presence
-            .watch(
-                &self.user_id,
-                self.registration.session_id,
-                &watcher,
-                &self.online.watched,
-                &user_ids,
-            )
-            .await;
-        let current = match watched {
-            Ok(watched) => {
-                self.online.watched = watched;
-                presence.get(&self.user_id, &user_ids).await
-            }
-            Err(e) => Err(e),
-        };
-        match current {
-            Ok(list) => {
-                for p in list {
-                    self.emit(Output::Event(Event::Presence(Arc::new(p))))
-                        .await?;
-                }
-                Ok(())
-            }
-            Err(error) => {
-                let frame = Output::FrameError {
-                    frame: "watch_presence",
-                    error,
-                    chat_id: String::new(),
-                };
-                self.emit(frame).await
-            }
-        }
-    }
 
     /// Cursor moves don't answer on success, so they need not hold up the session: up to
     /// ACKS_IN_FLIGHT commit in the background, then the session waits. A failure comes back
@@ -717,20 +418,6 @@ impl Session {
     }
 }
 
-fn send_answer(client_msg_id: String, result: crate::Result<Appended>) -> Output {
-    match result {
-        Ok(a) => Output::SendAck {
-            client_msg_id,
-            message: a.message,
-            duplicate: a.duplicate,
-        },
-        Err(error) => Output::SendError {
-            client_msg_id,
-            error,
-        },
-    }
-}
-
 async fn next_frame<S>(inbound: &mut Option<S>) -> Option<Result<Command, Error>>
 where
     S: Stream<Item = Result<Command, Error>> + Unpin,
@@ -753,23 +440,4 @@ fn shutting_down() -> Stop {
     Stop::End(Error::Unavailable(
         "the server is shutting down; reconnect to resume".into(),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seq_tracker_drops_duplicates_and_spots_gaps() {
-        let mut t = SeqTracker::default();
-        assert_eq!(t.classify("c1", 7), Next::Emit, "first message of a chat");
-        t.passed("c1", 7);
-        assert_eq!(t.classify("c1", 7), Next::Duplicate);
-        assert_eq!(t.classify("c1", 3), Next::Duplicate);
-        assert_eq!(t.classify("c1", 8), Next::Emit);
-        assert_eq!(t.classify("c1", 10), Next::Gap { after: 7 });
-        assert_eq!(t.classify("c2", 10), Next::Emit, "chats are independent");
-        t.passed("c1", 5);
-        assert_eq!(t.get("c1"), Some(7), "never moves back");
-    }
 }
