@@ -1,8 +1,13 @@
 //! The node's configuration: defaults < TOML file < `CHATD_*` environment < command-line flags.
-//! Every layer is parsed strictly, and a bad value stops start-up with a message that names the
-//! key, variable or flag it came from.
+//!
+//! Each setting is declared once, as a field of [`Overrides`]: the field name is its TOML key,
+//! its flag is `--` and the name with dashes, its environment variable `CHATD_` and the name in
+//! capitals, and its doc comment is its `--help` text. [`Config`] holds the checked values and
+//! their defaults; [`Overrides::apply`] has the one check of each setting, used for every layer.
+//! A bad value stops start-up with a message that names the key, variable or flag it came from.
 
-use serde::Deserialize;
+use clap::parser::ValueSource;
+use serde::{Deserialize, Deserializer};
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -91,72 +96,217 @@ impl Default for Config {
     }
 }
 
-/// One layer of settings; `None` leaves the lower layer's value in place.
-#[derive(Debug, Default, Clone, clap::Args)]
+/// A setting as written, before its check. TOML numbers and booleans are taken as their text, so
+/// that every layer goes through the same check and an error quotes the value as given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Text(pub String);
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Self {
+        Text(s.to_string())
+    }
+}
+
+/// How clap reads a flag or variable.
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Text(match toml::Value::deserialize(d)? {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => format!("{other:?}"),
+        }))
+    }
+}
+
+/// The settings, one layer of them: the TOML file, the environment or the flags. `None` leaves
+/// the lower layer's value in place. The help text gives defaults; [`Config::default`] has them.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Overrides {
-    /// Address to listen on [env: CHATD_LISTEN] [default: 127.0.0.1:50051]
-    #[arg(long)]
-    pub listen: Option<String>,
-    /// Data directory of the embedded store [env: CHATD_DATA_DIR] [default: ./chatd-data]
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// HS256 JWT secret [env: CHATD_JWT_SECRET] [default: generated in the data dir]
-    #[arg(long)]
-    pub jwt_secret: Option<String>,
-    /// Maximum members of a group [env: CHATD_MAX_GROUP_SIZE] [default: 1000]
-    #[arg(long)]
-    pub max_group_size: Option<String>,
-    /// Maximum content bytes of a message [env: CHATD_MAX_MESSAGE_BYTES] [default: 16384]
-    #[arg(long)]
-    pub max_message_bytes: Option<String>,
-    /// Sends per second per user per device [env: CHATD_RATE_LIMIT_PER_SEC] [default: 50]
-    #[arg(long)]
-    pub rate_limit_per_sec: Option<String>,
-    /// Burst of sends per user per device [env: CHATD_RATE_LIMIT_BURST] [default: the rate]
-    #[arg(long)]
-    pub rate_limit_burst: Option<String>,
-    /// Client ping interval in ms [env: CHATD_HEARTBEAT_INTERVAL_MS] [default: 30000]
-    #[arg(long)]
-    pub heartbeat_interval_ms: Option<String>,
-    /// Silence after which a session is closed, in ms [env: CHATD_HEARTBEAT_TIMEOUT_MS] [default: 90000]
-    #[arg(long)]
-    pub heartbeat_timeout_ms: Option<String>,
-    /// Outgoing event queue per session [env: CHATD_SESSION_QUEUE] [default: 1024]
-    #[arg(long)]
-    pub session_queue: Option<String>,
-    /// Largest chat whose receipts are pushed live to other members [env: CHATD_LIVE_RECEIPTS_MAX_MEMBERS] [default: 100]
-    #[arg(long)]
-    pub live_receipts_max_members: Option<String>,
-    /// Days messages are kept; fractions allowed [env: CHATD_RETENTION_DAYS] [default: 30]
-    #[arg(long)]
-    pub retention_days: Option<String>,
-    /// Interval of the retention purge in ms [env: CHATD_RETENTION_INTERVAL_MS] [default: 60000]
-    #[arg(long)]
-    pub retention_interval_ms: Option<String>,
-    /// PostgreSQL URL, postgres://… [env: CHATD_DATABASE_URL] [default: embedded SQLite]
-    #[arg(long)]
-    pub database_url: Option<String>,
-    /// Redis URL, redis://… [env: CHATD_REDIS_URL] [default: in-process registry]
-    #[arg(long)]
-    pub redis_url: Option<String>,
-    /// Kafka bootstrap brokers, host:port,… [env: CHATD_KAFKA_BROKERS] [default: in-process bus]
-    #[arg(long)]
-    pub kafka_brokers: Option<String>,
-    /// Node id in the cluster [env: CHATD_NODE_ID] [default: generated]
-    #[arg(long)]
-    pub node_id: Option<String>,
-    /// `auto` applies PostgreSQL migrations at start [env: CHATD_MIGRATE] [default: off]
-    #[arg(long)]
-    pub migrate: Option<String>,
-    /// Prefix of Redis keys/channels and Kafka topics/groups [env: CHATD_NAMESPACE] [default: none]
-    #[arg(long)]
-    pub namespace: Option<String>,
-    /// Partitions of Kafka topics created by the node [env: CHATD_KAFKA_PARTITIONS] [default: 8]
-    #[arg(long)]
-    pub kafka_partitions: Option<String>,
-    /// Most PostgreSQL connections per node [env: CHATD_DATABASE_POOL] [default: 16]
-    #[arg(long)]
-    pub database_pool: Option<String>,
+    /// Address to listen on [default: 127.0.0.1:50051]
+    #[arg(long, env = "CHATD_LISTEN")]
+    pub listen: Option<Text>,
+    /// Data directory of the embedded store [default: ./chatd-data]
+    #[arg(long, env = "CHATD_DATA_DIR")]
+    pub data_dir: Option<Text>,
+    /// HS256 JWT secret, at least 16 bytes [default: generated in the data dir]
+    #[arg(long, env = "CHATD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Text>,
+    /// Maximum members of a group [default: 1000]
+    #[arg(long, env = "CHATD_MAX_GROUP_SIZE")]
+    pub max_group_size: Option<Text>,
+    /// Maximum content bytes of a message [default: 16384]
+    #[arg(long, env = "CHATD_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<Text>,
+    /// Sends per second per user per device [default: 50]
+    #[arg(long, env = "CHATD_RATE_LIMIT_PER_SEC")]
+    pub rate_limit_per_sec: Option<Text>,
+    /// Burst of sends per user per device [default: the rate]
+    #[arg(long, env = "CHATD_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<Text>,
+    /// Client ping interval in ms [default: 30000]
+    #[arg(long, env = "CHATD_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<Text>,
+    /// Silence after which a session is closed, in ms [default: 90000]
+    #[arg(long, env = "CHATD_HEARTBEAT_TIMEOUT_MS")]
+    pub heartbeat_timeout_ms: Option<Text>,
+    /// Outgoing event queue per session [default: 1024]
+    #[arg(long, env = "CHATD_SESSION_QUEUE")]
+    pub session_queue: Option<Text>,
+    /// Largest chat whose receipts are pushed live to other members [default: 100]
+    #[arg(long, env = "CHATD_LIVE_RECEIPTS_MAX_MEMBERS")]
+    pub live_receipts_max_members: Option<Text>,
+    /// Days messages are kept; fractions allowed [default: 30]
+    #[arg(long, env = "CHATD_RETENTION_DAYS")]
+    pub retention_days: Option<Text>,
+    /// Interval of the retention purge in ms [default: 60000]
+    #[arg(long, env = "CHATD_RETENTION_INTERVAL_MS")]
+    pub retention_interval_ms: Option<Text>,
+    /// PostgreSQL URL, postgres://… [default: embedded SQLite]
+    #[arg(long, env = "CHATD_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Text>,
+    /// Redis URL, redis://… [default: in-process registry]
+    #[arg(long, env = "CHATD_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Text>,
+    /// Kafka bootstrap brokers, host:port,… [default: in-process bus]
+    #[arg(long, env = "CHATD_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<Text>,
+    /// Node id in the cluster [default: generated]
+    #[arg(long, env = "CHATD_NODE_ID")]
+    pub node_id: Option<Text>,
+    /// `auto` applies PostgreSQL migrations at start [default: off]
+    #[arg(long, env = "CHATD_MIGRATE")]
+    pub migrate: Option<Text>,
+    /// Prefix of Redis keys/channels and Kafka topics/groups [default: none]
+    #[arg(long, env = "CHATD_NAMESPACE")]
+    pub namespace: Option<Text>,
+    /// Partitions of Kafka topics created by the node [default: 8]
+    #[arg(long, env = "CHATD_KAFKA_PARTITIONS")]
+    pub kafka_partitions: Option<Text>,
+    /// Most PostgreSQL connections per node [default: 16]
+    #[arg(long, env = "CHATD_DATABASE_POOL")]
+    pub database_pool: Option<Text>,
+}
+
+impl Overrides {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let file_err = |reason: String| ConfigError::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| file_err(e.to_string()))
+    }
+
+    /// Reads the `CHATD_*` variables through `get` (the process environment in production).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Self {
+        Self::from_pairs(Self::args().iter().filter_map(|arg| {
+            let value = get(arg.get_env()?.to_str()?)?;
+            Some((arg.get_id().to_string(), value))
+        }))
+    }
+
+    /// The settings given as flags. clap also fills these arguments from their variables, which
+    /// would give the environment the flags' precedence: those values are left to [`from_env`].
+    ///
+    /// [`from_env`]: Overrides::from_env
+    pub fn from_flags(matches: &clap::ArgMatches) -> Self {
+        Self::from_pairs(Self::args().iter().filter_map(|arg| {
+            let id = arg.get_id().as_str();
+            if matches.value_source(id) != Some(ValueSource::CommandLine) {
+                return None;
+            }
+            Some((id.to_string(), matches.get_one::<Text>(id)?.0.clone()))
+        }))
+    }
+
+    /// The settings as clap declares them (ids are the field names).
+    fn args() -> Vec<clap::Arg> {
+        let cmd = <Self as clap::Args>::augment_args(clap::Command::new("chatd"));
+        cmd.get_arguments().cloned().collect()
+    }
+
+    fn from_pairs(pairs: impl Iterator<Item = (String, String)>) -> Self {
+        let table = pairs.map(|(k, v)| (k, toml::Value::String(v))).collect();
+        toml::Value::Table(table)
+            .try_into()
+            .expect("the keys are the settings' ids")
+    }
+
+    /// Checks each setting this layer has and writes it over `cfg`.
+    fn apply(&self, layer: Layer, cfg: &mut Config) -> Result<(), ConfigError> {
+        // `set!(key => field, check)`: when the layer has `key`, `check` turns it into the value.
+        macro_rules! set {
+            ($key:ident => $field:ident, $check:expr) => {
+                if let Some(Text(text)) = &self.$key {
+                    let key = stringify!($key);
+                    cfg.$field = Raw { layer, key, text, secret: false }.check($check)?;
+                }
+            };
+            ($key:ident, $check:expr) => {
+                set!($key => $key, $check)
+            };
+        }
+        set!(listen, Raw::parse);
+        set!(data_dir, |r| r
+            .ensure(!r.text.is_empty(), "must not be empty")
+            .map(PathBuf::from));
+        set!(jwt_secret, |r| {
+            let r = r.secret();
+            r.ensure(r.text.len() >= 16, "must be at least 16 bytes")
+                .map(|s| Some(s.into()))
+        });
+        set!(max_group_size, |r| r.range(2, 100_000));
+        set!(max_message_bytes, |r| r.range(1, 4 * 1024 * 1024));
+        set!(rate_limit_per_sec, |r| r.range(1, 10_000_000));
+        set!(rate_limit_burst, |r| r.range(1, 10_000_000));
+        set!(heartbeat_interval_ms, |r| r.range(50, 3_600_000));
+        set!(heartbeat_timeout_ms, |r| r.range(100, 3_600_000));
+        set!(session_queue, |r| r.range(1, 1_000_000));
+        set!(live_receipts_max_members, |r| r.range(0, 100_000));
+        set!(retention_days, |r| {
+            let days: f64 = r.parse()?;
+            let ok = days.is_finite() && days > 0.0 && days <= 36_500.0;
+            let reason = "must be a number of days between 0 (exclusive) and 36500";
+            r.ensure(ok, reason).map(|_| days)
+        });
+        set!(retention_interval_ms, |r| r.range(10, 86_400_000));
+        set!(database_url, |r| {
+            let r = r.secret();
+            r.url(
+                &["postgres://", "postgresql://"],
+                "must start with postgres://",
+            )
+        });
+        set!(redis_url, |r| {
+            r.url(
+                &["redis://", "rediss://"],
+                "must start with redis:// or rediss://",
+            )
+        });
+        set!(kafka_brokers, |r| Ok(
+            Some(r.text.trim().to_string()).filter(|v| !v.is_empty())
+        ));
+        set!(node_id, |r| r.plain_name(1).map(Some));
+        set!(migrate => migrate_auto, |r| match r.text.trim() {
+            "auto" => Ok(true),
+            "" | "off" => Ok(false),
+            _ => Err(r.invalid("must be `auto` or `off`")),
+        });
+        set!(namespace, |r| r.plain_name(0));
+        set!(kafka_partitions, |r| r.range(1, 10_000));
+        set!(database_pool, |r| r.range(2, 1_000));
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -191,282 +341,82 @@ impl Layer {
     }
 }
 
-/// TOML accepts numbers where the flags and env take strings; both end up here as text.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileLayer {
-    listen: Option<String>,
-    data_dir: Option<PathBuf>,
-    jwt_secret: Option<String>,
-    max_group_size: Option<toml::Value>,
-    max_message_bytes: Option<toml::Value>,
-    rate_limit_per_sec: Option<toml::Value>,
-    rate_limit_burst: Option<toml::Value>,
-    heartbeat_interval_ms: Option<toml::Value>,
-    heartbeat_timeout_ms: Option<toml::Value>,
-    session_queue: Option<toml::Value>,
-    live_receipts_max_members: Option<toml::Value>,
-    retention_days: Option<toml::Value>,
-    retention_interval_ms: Option<toml::Value>,
-    database_url: Option<String>,
-    redis_url: Option<String>,
-    kafka_brokers: Option<String>,
-    node_id: Option<String>,
-    migrate: Option<String>,
-    namespace: Option<String>,
-    kafka_partitions: Option<toml::Value>,
-    database_pool: Option<toml::Value>,
+/// One setting's text from one layer, with what an error about it needs.
+#[derive(Clone, Copy)]
+struct Raw<'a> {
+    layer: Layer,
+    key: &'static str,
+    text: &'a str,
+    /// Errors show `<hidden>` rather than the value.
+    secret: bool,
 }
 
-fn value_text(v: Option<toml::Value>) -> Option<String> {
-    v.map(|v| match v {
-        toml::Value::String(s) => s,
-        toml::Value::Integer(i) => i.to_string(),
-        toml::Value::Float(f) => f.to_string(),
-        toml::Value::Boolean(b) => b.to_string(),
-        other => format!("{other:?}"),
-    })
-}
-
-impl From<FileLayer> for Overrides {
-    fn from(f: FileLayer) -> Self {
-        Overrides {
-            listen: f.listen,
-            data_dir: f.data_dir,
-            jwt_secret: f.jwt_secret,
-            max_group_size: value_text(f.max_group_size),
-            max_message_bytes: value_text(f.max_message_bytes),
-            rate_limit_per_sec: value_text(f.rate_limit_per_sec),
-            rate_limit_burst: value_text(f.rate_limit_burst),
-            heartbeat_interval_ms: value_text(f.heartbeat_interval_ms),
-            heartbeat_timeout_ms: value_text(f.heartbeat_timeout_ms),
-            session_queue: value_text(f.session_queue),
-            live_receipts_max_members: value_text(f.live_receipts_max_members),
-            retention_days: value_text(f.retention_days),
-            retention_interval_ms: value_text(f.retention_interval_ms),
-            database_url: f.database_url,
-            redis_url: f.redis_url,
-            kafka_brokers: f.kafka_brokers,
-            node_id: f.node_id,
-            migrate: f.migrate,
-            namespace: f.namespace,
-            kafka_partitions: value_text(f.kafka_partitions),
-            database_pool: value_text(f.database_pool),
-        }
-    }
-}
-
-impl Overrides {
-    /// Reads a TOML config file.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let file_err = |reason: String| ConfigError::File {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
-        let layer: FileLayer = toml::from_str(&text).map_err(|e| file_err(e.to_string()))?;
-        Ok(layer.into())
+impl<'a> Raw<'a> {
+    fn check<T>(self, f: impl FnOnce(Self) -> Result<T, ConfigError>) -> Result<T, ConfigError> {
+        f(self)
     }
 
-    /// Reads the `CHATD_*` variables through `get` (the process environment in production).
-    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Self {
-        Overrides {
-            listen: get("CHATD_LISTEN"),
-            data_dir: get("CHATD_DATA_DIR").map(PathBuf::from),
-            jwt_secret: get("CHATD_JWT_SECRET"),
-            max_group_size: get("CHATD_MAX_GROUP_SIZE"),
-            max_message_bytes: get("CHATD_MAX_MESSAGE_BYTES"),
-            rate_limit_per_sec: get("CHATD_RATE_LIMIT_PER_SEC"),
-            rate_limit_burst: get("CHATD_RATE_LIMIT_BURST"),
-            heartbeat_interval_ms: get("CHATD_HEARTBEAT_INTERVAL_MS"),
-            heartbeat_timeout_ms: get("CHATD_HEARTBEAT_TIMEOUT_MS"),
-            session_queue: get("CHATD_SESSION_QUEUE"),
-            live_receipts_max_members: get("CHATD_LIVE_RECEIPTS_MAX_MEMBERS"),
-            retention_days: get("CHATD_RETENTION_DAYS"),
-            retention_interval_ms: get("CHATD_RETENTION_INTERVAL_MS"),
-            database_url: get("CHATD_DATABASE_URL"),
-            redis_url: get("CHATD_REDIS_URL"),
-            kafka_brokers: get("CHATD_KAFKA_BROKERS"),
-            node_id: get("CHATD_NODE_ID"),
-            migrate: get("CHATD_MIGRATE"),
-            namespace: get("CHATD_NAMESPACE"),
-            kafka_partitions: get("CHATD_KAFKA_PARTITIONS"),
-            database_pool: get("CHATD_DATABASE_POOL"),
+    fn secret(self) -> Self {
+        Raw {
+            secret: true,
+            ..self
         }
     }
 
-    fn apply(
-        self,
-        layer: Layer,
-        cfg: &mut Config,
-        burst_set: &mut bool,
-    ) -> Result<(), ConfigError> {
-        if let Some(v) = self.listen {
-            cfg.listen = parse(layer, "listen", &v)?;
+    fn invalid(self, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            source_name: self.layer.name(self.key),
+            value: if self.secret { "<hidden>" } else { self.text }.to_string(),
+            reason: reason.into(),
         }
-        if let Some(v) = self.data_dir {
-            if v.as_os_str().is_empty() {
-                return Err(invalid(layer, "data_dir", "", "must not be empty"));
-            }
-            cfg.data_dir = v;
-        }
-        if let Some(v) = self.jwt_secret {
-            if v.len() < 16 {
-                return Err(invalid(
-                    layer,
-                    "jwt_secret",
-                    "<hidden>",
-                    "must be at least 16 bytes",
-                ));
-            }
-            cfg.jwt_secret = Some(v);
-        }
-        if let Some(v) = self.max_group_size {
-            cfg.max_group_size = parse_range(layer, "max_group_size", &v, 2, 100_000)?;
-        }
-        if let Some(v) = self.max_message_bytes {
-            cfg.max_message_bytes =
-                parse_range(layer, "max_message_bytes", &v, 1, 4 * 1024 * 1024)?;
-        }
-        if let Some(v) = self.rate_limit_per_sec {
-            cfg.rate_limit_per_sec = parse_range(layer, "rate_limit_per_sec", &v, 1, 10_000_000)?;
-        }
-        if let Some(v) = self.rate_limit_burst {
-            cfg.rate_limit_burst = parse_range(layer, "rate_limit_burst", &v, 1, 10_000_000)?;
-            *burst_set = true;
-        }
-        if let Some(v) = self.heartbeat_interval_ms {
-            cfg.heartbeat_interval_ms =
-                parse_range(layer, "heartbeat_interval_ms", &v, 50, 3_600_000)?;
-        }
-        if let Some(v) = self.heartbeat_timeout_ms {
-            cfg.heartbeat_timeout_ms =
-                parse_range(layer, "heartbeat_timeout_ms", &v, 100, 3_600_000)?;
-        }
-        if let Some(v) = self.session_queue {
-            cfg.session_queue = parse_range(layer, "session_queue", &v, 1, 1_000_000)?;
-        }
-        if let Some(v) = self.live_receipts_max_members {
-            cfg.live_receipts_max_members =
-                parse_range(layer, "live_receipts_max_members", &v, 0, 100_000)?;
-        }
-        if let Some(v) = self.retention_days {
-            let days: f64 = parse(layer, "retention_days", &v)?;
-            if !(days.is_finite() && days > 0.0 && days <= 36_500.0) {
-                return Err(invalid(
-                    layer,
-                    "retention_days",
-                    &v,
-                    "must be a number of days between 0 (exclusive) and 36500",
-                ));
-            }
-            cfg.retention_days = days;
-        }
-        if let Some(v) = self.retention_interval_ms {
-            cfg.retention_interval_ms =
-                parse_range(layer, "retention_interval_ms", &v, 10, 86_400_000)?;
-        }
-        if let Some(v) = self.database_url {
-            let ok = v.starts_with("postgres://") || v.starts_with("postgresql://");
-            if !ok && !v.is_empty() {
-                return Err(invalid(
-                    layer,
-                    "database_url",
-                    "<hidden>",
-                    "must start with postgres://",
-                ));
-            }
-            cfg.database_url = Some(v).filter(|v| !v.is_empty());
-        }
-        if let Some(v) = self.redis_url {
-            let ok = v.starts_with("redis://") || v.starts_with("rediss://");
-            if !ok && !v.is_empty() {
-                return Err(invalid(
-                    layer,
-                    "redis_url",
-                    &v,
-                    "must start with redis:// or rediss://",
-                ));
-            }
-            cfg.redis_url = Some(v).filter(|v| !v.is_empty());
-        }
-        if let Some(v) = self.kafka_brokers {
-            cfg.kafka_brokers = Some(v.trim().to_string()).filter(|v| !v.is_empty());
-        }
-        if let Some(v) = self.node_id {
-            check_name(layer, "node_id", &v, 1)?;
-            cfg.node_id = Some(v);
-        }
-        if let Some(v) = self.migrate {
-            cfg.migrate_auto = match v.trim() {
-                "auto" => true,
-                "" | "off" => false,
-                _ => return Err(invalid(layer, "migrate", &v, "must be `auto` or `off`")),
-            };
-        }
-        if let Some(v) = self.namespace {
-            check_name(layer, "namespace", &v, 0)?;
-            cfg.namespace = v;
-        }
-        if let Some(v) = self.kafka_partitions {
-            cfg.kafka_partitions = parse_range(layer, "kafka_partitions", &v, 1, 10_000)?;
-        }
-        if let Some(v) = self.database_pool {
-            cfg.database_pool = parse_range(layer, "database_pool", &v, 2, 1_000)?;
-        }
-        Ok(())
     }
-}
 
-/// Node ids and namespaces end up in Redis channel and Kafka topic names: keep them plain.
-fn check_name(layer: Layer, key: &str, value: &str, min_len: usize) -> Result<(), ConfigError> {
-    let plain = value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if value.len() < min_len || value.len() > 64 || !plain {
-        return Err(invalid(
-            layer,
-            key,
-            value,
-            format!("must be {min_len} to 64 characters of A-Z, a-z, 0-9, '-' and '_'"),
-        ));
+    /// The text, when `ok`.
+    fn ensure(self, ok: bool, reason: &str) -> Result<&'a str, ConfigError> {
+        if ok {
+            Ok(self.text)
+        } else {
+            Err(self.invalid(reason))
+        }
     }
-    Ok(())
-}
 
-fn invalid(layer: Layer, key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        source_name: layer.name(key),
-        value: value.to_string(),
-        reason: reason.into(),
+    fn parse<T: FromStr>(self) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.text
+            .trim()
+            .parse()
+            .map_err(|e: T::Err| self.invalid(e.to_string()))
     }
-}
 
-fn parse<T: FromStr>(layer: Layer, key: &str, value: &str) -> Result<T, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    value
-        .trim()
-        .parse()
-        .map_err(|e: T::Err| invalid(layer, key, value, e.to_string()))
-}
-
-fn parse_range<T>(layer: Layer, key: &str, value: &str, min: T, max: T) -> Result<T, ConfigError>
-where
-    T: FromStr + PartialOrd + std::fmt::Display + Copy,
-    T::Err: std::fmt::Display,
-{
-    let v: T = parse(layer, key, value)?;
-    if v < min || v > max {
-        return Err(invalid(
-            layer,
-            key,
-            value,
-            format!("must be between {min} and {max}"),
-        ));
+    fn range<T>(self, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + std::fmt::Display + Copy,
+        T::Err: std::fmt::Display,
+    {
+        let v: T = self.parse()?;
+        let reason = format!("must be between {min} and {max}");
+        self.ensure(v >= min && v <= max, &reason).map(|_| v)
     }
-    Ok(v)
+
+    /// A URL with one of `schemes`; empty means unset.
+    fn url(self, schemes: &[&str], reason: &str) -> Result<Option<String>, ConfigError> {
+        let ok = self.text.is_empty() || schemes.iter().any(|s| self.text.starts_with(s));
+        let url = self.ensure(ok, reason)?;
+        Ok(Some(url.to_string()).filter(|v| !v.is_empty()))
+    }
+
+    /// Node ids and namespaces end up in Redis channel and Kafka topic names: keep them plain.
+    fn plain_name(self, min_len: usize) -> Result<String, ConfigError> {
+        let v = self.text;
+        let plain = v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let ok = plain && v.len() >= min_len && v.len() <= 64;
+        let reason = format!("must be {min_len} to 64 characters of A-Z, a-z, 0-9, '-' and '_'");
+        self.ensure(ok, &reason).map(str::to_string)
+    }
 }
 
 impl Config {
@@ -477,13 +427,15 @@ impl Config {
         flags: Overrides,
     ) -> Result<Config, ConfigError> {
         let mut cfg = Config::default();
-        let mut burst_set = false;
-        if let Some(file) = file {
-            file.apply(Layer::File, &mut cfg, &mut burst_set)?;
+        let layers = [
+            (Layer::File, file.unwrap_or_default()),
+            (Layer::Env, env),
+            (Layer::Flag, flags),
+        ];
+        for (layer, values) in &layers {
+            values.apply(*layer, &mut cfg)?;
         }
-        env.apply(Layer::Env, &mut cfg, &mut burst_set)?;
-        flags.apply(Layer::Flag, &mut cfg, &mut burst_set)?;
-        if !burst_set {
+        if layers.iter().all(|(_, l)| l.rate_limit_burst.is_none()) {
             cfg.rate_limit_burst = cfg.rate_limit_per_sec;
         }
         if cfg.heartbeat_timeout_ms <= cfg.heartbeat_interval_ms {
@@ -499,9 +451,6 @@ impl Config {
         Ok(cfg)
     }
 
-    /// The largest gRPC frame the server decodes: room for a full message plus envelope. A larger
-    /// frame ends its stream with a status; a content over `max_message_bytes` but under this
-    /// gets a per-send error and the stream stays open.
     /// How old a message may get before the purge removes it.
     pub fn retention(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(self.retention_days * 86_400.0)
@@ -541,6 +490,9 @@ impl Config {
         }
     }
 
+    /// The largest gRPC frame the server decodes: room for a full message plus envelope. A larger
+    /// frame ends its stream with a status; a content over `max_message_bytes` but under this
+    /// gets a per-send error and the stream stays open.
     pub fn max_frame_bytes(&self) -> usize {
         (self.max_message_bytes as usize).saturating_mul(4) + 64 * 1024
     }
@@ -549,146 +501,266 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{Args, Command};
     use std::collections::HashMap;
 
     fn env(vars: &[(&str, &str)]) -> Overrides {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Overrides::from_env(|k| map.get(k).cloned())
+        let map: HashMap<&str, &str> = vars.iter().copied().collect();
+        Overrides::from_env(|k| map.get(k).map(|v| v.to_string()))
+    }
+
+    fn flags(args: &[&str]) -> Overrides {
+        let cmd = Overrides::augment_args(Command::new("chatd"));
+        Overrides::from_flags(&cmd.try_get_matches_from(args).unwrap())
+    }
+
+    fn file(toml: &str) -> Result<Overrides, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chatd.toml");
+        std::fs::write(&path, toml).unwrap();
+        Overrides::from_file(&path)
+    }
+
+    fn none() -> Overrides {
+        Overrides::default()
     }
 
     #[test]
-    fn a_cluster_needs_all_three_engines() {
-        let none = Config::resolve(None, env(&[]), Overrides::default()).unwrap();
-        assert_eq!(none.cluster(), Ok(None));
-        let partial = Config::resolve(
-            None,
-            env(&[
-                ("CHATD_DATABASE_URL", "postgres://db/chat"),
-                ("CHATD_REDIS_URL", "redis://r"),
-            ]),
-            Overrides::default(),
+    fn every_setting_has_its_flag_variable_and_key() {
+        let args = Overrides::args();
+        assert_eq!(args.len(), 21);
+        for arg in &args {
+            let id = arg.get_id().as_str();
+            assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()));
+            let var = format!("CHATD_{}", id.to_uppercase());
+            assert_eq!(arg.get_env().and_then(|v| v.to_str()), Some(var.as_str()));
+            let from_env = format!("{:?}", env(&[(&var, "x")]));
+            let from_flag = format!(
+                "{:?}",
+                flags(&["chatd", &format!("--{}=x", arg.get_long().unwrap())])
+            );
+            let from_file = format!("{:?}", file(&format!("{id} = \"x\"\n")).unwrap());
+            assert!(
+                from_env.contains(&format!("{id}: Some(Text(\"x\"))")),
+                "{from_env}"
+            );
+            assert_eq!(from_env, from_flag);
+            assert_eq!(from_env, from_file);
+        }
+    }
+
+    #[test]
+    fn precedence_is_default_then_file_then_env_then_flag() {
+        let size = |f: Option<Overrides>, e: Overrides, fl: Overrides| {
+            Config::resolve(f, e, fl).unwrap().max_group_size
+        };
+        let f = || Some(file("max_group_size = 10\n").unwrap());
+        let e = || env(&[("CHATD_MAX_GROUP_SIZE", "20")]);
+        let fl = || flags(&["chatd", "--max-group-size", "30"]);
+        assert_eq!(size(None, none(), none()), 1000);
+        assert_eq!(size(f(), none(), none()), 10);
+        assert_eq!(size(f(), e(), none()), 20);
+        assert_eq!(size(f(), e(), fl()), 30);
+        assert_eq!(size(None, e(), fl()), 30);
+        assert_eq!(size(f(), none(), fl()), 30);
+
+        let cfg = Config::resolve(
+            Some(file("rate_limit_per_sec = 7\n").unwrap()),
+            none(),
+            none(),
         )
         .unwrap();
-        let err = partial.cluster().unwrap_err().to_string();
-        assert!(
-            err.contains("CHATD_KAFKA_BROKERS") && !err.contains("CHATD_REDIS_URL missing"),
-            "{err}"
+        assert_eq!(cfg.rate_limit_burst, 7, "burst follows the rate unless set");
+        let cfg = Config::resolve(None, env(&[("CHATD_RATE_LIMIT_BURST", "3")]), none()).unwrap();
+        assert_eq!((cfg.rate_limit_per_sec, cfg.rate_limit_burst), (50, 3));
+    }
+
+    #[test]
+    fn flags_leave_what_clap_read_from_the_environment_to_the_env_layer() {
+        // clap fills `--listen` from PATH here, as it would from CHATD_LISTEN.
+        let Some(path) = std::env::var_os("PATH") else {
+            return;
+        };
+        let cmd =
+            Overrides::augment_args(Command::new("chatd")).mut_arg("listen", |a| a.env("PATH"));
+        let matches = cmd
+            .try_get_matches_from(["chatd", "--node-id", "a"])
+            .unwrap();
+        assert_eq!(
+            matches.get_one::<Text>("listen").map(|t| t.0.as_str()),
+            path.to_str()
         );
-        let all = Config::resolve(
-            None,
-            env(&[
-                ("CHATD_DATABASE_URL", "postgres://db/chat"),
-                ("CHATD_REDIS_URL", "redis://r"),
-                ("CHATD_KAFKA_BROKERS", "k:9092"),
-            ]),
-            Overrides::default(),
-        )
-        .unwrap();
-        assert!(matches!(all.cluster(), Ok(Some(c)) if c.kafka_brokers == "k:9092"));
-        let bad = Config::resolve(
-            None,
-            env(&[("CHATD_DATABASE_URL", "mysql://x")]),
-            Overrides::default(),
-        );
-        assert!(bad.is_err());
-        let bad = Config::resolve(
-            None,
-            env(&[("CHATD_NAMESPACE", "a b")]),
-            Overrides::default(),
-        );
-        assert!(bad.is_err());
+        let got = Overrides::from_flags(&matches);
+        assert_eq!(got.listen, None);
+        assert_eq!(got.node_id, Some("a".into()));
     }
 
     #[test]
     fn defaults_match_the_brief() {
-        let cfg = Config::resolve(None, env(&[]), Overrides::default()).unwrap();
+        let cfg = Config::resolve(None, env(&[]), none()).unwrap();
         assert_eq!(cfg, Config::default());
         assert_eq!(cfg.rate_limit_burst, 50);
     }
 
+    /// Every refusal, with its message word for word, from each layer.
     #[test]
-    fn precedence_is_file_then_env_then_flags() {
-        let file = Overrides {
-            max_group_size: Some("10".into()),
-            rate_limit_per_sec: Some("7".into()),
-            session_queue: Some("5".into()),
-            ..Default::default()
-        };
-        let e = env(&[("CHATD_MAX_GROUP_SIZE", "20"), ("CHATD_SESSION_QUEUE", "6")]);
-        let flags = Overrides {
-            session_queue: Some("9".into()),
-            ..Default::default()
-        };
-        let cfg = Config::resolve(Some(file), e, flags).unwrap();
-        assert_eq!(cfg.max_group_size, 20);
-        assert_eq!(cfg.rate_limit_per_sec, 7);
-        assert_eq!(cfg.rate_limit_burst, 7, "burst follows the rate unless set");
-        assert_eq!(cfg.session_queue, 9);
+    fn bad_values_are_refused_naming_their_source() {
+        let range = |lo: u32, hi: u32| format!("must be between {lo} and {hi}");
+        let digit = || "invalid digit found in string".to_string();
+        let name =
+            |min: u32| format!("must be {min} to 64 characters of A-Z, a-z, 0-9, '-' and '_'");
+        let days = || "must be a number of days between 0 (exclusive) and 36500".to_string();
+        let long = "n".repeat(65);
+        let cases: Vec<(&str, &str, String)> = vec![
+            ("listen", "nowhere", "invalid socket address syntax".into()),
+            ("data_dir", "", "must not be empty".into()),
+            ("jwt_secret", "short", "must be at least 16 bytes".into()),
+            ("max_group_size", "abc", digit()),
+            ("max_group_size", "-5", digit()),
+            ("max_group_size", "1", range(2, 100_000)),
+            ("max_group_size", "100001", range(2, 100_000)),
+            ("max_message_bytes", "0", range(1, 4 * 1024 * 1024)),
+            ("rate_limit_per_sec", "0", range(1, 10_000_000)),
+            ("rate_limit_burst", "0", range(1, 10_000_000)),
+            ("heartbeat_interval_ms", "49", range(50, 3_600_000)),
+            ("heartbeat_timeout_ms", "99", range(100, 3_600_000)),
+            ("session_queue", "0", range(1, 1_000_000)),
+            ("live_receipts_max_members", "100001", range(0, 100_000)),
+            ("retention_days", "abc", "invalid float literal".into()),
+            ("retention_days", "0", days()),
+            ("retention_days", "-1", days()),
+            ("retention_days", "NaN", days()),
+            ("retention_days", "36501", days()),
+            ("retention_interval_ms", "9", range(10, 86_400_000)),
+            (
+                "database_url",
+                "mysql://x",
+                "must start with postgres://".into(),
+            ),
+            (
+                "redis_url",
+                "http://x",
+                "must start with redis:// or rediss://".into(),
+            ),
+            ("node_id", "", name(1)),
+            ("node_id", "a b", name(1)),
+            ("namespace", "a.b", name(0)),
+            ("namespace", &long, name(0)),
+            ("migrate", "yes", "must be `auto` or `off`".into()),
+            ("kafka_partitions", "0", range(1, 10_000)),
+            ("database_pool", "1", range(2, 1_000)),
+        ];
+        for (key, value, reason) in cases {
+            let secret = ["jwt_secret", "database_url"].contains(&key);
+            let shown = if secret { "<hidden>" } else { value };
+            let var = format!("CHATD_{}", key.to_uppercase());
+            let flag = format!("--{}", key.replace('_', "-"));
+            let in_file = file(&format!("{key} = {value:?}\n")).unwrap();
+            let tries = [
+                (
+                    format!("config key `{key}`"),
+                    Config::resolve(Some(in_file), none(), none()),
+                ),
+                (
+                    format!("environment variable {var}"),
+                    Config::resolve(None, env(&[(&var, value)]), none()),
+                ),
+                (
+                    format!("flag {flag}"),
+                    Config::resolve(None, none(), flags(&["chatd", &format!("{flag}={value}")])),
+                ),
+            ];
+            for (source, result) in tries {
+                let want = format!("{source}: invalid value {shown:?}: {reason}");
+                assert_eq!(result.unwrap_err().to_string(), want);
+            }
+        }
     }
 
     #[test]
-    fn bad_values_name_their_source() {
+    fn the_heartbeat_timeout_must_exceed_the_interval() {
         let err = Config::resolve(
-            None,
-            env(&[("CHATD_MAX_GROUP_SIZE", "abc")]),
-            Overrides::default(),
+            Some(file("heartbeat_interval_ms = 1000\n").unwrap()),
+            env(&[("CHATD_HEARTBEAT_TIMEOUT_MS", "500")]),
+            none(),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("CHATD_MAX_GROUP_SIZE"), "{err}");
-        let err = Config::resolve(
-            None,
-            env(&[("CHATD_LISTEN", "nowhere")]),
-            Overrides::default(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("CHATD_LISTEN"), "{err}");
-        let flags = Overrides {
-            max_message_bytes: Some("0".into()),
-            ..Default::default()
-        };
-        let err = Config::resolve(None, env(&[]), flags).unwrap_err();
-        assert!(err.to_string().contains("--max-message-bytes"), "{err}");
-        let err = Config::resolve(
-            None,
-            env(&[
-                ("CHATD_HEARTBEAT_INTERVAL_MS", "1000"),
-                ("CHATD_HEARTBEAT_TIMEOUT_MS", "500"),
-            ]),
-            Overrides::default(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("heartbeat_timeout_ms"), "{err}");
-        for bad in ["0", "-1", "NaN", "x"] {
-            let err = Config::resolve(
-                None,
-                env(&[("CHATD_RETENTION_DAYS", bad)]),
-                Overrides::default(),
-            )
-            .unwrap_err();
-            assert!(err.to_string().contains("CHATD_RETENTION_DAYS"), "{err}");
-        }
-        let cfg = Config::resolve(
-            None,
-            env(&[("CHATD_RETENTION_DAYS", "0.5")]),
-            Overrides::default(),
-        )
-        .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "heartbeat_timeout_ms: invalid value \"500\": must be greater than heartbeat_interval_ms (1000)"
+        );
+    }
+
+    #[test]
+    fn retention_takes_fractions_of_days() {
+        let cfg = Config::resolve(None, env(&[("CHATD_RETENTION_DAYS", "0.5")]), none()).unwrap();
         assert_eq!(cfg.retention(), std::time::Duration::from_secs(43_200));
     }
 
     #[test]
-    fn file_layer_rejects_unknown_keys_and_takes_numbers() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("chatd.toml");
-        std::fs::write(&path, "max_group_size = 12\nlisten = \"127.0.0.1:0\"\n").unwrap();
-        let file = Overrides::from_file(&path).unwrap();
-        let cfg = Config::resolve(Some(file), env(&[]), Overrides::default()).unwrap();
-        assert_eq!(cfg.max_group_size, 12);
-        std::fs::write(&path, "max_grup_size = 12\n").unwrap();
-        let err = Overrides::from_file(&path).unwrap_err();
-        assert!(err.to_string().contains("max_grup_size"), "{err}");
+    fn empty_urls_and_migrate_mean_unset() {
+        let cfg = Config::resolve(
+            Some(file("database_url = \"postgres://db\"\nmigrate = \"auto\"\n").unwrap()),
+            env(&[
+                ("CHATD_DATABASE_URL", ""),
+                ("CHATD_MIGRATE", ""),
+                ("CHATD_KAFKA_BROKERS", " "),
+            ]),
+            none(),
+        )
+        .unwrap();
+        assert_eq!(
+            (cfg.database_url, cfg.migrate_auto, cfg.kafka_brokers),
+            (None, false, None)
+        );
+    }
+
+    #[test]
+    fn a_cluster_needs_all_three_engines() {
+        let resolve = |vars: &[(&str, &str)]| Config::resolve(None, env(vars), none()).unwrap();
+        assert_eq!(resolve(&[]).cluster(), Ok(None));
+        let db = ("CHATD_DATABASE_URL", "postgres://db/chat");
+        let redis = ("CHATD_REDIS_URL", "redis://r");
+        let kafka = ("CHATD_KAFKA_BROKERS", "k:9092");
+        let err = resolve(&[db, redis]).cluster().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "incomplete cluster configuration: CHATD_DATABASE_URL, CHATD_REDIS_URL set but \
+             CHATD_KAFKA_BROKERS missing; a cluster node needs PostgreSQL, Redis and Kafka (set \
+             all three, or none for the embedded default)"
+        );
+        let err = resolve(&[kafka]).cluster().unwrap_err().to_string();
+        assert!(
+            err.contains("CHATD_KAFKA_BROKERS set but CHATD_DATABASE_URL, CHATD_REDIS_URL missing"),
+            "{err}"
+        );
+        let all = resolve(&[db, redis, kafka]).cluster();
+        assert!(matches!(all, Ok(Some(c)) if c.kafka_brokers == "k:9092"));
+    }
+
+    #[test]
+    fn the_file_takes_numbers_and_refuses_unknown_keys() {
+        let cfg = Config::resolve(
+            Some(
+                file("max_group_size = 12\nretention_days = 1.5\nlisten = \"127.0.0.1:0\"\n")
+                    .unwrap(),
+            ),
+            none(),
+            none(),
+        )
+        .unwrap();
+        assert_eq!((cfg.max_group_size, cfg.retention_days), (12, 1.5));
+        let err = file("max_grup_size = 12\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with("config file ") && err.contains("unknown field `max_grup_size`"),
+            "{err}"
+        );
+        let err = file("max_group_size = \n").unwrap_err().to_string();
+        assert!(err.contains("TOML parse error"), "{err}");
+        let err = Overrides::from_file(Path::new("/nonexistent/chatd.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config file /nonexistent/chatd.toml: No such file or directory (os error 2)"
+        );
     }
 }

@@ -2,10 +2,10 @@
 
 use chatd::{
     auth,
-    config::{Config, Overrides},
+    config::{Config, Overrides, Text},
     node,
 };
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +48,7 @@ struct ServeArgs {
     /// TOML file with settings (keys as the flags, with underscores)
     #[arg(long, env = "CHATD_CONFIG")]
     config: Option<PathBuf>,
+    /// Declares the settings' flags; `serve` reads them from the matches, flags apart from env.
     #[command(flatten)]
     settings: Overrides,
 }
@@ -68,19 +69,24 @@ struct TokenArgs {
     admin: bool,
     /// Data directory whose secret signs the token [env: CHATD_DATA_DIR] [default: ./chatd-data]
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    data_dir: Option<String>,
     /// TOML file with settings
     #[arg(long, env = "CHATD_CONFIG")]
     config: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Parsed in two steps to keep the matches: they tell flags from variables (see `serve`).
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Some(Command::Token(args)) => token(args),
         Some(Command::Migrate(args)) => migrate(args),
-        Some(Command::Serve(args)) => serve(*args),
-        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(
+            *args,
+            matches.subcommand_matches("serve").unwrap_or(&matches),
+        ),
+        None => serve(cli.serve, &matches),
     }
 }
 
@@ -95,7 +101,7 @@ fn resolve(config_file: Option<&PathBuf>, flags: Overrides) -> Result<Config, St
 
 fn token(args: TokenArgs) -> ExitCode {
     let flags = Overrides {
-        data_dir: args.data_dir.clone(),
+        data_dir: args.data_dir.clone().map(Text),
         ..Default::default()
     };
     let config = match resolve(args.config.as_ref(), flags) {
@@ -152,7 +158,7 @@ fn token_secret(config: &Config) -> Result<Vec<u8>, String> {
 
 fn migrate(args: MigrateArgs) -> ExitCode {
     let flags = Overrides {
-        database_url: args.database_url,
+        database_url: args.database_url.map(Text),
         ..Default::default()
     };
     let url = match resolve(args.config.as_ref(), flags) {
@@ -184,8 +190,11 @@ fn block_on<T>(fut: impl std::future::Future<Output = T>) -> Result<T, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
-    let config = match resolve(args.config.as_ref(), args.settings) {
+/// `matches` are those of `serve` (or of `chatd` alone): clap filled the settings from flags and
+/// variables alike, but flags outrank the environment, which outranks the config file, so only
+/// the flags are taken from there.
+fn serve(args: ServeArgs, matches: &ArgMatches) -> ExitCode {
+    let config = match resolve(args.config.as_ref(), Overrides::from_flags(matches)) {
         Ok(c) => c,
         Err(e) => return fail(&format!("chatd: {e}")),
     };
