@@ -208,25 +208,31 @@ impl Overrides {
     }
 
     /// Reads the `CHATD_*` variables through `get` (the process environment in production).
-    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Self {
-        Self::from_pairs(Self::args().iter().filter_map(|arg| {
-            let value = get(arg.get_env()?.to_str()?)?;
-            Some((arg.get_id().to_string(), value))
-        }))
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::from_pairs(
+            Layer::Env,
+            Self::args().iter().filter_map(|arg| {
+                let value = get(arg.get_env()?.to_str()?)?;
+                Some((arg.get_id().to_string(), value))
+            }),
+        )
     }
 
     /// The settings given as flags. clap also fills these arguments from their variables, which
     /// would give the environment the flags' precedence: those values are left to [`from_env`].
     ///
     /// [`from_env`]: Overrides::from_env
-    pub fn from_flags(matches: &clap::ArgMatches) -> Self {
-        Self::from_pairs(Self::args().iter().filter_map(|arg| {
-            let id = arg.get_id().as_str();
-            if matches.value_source(id) != Some(ValueSource::CommandLine) {
-                return None;
-            }
-            Some((id.to_string(), matches.get_one::<Text>(id)?.0.clone()))
-        }))
+    pub fn from_flags(matches: &clap::ArgMatches) -> Result<Self, ConfigError> {
+        Self::from_pairs(
+            Layer::Flag,
+            Self::args().iter().filter_map(|arg| {
+                let id = arg.get_id().as_str();
+                if matches.value_source(id) != Some(ValueSource::CommandLine) {
+                    return None;
+                }
+                Some((id.to_string(), matches.get_one::<Text>(id)?.0.clone()))
+            }),
+        )
     }
 
     /// The settings as clap declares them (ids are the field names).
@@ -235,11 +241,27 @@ impl Overrides {
         cmd.get_arguments().cloned().collect()
     }
 
-    fn from_pairs(pairs: impl Iterator<Item = (String, String)>) -> Self {
-        let table = pairs.map(|(k, v)| (k, toml::Value::String(v))).collect();
+    /// Every field takes any text and the keys are the settings' own ids, so this does not
+    /// fail today; should a setting ever take another type, its value is refused, not a panic.
+    fn from_pairs(
+        layer: Layer,
+        pairs: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let pairs: Vec<(String, String)> = pairs.collect();
+        let table = pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), toml::Value::String(v.clone())))
+            .collect();
         toml::Value::Table(table)
             .try_into()
-            .expect("the keys are the settings' ids")
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                source_name: match pairs.first() {
+                    Some((k, _)) => layer.name(k),
+                    None => "settings".into(),
+                },
+                value: String::new(),
+                reason: e.to_string(),
+            })
     }
 
     /// Checks each setting this layer has and writes it over `cfg`.
@@ -506,12 +528,12 @@ mod tests {
 
     fn env(vars: &[(&str, &str)]) -> Overrides {
         let map: HashMap<&str, &str> = vars.iter().copied().collect();
-        Overrides::from_env(|k| map.get(k).map(|v| v.to_string()))
+        Overrides::from_env(|k| map.get(k).map(|v| v.to_string())).unwrap()
     }
 
     fn flags(args: &[&str]) -> Overrides {
         let cmd = Overrides::augment_args(Command::new("chatd"));
-        Overrides::from_flags(&cmd.try_get_matches_from(args).unwrap())
+        Overrides::from_flags(&cmd.try_get_matches_from(args).unwrap()).unwrap()
     }
 
     fn file(toml: &str) -> Result<Overrides, ConfigError> {
@@ -590,7 +612,7 @@ mod tests {
             matches.get_one::<Text>("listen").map(|t| t.0.as_str()),
             path.to_str()
         );
-        let got = Overrides::from_flags(&matches);
+        let got = Overrides::from_flags(&matches).unwrap();
         assert_eq!(got.listen, None);
         assert_eq!(got.node_id, Some("a".into()));
     }

@@ -95,7 +95,7 @@ fn resolve(config_file: Option<&PathBuf>, flags: Overrides) -> Result<Config, St
         .map(|p| Overrides::from_file(p))
         .transpose()
         .map_err(|e| e.to_string())?;
-    let env = Overrides::from_env(|k| std::env::var(k).ok());
+    let env = Overrides::from_env(|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
     Config::resolve(file, env, flags).map_err(|e| e.to_string())
 }
 
@@ -194,7 +194,10 @@ fn block_on<T>(fut: impl std::future::Future<Output = T>) -> Result<T, String> {
 /// variables alike, but flags outrank the environment, which outranks the config file, so only
 /// the flags are taken from there.
 fn serve(args: ServeArgs, matches: &ArgMatches) -> ExitCode {
-    let config = match resolve(args.config.as_ref(), Overrides::from_flags(matches)) {
+    let config = match Overrides::from_flags(matches)
+        .map_err(|e| e.to_string())
+        .and_then(|flags| resolve(args.config.as_ref(), flags))
+    {
         Ok(c) => c,
         Err(e) => return fail(&format!("chatd: {e}")),
     };
