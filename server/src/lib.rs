@@ -18,6 +18,7 @@ pub mod domain;
 pub mod error;
 pub mod metrics;
 pub mod node;
+pub mod redis;
 pub mod registry;
 pub mod session;
 pub mod store;

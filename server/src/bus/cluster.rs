@@ -5,15 +5,31 @@
 use super::{audience, members::MemberCache, wire, AfterCommits, NodeLink};
 use crate::domain::model::{Committed, Event, EPHEMERAL};
 use crate::domain::typing::Typing;
+use crate::redis::pubsub::RedisPubSub;
 use crate::registry::Registry;
 use crate::session::Directory;
 use crate::store::Store;
+use crate::Result;
+use async_trait::async_trait;
 use std::{
     collections::{hash_map::Entry, HashMap},
     sync::Arc,
     time::{Duration, Instant},
 };
 use tokio::sync::mpsc;
+
+/// Nodes hear of each other over Redis Pub/Sub: at most once (a node that was disconnected
+/// catches up by resync, see `session`), in order per channel.
+#[async_trait]
+impl NodeLink for RedisPubSub {
+    async fn send_to_node(&self, node_id: &str, envelope: Vec<u8>) -> Result<()> {
+        self.publish_to_node(node_id, envelope).await
+    }
+
+    async fn send_many(&self, envelopes: Vec<(String, Vec<u8>)>) -> Result<()> {
+        self.publish_to_nodes(envelopes).await
+    }
+}
 
 /// Membership changes made on other nodes don't pass through here, so typing routes use member
 /// lists at most this old.

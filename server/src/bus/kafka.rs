@@ -805,11 +805,11 @@ impl OutboxSink for KafkaBus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::pubsub::tests::{namespace, quiet_handlers, redis_url};
-    use crate::bus::pubsub::{PubSubHandlers, RedisPubSub};
     use crate::domain::model::{
         Chat, ChatChange, ChatChangeKind, ChatKind, Member, Message as ChatMessage, Role,
     };
+    use crate::redis::pubsub::tests::{listening, namespace, quiet_handlers, redis_url};
+    use crate::redis::pubsub::{PubSubHandlers, RedisPubSub};
     use crate::registry::{redis::RedisRegistry, SessionKey};
     use crate::store::{sqlite::SqliteStore, NewChat};
     use rdkafka::message::Headers;
@@ -895,10 +895,7 @@ mod tests {
             }),
             ..quiet_handlers()
         };
-        let link = RedisPubSub::connect(url, ns, id, handlers, stop.clone())
-            .await
-            .unwrap();
-        (link, rx)
+        (listening(url, ns, id, handlers, stop).await, rx)
     }
 
     #[tokio::test]

@@ -10,37 +10,12 @@ pub mod cluster;
 pub mod kafka;
 pub mod local;
 pub mod members;
-pub mod pubsub;
 pub mod wire;
 
 use crate::Result;
 use async_trait::async_trait;
 
-/// One committed event waiting in the store's outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxRecord {
-    /// Outbox position: within a chat, ids increase in commit (= seq) order.
-    pub id: i64,
-    /// The chat the event belongs to (the Kafka key, so a chat's events stay in order).
-    pub key: String,
-    /// The event, encoded by [`wire::encode_event`].
-    pub payload: Vec<u8>,
-}
-
-/// Where the outbox relay hands committed events.
-#[async_trait]
-pub trait OutboxSink: Send + Sync + 'static {
-    /// Returns `Ok` only once every record is durably accepted, in order per key; the relay
-    /// deletes them from the outbox after that, and offers them again after an error.
-    async fn publish(&self, batch: &[OutboxRecord]) -> Result<()>;
-}
-
-/// Queues an event behind everything of its chat committed so far (the store's outbox), for
-/// ephemeral events that must not overtake a stored one (the typing STOPPED a message implies).
-#[async_trait]
-pub trait AfterCommits: Send + Sync + 'static {
-    async fn enqueue(&self, chat_id: &str, event: &crate::domain::model::Event) -> Result<()>;
-}
+pub use crate::store::outbox::{AfterCommits, OutboxRecord, OutboxSink};
 
 /// Hand-off of encoded envelopes ([`wire::Envelope`]) to other nodes.
 #[async_trait]

@@ -1,19 +1,12 @@
-//! How events travel between nodes: in the outbox, on Kafka and over Redis Pub/Sub. JSON, so
-//! an operator can read a topic or a channel with stock tools; the ciphertext goes as base64.
+//! How events travel between nodes: the event as the store's outbox encoded it
+//! ([`crate::store::outbox`]), on Kafka and, wrapped in an envelope with its targets, over Redis
+//! Pub/Sub.
 
 use super::audience::Target;
 use crate::domain::model::Event;
+pub use crate::store::outbox::{decode_event, encode_event};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
-
-pub fn encode_event(event: &Event) -> Vec<u8> {
-    // Serializing these plain structs into a Vec cannot fail.
-    serde_json::to_vec(event).unwrap_or_default()
-}
-
-pub fn decode_event(bytes: &[u8]) -> Result<Event> {
-    serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("undecodable event: {e}")))
-}
 
 /// An event for some sessions of one node: the targets as one JSON line, then the event
 /// exactly as it came from the outbox, so fanning out costs no re-encoding of the event.

@@ -6,15 +6,15 @@ use super::{node_id, Backends, StartError, Wiring};
 use crate::bus::{
     cluster::{deliver_envelope, EphemeralRouter},
     kafka::{KafkaBus, KafkaSettings},
-    pubsub::{PubSubHandlers, RedisPubSub},
 };
 use crate::config::{ClusterConfig, Config};
 use crate::metrics::Gauge;
+use crate::redis::pubsub::{PubSubHandlers, RedisPubSub};
 use crate::registry::{redis::RedisRegistry, Registry};
 use crate::store::postgres::{outbox, PgOptions, PgStore};
 use std::sync::{
     atomic::{AtomicI64, Ordering},
-    Arc, OnceLock,
+    Arc,
 };
 use std::time::Duration;
 
@@ -38,42 +38,11 @@ pub(super) async fn start(
         None => pg.shared_secret().await.map_err(StartError::Store)?,
     };
 
-    // The presence handler needs the registry, which needs the link: tie the knot late.
-    let registry_cell: Arc<OnceLock<Arc<RedisRegistry>>> = Arc::new(OnceLock::new());
-    let handlers = {
-        let (dir, dir2) = (w.directory.clone(), w.directory.clone());
-        let (cell, cell2) = (registry_cell.clone(), registry_cell.clone());
-        PubSubHandlers {
-            on_envelope: Arc::new(move |payload: &[u8]| deliver_envelope(&dir, payload)),
-            on_presence: Arc::new(move |user: &str, payload: &[u8]| {
-                if let Some(r) = cell.get() {
-                    r.on_presence(user, payload);
-                }
-            }),
-            // Redis may have lost the registry and this node missed envelopes meanwhile:
-            // re-register every session, then have each re-read its backlog.
-            on_reconnect: Arc::new(move || {
-                let (registry, directory) = (cell2.get().cloned(), dir2.clone());
-                tokio::spawn(async move {
-                    if let Some(r) = registry {
-                        if let Err(e) = r.reregister_all().await {
-                            tracing::warn!(error = %e, "cannot re-register sessions after a Redis reconnect");
-                        }
-                    }
-                    directory.resync_all();
-                });
-            }),
-        }
-    };
-    let pubsub = RedisPubSub::connect(
-        &cluster.redis_url,
-        ns,
-        &node_id,
-        handlers,
-        w.shutdown.clone(),
-    )
-    .await
-    .map_err(StartError::Backend)?;
+    // The registry's presence rides on the link, and the link's handlers feed the registry:
+    // the link is connected first and starts dispatching once the registry exists.
+    let pubsub = RedisPubSub::connect(&cluster.redis_url, ns, &node_id)
+        .await
+        .map_err(StartError::Backend)?;
     let redis_registry = RedisRegistry::connect(
         &cluster.redis_url,
         ns,
@@ -83,7 +52,26 @@ pub(super) async fn start(
     )
     .await
     .map_err(StartError::Backend)?;
-    let _ = registry_cell.set(redis_registry.clone());
+    let handlers = {
+        let (dir, dir2) = (w.directory.clone(), w.directory.clone());
+        let (reg, reg2) = (redis_registry.clone(), redis_registry.clone());
+        PubSubHandlers {
+            on_envelope: Arc::new(move |payload: &[u8]| deliver_envelope(&dir, payload)),
+            on_presence: Arc::new(move |user: &str, payload: &[u8]| reg.on_presence(user, payload)),
+            // Redis may have lost the registry and this node missed envelopes meanwhile:
+            // re-register every session, then have each re-read its backlog.
+            on_reconnect: Arc::new(move || {
+                let (registry, directory) = (reg2.clone(), dir2.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = registry.reregister_all().await {
+                        tracing::warn!(error = %e, "cannot re-register sessions after a Redis reconnect");
+                    }
+                    directory.resync_all();
+                });
+            }),
+        }
+    };
+    pubsub.listen(handlers, w.shutdown.clone());
     let registry: Arc<dyn Registry> = redis_registry.clone();
 
     let kafka = KafkaBus::connect(&KafkaSettings {

@@ -8,10 +8,10 @@
 //! while one of its sessions watches that user.
 
 use super::{Registry, SessionKey, Watcher};
-use crate::bus::pubsub::{
-    connection_manager, open_client, query, redis_prefix, RedisPubSub, Request,
-};
 use crate::domain::model::{Committed, Event, Presence, PresenceStatus, EPHEMERAL};
+use crate::redis::{
+    connection_manager, open_client, pubsub::RedisPubSub, query, redis_prefix, Request,
+};
 use crate::{Error, Result};
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -472,9 +472,8 @@ impl Registry for RedisRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::pubsub::tests::{eventually, namespace, quiet_handlers, redis_url};
-    use crate::bus::pubsub::PubSubHandlers;
-    use std::sync::OnceLock;
+    use crate::redis::pubsub::tests::{eventually, namespace, quiet_handlers, redis_url};
+    use crate::redis::pubsub::PubSubHandlers;
     use tokio::sync::mpsc;
 
     struct Node {
@@ -488,23 +487,16 @@ mod tests {
         timeout_ms: u32,
         stop: &CancellationToken,
     ) -> Node {
-        let slot: Arc<OnceLock<Arc<RedisRegistry>>> = Arc::new(OnceLock::new());
-        let s = slot.clone();
+        let pubsub = RedisPubSub::connect(url, ns, id).await.unwrap();
+        let registry = RedisRegistry::connect(url, ns, id, timeout_ms, pubsub.clone())
+            .await
+            .unwrap();
+        let r = registry.clone();
         let handlers = PubSubHandlers {
-            on_presence: Arc::new(move |u, p| {
-                if let Some(r) = s.get() {
-                    r.on_presence(u, p)
-                }
-            }),
+            on_presence: Arc::new(move |u, p| r.on_presence(u, p)),
             ..quiet_handlers()
         };
-        let pubsub = RedisPubSub::connect(url, ns, id, handlers, stop.clone())
-            .await
-            .unwrap();
-        let registry = RedisRegistry::connect(url, ns, id, timeout_ms, pubsub)
-            .await
-            .unwrap();
-        let _ = slot.set(registry.clone());
+        pubsub.listen(handlers, stop.clone());
         Node { registry }
     }
 
@@ -732,33 +724,24 @@ mod tests {
         id: &str,
         stop: &CancellationToken,
     ) -> (Arc<RedisRegistry>, Arc<std::sync::atomic::AtomicUsize>) {
-        let slot: Arc<OnceLock<Arc<RedisRegistry>>> = Arc::new(OnceLock::new());
+        let pubsub = RedisPubSub::connect(url, "", id).await.unwrap();
+        let registry = RedisRegistry::connect(url, "", id, 60_000, pubsub.clone())
+            .await
+            .unwrap();
         let reconnects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (s1, s2, n) = (slot.clone(), slot.clone(), reconnects.clone());
+        let (r1, r2, n) = (registry.clone(), registry.clone(), reconnects.clone());
         let handlers = PubSubHandlers {
-            on_presence: Arc::new(move |u, p| {
-                if let Some(r) = s1.get() {
-                    r.on_presence(u, p)
-                }
-            }),
+            on_presence: Arc::new(move |u, p| r1.on_presence(u, p)),
             on_reconnect: Arc::new(move || {
-                let (registry, n) = (s2.get().cloned(), n.clone());
+                let (registry, n) = (r2.clone(), n.clone());
                 tokio::spawn(async move {
-                    if let Some(r) = registry {
-                        r.reregister_all().await.unwrap();
-                    }
+                    registry.reregister_all().await.unwrap();
                     n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }),
             ..quiet_handlers()
         };
-        let pubsub = RedisPubSub::connect(url, "", id, handlers, stop.clone())
-            .await
-            .unwrap();
-        let registry = RedisRegistry::connect(url, "", id, 60_000, pubsub)
-            .await
-            .unwrap();
-        let _ = slot.set(registry.clone());
+        pubsub.listen(handlers, stop.clone());
         (registry, reconnects)
     }
 

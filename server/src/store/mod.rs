@@ -4,6 +4,7 @@
 //! `Ok` is durable. Writes that others must hear of (messages, membership changes) also come
 //! out, in commit order, on the store's outbox channel as [`Committed`] events.
 
+pub mod outbox;
 pub mod postgres;
 pub mod sqlite;
 

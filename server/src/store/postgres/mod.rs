@@ -305,7 +305,10 @@ async fn write_outbox(conn: &mut PgConnection, events: &[Event]) -> Result<()> {
         return Ok(());
     }
     let chats: Vec<&str> = events.iter().map(event_chat).collect();
-    let payloads: Vec<Vec<u8>> = events.iter().map(crate::bus::wire::encode_event).collect();
+    let payloads: Vec<Vec<u8>> = events
+        .iter()
+        .map(crate::store::outbox::encode_event)
+        .collect();
     sqlx::query(
         "WITH o AS (INSERT INTO outbox (chat_id, payload) SELECT * FROM unnest($1::text[], $2::bytea[]))
          SELECT pg_notify($3, '')",

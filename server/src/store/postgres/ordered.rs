@@ -1,8 +1,8 @@
 //! Events that were never stored but must reach sessions in order with stored ones.
 
 use super::{PgStore, OUTBOX_CHANNEL};
-use crate::bus::AfterCommits;
 use crate::domain::model::Event;
+use crate::store::outbox::AfterCommits;
 use crate::{Error, Result};
 use async_trait::async_trait;
 use sqlx::PgPool;
@@ -23,7 +23,7 @@ pub async fn enqueue_after_commits(pool: &PgPool, chat_id: &str, event: &Event) 
          SELECT pg_notify($3, '')",
     )
     .bind(chat_id)
-    .bind(crate::bus::wire::encode_event(event))
+    .bind(crate::store::outbox::encode_event(event))
     .bind(OUTBOX_CHANNEL)
     .execute(pool)
     .await

@@ -31,7 +31,7 @@
 //! deletes of relayed rows, and a delete lost in a crash only publishes those rows again.
 
 use super::{is_transient, OUTBOX_CHANNEL};
-use crate::bus::{OutboxRecord, OutboxSink};
+use crate::store::outbox::{OutboxRecord, OutboxSink};
 use crate::Result;
 use sqlx::{
     postgres::{PgListener, PgPoolOptions},

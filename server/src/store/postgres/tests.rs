@@ -4,7 +4,7 @@
 //! (`-- --ignored`) with its services, and run without that variable they fail.
 
 use super::*;
-use crate::bus::{wire, OutboxRecord, OutboxSink};
+use crate::store::outbox::{self as wire, OutboxRecord, OutboxSink};
 use crate::store::sqlite::SqliteStore;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;

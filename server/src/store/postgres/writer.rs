@@ -721,7 +721,7 @@ impl Decided {
                         .push(Some(m.seq as i64 - read_last(&m.chat_id)));
                 }
                 other => {
-                    out.heads.push(crate::bus::wire::encode_event(other));
+                    out.heads.push(crate::store::outbox::encode_event(other));
                     out.tails.push(None);
                     out.seq_chats.push(None);
                     out.ordinals.push(None);
@@ -790,7 +790,7 @@ impl Decided {
     }
 }
 
-/// A message event as `bus::wire::encode_event` has it, split around its seq: the outbox row
+/// A message event as `store::outbox::encode_event` has it, split around its seq: the outbox row
 /// is `head || seq || tail`, the seq being numbered by `chatd_writer_apply`. Encoded with seq
 /// 0 and 1, the two differ in exactly that digit.
 fn seq_template(m: &Message) -> (Vec<u8>, Vec<u8>) {
@@ -798,7 +798,7 @@ fn seq_template(m: &Message) -> (Vec<u8>, Vec<u8>) {
         let mut m = m.clone();
         m.seq = seq;
         m.wire = Default::default();
-        crate::bus::wire::encode_event(&Event::Message(Arc::new(m)))
+        crate::store::outbox::encode_event(&Event::Message(Arc::new(m)))
     };
     let (zero, one) = (encode(0), encode(1));
     let at = zero

@@ -6,24 +6,20 @@
 //! published meanwhile is gone, so after re-subscribing the node is told (`on_reconnect`) and
 //! makes its sessions catch up from the store.
 
-use super::NodeLink;
+use super::{
+    connection_manager, open_client, query, redis_error, redis_prefix, Request, BACKOFF_MAX,
+    BACKOFF_MIN, COMMAND_TIMEOUT, CONNECT_TIMEOUT,
+};
 use crate::{Error, Result};
-use async_trait::async_trait;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use std::{collections::HashSet, sync::Arc, time::Duration};
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
-/// How long connecting may take before the node reports Redis unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on one (un)subscribe or PING of the subscriber connection.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// A connection that silently died (no RST, e.g. a partition) shows up by an unanswered PING.
 const PING_EVERY: Duration = Duration::from_secs(3);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Bounds on one pipeline of [`NodeLink::send_many`]: a longer batch goes as several
+/// Bounds on one pipeline of [`RedisPubSub::publish_to_nodes`]: a longer batch goes as several
 /// pipelines, each sent once the one before it was answered.
 const PIPELINE_MAX_COMMANDS: usize = 4096;
 const PIPELINE_MAX_BYTES: usize = 4 << 20;
@@ -42,92 +38,6 @@ pub struct PubSubHandlers {
     pub on_presence: PresenceHandler,
     /// The link lost Redis and is back, with every channel subscribed again.
     pub on_reconnect: Arc<dyn Fn() + Send + Sync>,
-}
-
-/// `"{ns}:"` for a non-empty namespace, else nothing: the prefix of Redis keys and channels.
-pub(crate) fn redis_prefix(namespace: &str) -> String {
-    match namespace.is_empty() {
-        true => String::new(),
-        false => format!("{namespace}:"),
-    }
-}
-
-/// Connection-level failures are `Unavailable` (the caller may retry); a server refusing the
-/// command itself is a bug.
-pub(crate) fn redis_error(context: &str, e: redis::RedisError) -> Error {
-    match e.retry_method() {
-        redis::RetryMethod::NoRetry if !e.is_io_error() && !e.is_timeout() => {
-            Error::internal(format!("{context}: {e}"))
-        }
-        _ => Error::Unavailable(format!("{context}: Redis unavailable: {e}")),
-    }
-}
-
-/// A command or a pipeline, run by [`query`].
-pub(crate) enum Request<'a> {
-    Cmd(&'a redis::Cmd),
-    Pipe(&'a redis::Pipeline),
-}
-
-/// Runs `request`, once more if the connection turned out to be broken: a connection that sat
-/// idle while Redis restarted learns so only from its next command, which shouldn't fail a
-/// client's call when Redis is back. Every request here is idempotent or harmless to repeat.
-pub(crate) async fn query<T: redis::FromRedisValue>(
-    conn: &ConnectionManager,
-    request: Request<'_>,
-    context: &str,
-) -> Result<T> {
-    let mut conn = conn.clone();
-    let mut retried = false;
-    loop {
-        let result = match request {
-            Request::Cmd(c) => c.query_async(&mut conn).await,
-            Request::Pipe(p) => p.query_async(&mut conn).await,
-        };
-        match result {
-            Ok(v) => return Ok(v),
-            Err(e)
-                if !retried
-                    && !e.is_timeout()
-                    && (e.is_connection_dropped() || e.is_io_error()) =>
-            {
-                retried = true;
-            }
-            Err(e) => return Err(redis_error(context, e)),
-        }
-    }
-}
-
-pub(crate) fn open_client(redis_url: &str) -> Result<redis::Client> {
-    redis::Client::open(redis_url)
-        .map_err(|e| Error::Unavailable(format!("invalid Redis URL {redis_url:?}: {e}")))
-}
-
-/// A connection manager whose commands fail within seconds when Redis is down (the default
-/// retries for longer than a client request should wait), and reconnects in the background.
-pub(crate) async fn connection_manager(client: &redis::Client) -> Result<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_number_of_retries(2)
-        .set_min_delay(BACKOFF_MIN)
-        .set_max_delay(BACKOFF_MAX)
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(COMMAND_TIMEOUT));
-    let addr = client.get_connection_info().addr().to_string();
-    let unreachable =
-        |detail: String| Error::Unavailable(format!("cannot connect to Redis at {addr}: {detail}"));
-    match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        client.get_connection_manager_with_config(config),
-    )
-    .await
-    {
-        Ok(Ok(manager)) => Ok(manager),
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable(format!(
-            "no connection within {}s",
-            CONNECT_TIMEOUT.as_secs()
-        ))),
-    }
 }
 
 /// The subscriber connection's control side and what it must be subscribed to. Changed only
@@ -149,16 +59,19 @@ pub struct RedisPubSub {
     presence_prefix: String,
     publisher: ConnectionManager,
     subs: Mutex<Subscriptions>,
+    /// The subscriber connection between [`RedisPubSub::connect`] and [`RedisPubSub::listen`];
+    /// what arrives meanwhile waits in it.
+    unheard: parking_lot::Mutex<Option<PubSubStream>>,
 }
 
 impl RedisPubSub {
-    /// Connects, subscribes to this node's channel and keeps the link up until `shutdown`.
+    /// Connects the publisher and subscribes to this node's channel. Nothing is dispatched
+    /// until [`RedisPubSub::listen`], so the handlers may use what is built on this link (the
+    /// registry's presence) without a late-bound cell.
     pub async fn connect(
         redis_url: &str,
         namespace: &str,
         node_id: &str,
-        handlers: PubSubHandlers,
-        shutdown: CancellationToken,
     ) -> Result<Arc<RedisPubSub>> {
         let client = open_client(redis_url)?;
         let addr = client.get_connection_info().addr().to_string();
@@ -176,14 +89,25 @@ impl RedisPubSub {
                 sink: None,
                 presence: HashSet::new(),
             }),
+            unheard: parking_lot::Mutex::new(None),
         });
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, link.establish()).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(link.unreachable(e.to_string())),
             Err(_) => return Err(link.unreachable("timed out subscribing".into())),
         };
-        tokio::spawn(link.clone().run(stream, handlers, shutdown));
+        *link.unheard.lock() = Some(stream);
         Ok(link)
+    }
+
+    /// Starts dispatching to `handlers` and keeps the link up until `shutdown`. Only the first
+    /// call does anything.
+    pub fn listen(self: &Arc<Self>, handlers: PubSubHandlers, shutdown: CancellationToken) {
+        let Some(stream) = self.unheard.lock().take() else {
+            tracing::warn!("Redis Pub/Sub link is already listening");
+            return;
+        };
+        tokio::spawn(self.clone().run(stream, handlers, shutdown));
     }
 
     fn unreachable(&self, detail: String) -> Error {
@@ -444,9 +368,9 @@ impl RedisPubSub {
     }
 }
 
-#[async_trait]
-impl NodeLink for RedisPubSub {
-    async fn send_to_node(&self, node_id: &str, envelope: Vec<u8>) -> Result<()> {
+impl RedisPubSub {
+    /// Publishes `envelope` on the channel of node `node_id`.
+    pub async fn publish_to_node(&self, node_id: &str, envelope: Vec<u8>) -> Result<()> {
         self.publish(self.node_channel_of(node_id), envelope).await
     }
 
@@ -455,7 +379,7 @@ impl NodeLink for RedisPubSub {
     /// A batch past the pipeline bounds goes as consecutive pipelines, each sent after the
     /// previous one was answered. After an error some envelopes may have gone out: sending
     /// the batch again repeats them (sessions drop repeats by seq) but reorders nothing.
-    async fn send_many(&self, envelopes: Vec<(String, Vec<u8>)>) -> Result<()> {
+    pub async fn publish_to_nodes(&self, envelopes: Vec<(String, Vec<u8>)>) -> Result<()> {
         let mut pipe = redis::pipe();
         let mut bytes = 0usize;
         for (node_id, envelope) in envelopes {
@@ -501,6 +425,19 @@ pub(crate) mod tests {
         format!("t{}", rand::random::<u64>())
     }
 
+    /// A link that listens with `handlers` right away.
+    pub(crate) async fn listening(
+        url: &str,
+        ns: &str,
+        node: &str,
+        handlers: PubSubHandlers,
+        shutdown: &CancellationToken,
+    ) -> Arc<RedisPubSub> {
+        let link = RedisPubSub::connect(url, ns, node).await.unwrap();
+        link.listen(handlers, shutdown.clone());
+        link
+    }
+
     pub(crate) fn quiet_handlers() -> PubSubHandlers {
         PubSubHandlers {
             on_envelope: Arc::new(|_| {}),
@@ -537,16 +474,10 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn unreachable_redis_is_reported_quickly() {
         let started = std::time::Instant::now();
-        let err = RedisPubSub::connect(
-            "redis://127.0.0.1:1",
-            "",
-            "n",
-            quiet_handlers(),
-            CancellationToken::new(),
-        )
-        .await
-        .err()
-        .expect("nothing listens on port 1");
+        let err = RedisPubSub::connect("redis://127.0.0.1:1", "", "n")
+            .await
+            .err()
+            .expect("nothing listens on port 1");
         assert!(
             matches!(&err, Error::Unavailable(m) if m.starts_with("cannot connect to Redis at 127.0.0.1:1: ")),
             "{err:?}"
@@ -561,17 +492,13 @@ pub(crate) mod tests {
         let ns = namespace();
         let shutdown = CancellationToken::new();
         let (handlers, seen, reconnects) = recording();
-        let b = RedisPubSub::connect(&url, &ns, "b", handlers, shutdown.clone())
-            .await
-            .unwrap();
-        let a = RedisPubSub::connect(&url, &ns, "a", quiet_handlers(), shutdown.clone())
-            .await
-            .unwrap();
+        let b = listening(&url, &ns, "b", handlers, &shutdown).await;
+        let a = listening(&url, &ns, "a", quiet_handlers(), &shutdown).await;
         b.subscribe_presence("alice").await.unwrap();
         b.subscribe_presence("bob").await.unwrap();
         b.unsubscribe_presence("bob").await.unwrap();
-        a.send_to_node("b", b"env1".to_vec()).await.unwrap();
-        a.send_to_node("c", b"not for b".to_vec()).await.unwrap();
+        a.publish_to_node("b", b"env1".to_vec()).await.unwrap();
+        a.publish_to_node("c", b"not for b".to_vec()).await.unwrap();
         a.publish_presence("alice", b"p1".to_vec()).await.unwrap();
         a.publish_presence("bob", b"unwatched".to_vec())
             .await
@@ -590,7 +517,7 @@ pub(crate) mod tests {
         assert_eq!(RedisPubSub::kill_marked_connection(&url).await, 1);
         eventually("reconnect", || reconnects.load(Ordering::SeqCst) == 1).await;
         seen.lock().clear();
-        a.send_to_node("b", b"env2".to_vec()).await.unwrap();
+        a.publish_to_node("b", b"env2".to_vec()).await.unwrap();
         a.publish_presence("alice", b"p2".to_vec()).await.unwrap();
         eventually("messages after the reconnect", || seen.lock().len() >= 2).await;
         assert_eq!(
@@ -614,14 +541,10 @@ pub(crate) mod tests {
         let mut received = Vec::new();
         for node in ["b", "c"] {
             let (handlers, seen, _) = recording();
-            let link = RedisPubSub::connect(&url, &ns, node, handlers, shutdown.clone())
-                .await
-                .unwrap();
+            let link = listening(&url, &ns, node, handlers, &shutdown).await;
             received.push((link, seen));
         }
-        let a = RedisPubSub::connect(&url, &ns, "a", quiet_handlers(), shutdown.clone())
-            .await
-            .unwrap();
+        let a = listening(&url, &ns, "a", quiet_handlers(), &shutdown).await;
         // More than one pipeline's worth of commands; the first few big ones reach the byte
         // bound (but stay under Redis' default output buffer limit of a subscriber).
         const N: usize = 3 * PIPELINE_MAX_COMMANDS + 17;
@@ -649,7 +572,7 @@ pub(crate) mod tests {
             if round == 1 {
                 a.kill_publisher_connection(&url).await;
             }
-            a.send_many(batch(round)).await.unwrap();
+            a.publish_to_nodes(batch(round)).await.unwrap();
             for ((_, seen), node) in received.iter().zip(["b", "c"]) {
                 let want = expected(round, node);
                 eventually("all envelopes", || seen.lock().len() >= want.len()).await;
