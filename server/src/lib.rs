@@ -3,9 +3,15 @@
 //! Layout (see `ARCHITECTURE.md` for the data flow of one message):
 //! - [`config`]: one typed configuration, defaults < file < env < flags, validated at start.
 //! - [`auth`]: JWT minting and verification, and the node's signing secret.
-//! - [`domain`]: the chat rules (validation, membership, sending, history, rate limits, fan-out)
-//!   over the [`store::Store`] seam; it knows neither protobuf nor SQL.
-//! - [`store`]: the durable source of truth; the trait and its SQLite implementation.
+//! - [`domain`]: the chat rules (validation, membership, sending, history, rate limits)
+//!   over the store seams and the registry; it knows neither protobuf nor SQL.
+//! - [`store`]: the durable source of truth: the per-concern traits, the outbox types, and the
+//!   SQLite and PostgreSQL implementations.
+//! - [`registry`]: which devices are connected where, presence and last seen (in-process or Redis).
+//! - [`bus`]: fan-out of committed events to the sessions that must see them (in-process, or
+//!   Kafka + Redis Pub/Sub across nodes).
+//! - [`redis`]: Redis connections and the Pub/Sub link the registry and the bus share.
+//! - [`metrics`]: counters and histograms in Prometheus text.
 //! - [`session`]: one connected device: hello, resume, live events, heartbeats, bounded queue.
 //! - [`transport`]: gRPC (and plain HTTP health) on one port; frames in, domain calls, frames out.
 //! - [`node`]: the composition root that builds all of the above from a [`config::Config`].

@@ -2,12 +2,11 @@
 //! sessions; typing events (never stored, so never on Kafka) are routed straight to the nodes
 //! of the chat's members; and this node's own commits end their senders' typing indicators.
 
-use super::{audience, members::MemberCache, wire, AfterCommits, NodeLink};
+use super::{audience, members::MemberCache, wire, AfterCommits, LocalSessions, NodeLink};
 use crate::domain::model::{Committed, Event, EPHEMERAL};
 use crate::domain::typing::Typing;
 use crate::redis::pubsub::RedisPubSub;
 use crate::registry::Registry;
-use crate::session::Directory;
 use crate::store::Store;
 use crate::Result;
 use async_trait::async_trait;
@@ -36,7 +35,7 @@ impl NodeLink for RedisPubSub {
 const MEMBERS_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// Queues an envelope from the node channel for the local sessions it names.
-pub fn deliver_envelope(directory: &Directory, payload: &[u8]) {
+pub fn deliver_envelope(directory: &dyn LocalSessions, payload: &[u8]) {
     match wire::decode_envelope(payload) {
         Ok((targets, event)) => {
             let committed = Committed {

@@ -6,16 +6,15 @@
 //! One task does all of it, so events of a chat reach every session in seq order, and a
 //! membership change takes effect exactly between the messages committed before and after it.
 
-use super::{audience, members::MemberCache};
+use super::{audience, members::MemberCache, LocalSessions};
 use crate::domain::model::{Committed, Event, EPHEMERAL};
 use crate::domain::typing::Typing;
-use crate::session::Directory;
 use crate::store::Store;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
 pub struct LocalFanout {
-    directory: Arc<Directory>,
+    directory: Arc<dyn LocalSessions>,
     /// Typing state, so that a message can end its sender's typing indicator.
     typing: Arc<Typing>,
     /// Receipts of larger chats are not pushed to other members (only to the reader's devices).
@@ -26,7 +25,7 @@ pub struct LocalFanout {
 impl LocalFanout {
     pub fn new(
         store: Arc<dyn Store>,
-        directory: Arc<Directory>,
+        directory: Arc<dyn LocalSessions>,
         typing: Arc<Typing>,
         live_receipts_max_members: usize,
     ) -> Self {

@@ -12,10 +12,20 @@ pub mod local;
 pub mod members;
 pub mod wire;
 
+use crate::domain::model::Committed;
 use crate::Result;
 use async_trait::async_trait;
 
 pub use crate::store::outbox::{AfterCommits, OutboxRecord, OutboxSink};
+
+/// The sessions connected to this node, as the fan-out sees them. `session::Directory`
+/// implements it, so events flow down into sessions without the bus depending on the session
+/// layer.
+pub trait LocalSessions: Send + Sync + 'static {
+    /// Queues `event` for every session of `user_id` on this node, except those of
+    /// `skip_device`. Never blocks: a session whose queue is full is closed instead.
+    fn deliver(&self, user_id: &str, skip_device: Option<&str>, event: &Committed);
+}
 
 /// Hand-off of encoded envelopes ([`wire::Envelope`]) to other nodes.
 #[async_trait]

@@ -1,32 +1,33 @@
 //! Chats and membership: opening direct chats, creating groups, adding and removing members,
 //! and reading a chat as one of its members sees it.
 
+use super::membership::{adding, removing};
 use super::{ids, model::*, page_size, page_token::PageTokens};
 use crate::auth::check_user_id;
-use crate::store::{ActivityKey, NewChat, Store};
+use crate::store::{ActivityKey, ChatStore, NewChat};
 use crate::{Error, Result};
 use std::sync::Arc;
 
 const MAX_TITLE_BYTES: usize = 256;
 
-pub use crate::store::Access;
+pub use super::membership::Access;
 
 /// Checks the chat id and that `user_id` is a member: malformed → INVALID_ARGUMENT, unknown →
 /// NOT_FOUND, not a member → PERMISSION_DENIED.
-pub async fn member_access(store: &dyn Store, chat_id: &str, user_id: &str) -> Result<Access> {
+pub async fn member_access(store: &dyn ChatStore, chat_id: &str, user_id: &str) -> Result<Access> {
     ids::check_chat_id(chat_id)?;
     store.membership(chat_id, user_id).await?.require(chat_id)
 }
 
 pub struct Chats {
-    store: Arc<dyn Store>,
+    store: Arc<dyn ChatStore>,
     tokens: PageTokens,
     /// Largest group, the creator included.
     max_group_size: u32,
 }
 
 impl Chats {
-    pub fn new(store: Arc<dyn Store>, tokens: PageTokens, max_group_size: u32) -> Self {
+    pub fn new(store: Arc<dyn ChatStore>, tokens: PageTokens, max_group_size: u32) -> Self {
         Chats {
             store,
             tokens,
@@ -150,24 +151,13 @@ impl Chats {
         user_ids: &[String],
         now: i64,
     ) -> Result<ChatView> {
-        let access = member_access(self.store.as_ref(), chat_id, user_id).await?;
+        member_access(self.store.as_ref(), chat_id, user_id).await?;
         let users = distinct_users("user_ids", user_ids, None)?;
         if users.is_empty() {
             return Err(Error::invalid("user_ids", "must name at least one user"));
         }
-        if access.kind == ChatKind::Direct {
-            return Err(Error::FailedPrecondition(
-                "members cannot be added to a direct chat".into(),
-            ));
-        }
-        if access.role != Role::Admin {
-            return Err(Error::PermissionDenied(
-                "only a group admin may add members".into(),
-            ));
-        }
-        self.store
-            .add_members(chat_id, users, self.max_group_size, now)
-            .await?;
+        let rule = adding(user_id.to_string(), users, self.max_group_size);
+        self.store.change_members(chat_id, rule, now).await?;
         self.view(chat_id, user_id).await
     }
 
@@ -179,19 +169,10 @@ impl Chats {
         target: &str,
         now: i64,
     ) -> Result<Chat> {
-        let access = member_access(self.store.as_ref(), chat_id, user_id).await?;
+        member_access(self.store.as_ref(), chat_id, user_id).await?;
         check_user_id("user_id", target)?;
-        if access.kind == ChatKind::Direct {
-            return Err(Error::FailedPrecondition(
-                "members cannot be removed from a direct chat".into(),
-            ));
-        }
-        if target != user_id && access.role != Role::Admin {
-            return Err(Error::PermissionDenied(
-                "only a group admin may remove other members".into(),
-            ));
-        }
-        self.store.remove_member(chat_id, target, now).await
+        let rule = removing(user_id.to_string(), target.to_string());
+        self.store.change_members(chat_id, rule, now).await
     }
 
     async fn view(&self, chat_id: &str, user_id: &str) -> Result<ChatView> {
@@ -216,4 +197,99 @@ fn distinct_users(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::fakes::FakeChats;
+
+    fn chats(store: &Arc<FakeChats>, max_group_size: u32) -> Chats {
+        Chats::new(store.clone(), PageTokens::new(b"test"), max_group_size)
+    }
+
+    fn users(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_group_grows_to_its_limit_and_no_further() {
+        let store = Arc::new(FakeChats::default());
+        let c = chats(&store, 3);
+        assert!(matches!(
+            c.create_group("ann", "t", &users(&["bo", "cy", "di"]), 1)
+                .await,
+            Err(Error::FailedPrecondition(_))
+        ));
+        let g = c
+            .create_group("ann", "t", &users(&["bo", "ann"]), 1)
+            .await
+            .unwrap();
+        let id = g.chat.chat_id.clone();
+        assert_eq!(g.chat.member("ann").unwrap().role, Role::Admin);
+        assert_eq!(g.chat.members.len(), 2);
+        assert!(matches!(
+            c.add_members("bo", &id, &users(&["cy"]), 2).await,
+            Err(Error::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            c.add_members("ann", &id, &users(&["cy", "di"]), 2).await,
+            Err(Error::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            c.add_members("ann", &id, &[], 2).await,
+            Err(Error::InvalidArgument {
+                field: "user_ids",
+                ..
+            })
+        ));
+        c.add_members("ann", &id, &users(&["cy", "bo"]), 2)
+            .await
+            .unwrap();
+        assert_eq!(store.get(&id).members.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_last_admin_leaving_hands_the_group_over() {
+        let store = Arc::new(FakeChats::default());
+        let c = chats(&store, 10);
+        let id = c
+            .create_group("ann", "t", &users(&["bo", "cy"]), 1)
+            .await
+            .unwrap()
+            .chat
+            .chat_id;
+        assert!(matches!(
+            c.remove_member("bo", &id, "cy", 2).await,
+            Err(Error::PermissionDenied(_))
+        ));
+        let after = c.remove_member("ann", &id, "ann", 2).await.unwrap();
+        assert!(after.member("ann").is_none());
+        assert_eq!(after.member("bo").unwrap().role, Role::Admin);
+        assert_eq!(
+            c.remove_member("ann", &id, "bo", 3).await.unwrap_err(),
+            Error::not_member(&id)
+        );
+    }
+
+    #[tokio::test]
+    async fn direct_chats_keep_their_two_members_and_outsiders_see_nothing() {
+        let store = Arc::new(FakeChats::default());
+        let c = chats(&store, 10);
+        let id = c.open_direct("ann", "bo", 1).await.unwrap().chat.chat_id;
+        assert!(matches!(
+            c.add_members("ann", &id, &users(&["cy"]), 2).await,
+            Err(Error::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            c.remove_member("ann", &id, "bo", 2).await,
+            Err(Error::FailedPrecondition(_))
+        ));
+        assert_eq!(c.get("cy", &id).await.unwrap_err(), Error::not_member(&id));
+        let unknown = ids::new_id();
+        assert_eq!(
+            c.get("ann", &unknown).await.unwrap_err(),
+            Error::chat_not_found(&unknown)
+        );
+    }
 }

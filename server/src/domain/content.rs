@@ -1,4 +1,5 @@
-//! What a sendable message content is: exactly one of text and ciphertext, within the size limit.
+//! What a sendable message content is: exactly one of text and ciphertext, within the size
+//! limit, and text without U+0000.
 
 use super::model::Content;
 use crate::{Error, Result};
@@ -29,6 +30,10 @@ pub fn check_content(content: Option<&Content>, max_bytes: u32) -> Result<()> {
             ))
         }
         _ => {}
+    }
+    if c.text.contains('\0') {
+        // PostgreSQL text cannot hold it; refused on every backend so both keep the same data.
+        return Err(Error::invalid("content", "text must not contain U+0000"));
     }
     let size = content_size(c);
     if size > max_bytes as usize {
@@ -71,6 +76,7 @@ mod tests {
                 ..Default::default()
             }),
             Some(text("12345678901")),
+            Some(text("a\0b")),
         ] {
             let err = check_content(bad.as_ref(), 10).unwrap_err();
             assert!(

@@ -5,7 +5,10 @@ use super::{
     page_token::PageTokens,
 };
 use crate::metrics::METRICS;
-use crate::store::{Appended, CursorMove, NewMessage, PendingAppend, SeqRange, Store};
+use crate::store::{
+    Appended, ChatStore, CursorMove, CursorStore, MessageStore, NewMessage, PendingAppend,
+    SeqRange, Store,
+};
 use crate::{Error, Result};
 use std::sync::{atomic::Ordering::Relaxed, Arc};
 
@@ -17,8 +20,27 @@ pub struct SendRequest {
     pub content: Option<Content>,
 }
 
+/// The parts of the store messaging works with.
+#[derive(Clone)]
+pub struct MessagingStores {
+    pub messages: Arc<dyn MessageStore>,
+    pub chats: Arc<dyn ChatStore>,
+    pub cursors: Arc<dyn CursorStore>,
+}
+
+impl MessagingStores {
+    /// All three from one backend.
+    pub fn of(store: Arc<dyn Store>) -> Self {
+        MessagingStores {
+            messages: store.clone(),
+            chats: store.clone(),
+            cursors: store,
+        }
+    }
+}
+
 pub struct Messaging {
-    store: Arc<dyn Store>,
+    store: MessagingStores,
     tokens: PageTokens,
     limiter: RateLimiter,
     max_message_bytes: u32,
@@ -34,7 +56,7 @@ enum Direction {
 
 impl Messaging {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: MessagingStores,
         tokens: PageTokens,
         limiter: RateLimiter,
         max_message_bytes: u32,
@@ -84,6 +106,7 @@ impl Messaging {
             })?;
         let pending = self
             .store
+            .messages
             .submit_message(NewMessage {
                 chat_id: req.chat_id,
                 sender_user_id: user_id.to_string(),
@@ -115,7 +138,7 @@ impl Messaging {
         after_seq: u64,
     ) -> Result<(Vec<Message>, String)> {
         let limit = page_size(requested_page_size)?;
-        let access = member_access(self.store.as_ref(), chat_id, user_id).await?;
+        let access = member_access(self.store.chats.as_ref(), chat_id, user_id).await?;
         let scope = format!("history:{chat_id}");
         let (direction, from) = if after_seq > 0 {
             (Direction::Newer, after_seq)
@@ -153,7 +176,11 @@ impl Messaging {
                 newest_first: false,
             },
         };
-        let mut messages = self.store.messages(chat_id, range, limit + 1).await?;
+        let mut messages = self
+            .store
+            .messages
+            .messages(chat_id, range, limit + 1)
+            .await?;
         let next = if messages.len() > limit as usize {
             messages.truncate(limit as usize);
             let mut pos = vec![direction as u8];
@@ -178,6 +205,7 @@ impl Messaging {
     ) -> Result<()> {
         ids::check_chat_id(chat_id)?;
         self.store
+            .cursors
             .move_cursor(CursorMove {
                 user_id: user_id.to_string(),
                 device_id: device_id.to_string(),
@@ -191,7 +219,153 @@ impl Messaging {
 
     /// Who has received and read a chat up to at least `seq`, per device and per user.
     pub async fn receipts(&self, user_id: &str, chat_id: &str, seq: u64) -> Result<Vec<Receipt>> {
-        member_access(self.store.as_ref(), chat_id, user_id).await?;
-        self.store.receipts(chat_id, seq).await
+        member_access(self.store.chats.as_ref(), chat_id, user_id).await?;
+        self.store.cursors.receipts(chat_id, seq).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::fakes::{FakeChats, FakeCursors, FakeMessages};
+    use crate::domain::model::{ChatKind, Role};
+    use crate::store::{ChatStore, NewChat};
+
+    struct Setup {
+        messaging: Messaging,
+        messages: Arc<FakeMessages>,
+        cursors: Arc<FakeCursors>,
+        chat_id: String,
+    }
+
+    async fn setup(burst: u32) -> Setup {
+        let chats = Arc::new(FakeChats::default());
+        let messages = Arc::new(FakeMessages {
+            chats: chats.clone(),
+            submitted: Default::default(),
+        });
+        let cursors = Arc::new(FakeCursors {
+            chats: chats.clone(),
+            moves: Default::default(),
+        });
+        let (chat, _) = chats
+            .create_chat(NewChat {
+                kind: ChatKind::Group,
+                title: "t".into(),
+                direct_key: None,
+                members: vec![("ann".into(), Role::Admin), ("bo".into(), Role::Member)],
+                created_at: 1,
+            })
+            .await
+            .unwrap();
+        let stores = MessagingStores {
+            messages: messages.clone(),
+            chats,
+            cursors: cursors.clone(),
+        };
+        Setup {
+            messaging: Messaging::new(
+                stores,
+                PageTokens::new(b"test"),
+                RateLimiter::new(1, burst),
+                100,
+            ),
+            messages,
+            cursors,
+            chat_id: chat.chat_id,
+        }
+    }
+
+    fn text(chat_id: &str, key: &str, text: &str) -> SendRequest {
+        SendRequest {
+            client_msg_id: key.into(),
+            chat_id: chat_id.into(),
+            content: Some(Content {
+                text: text.into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_sends_are_never_stored() {
+        let s = setup(2).await;
+        let m = &s.messaging;
+        let chat = s.chat_id.as_str();
+        assert_eq!(
+            m.send("cy", "d", text(chat, "k0", "hi"), 1)
+                .await
+                .unwrap_err(),
+            Error::not_member(chat)
+        );
+        assert!(matches!(
+            m.send("ann", "d", text(chat, "k1", "a\0b"), 1).await,
+            Err(Error::InvalidArgument {
+                field: "content",
+                ..
+            })
+        ));
+        assert!(matches!(
+            m.send("ann", "d", text(chat, "k2", &"x".repeat(101)), 1)
+                .await,
+            Err(Error::InvalidArgument {
+                field: "content",
+                ..
+            })
+        ));
+        assert!(matches!(
+            m.send("ann", "d", text(chat, "", "hi"), 1).await,
+            Err(Error::InvalidArgument {
+                field: "client_msg_id",
+                ..
+            })
+        ));
+        assert!(s.messages.submitted.lock().is_empty());
+
+        // The burst passes; the next send from that device is held back, another device's not.
+        for k in ["a", "b"] {
+            m.send("ann", "d", text(chat, k, "hi"), 1).await.unwrap();
+        }
+        assert!(matches!(
+            m.send("ann", "d", text(chat, "c", "hi"), 1).await,
+            Err(Error::RateLimited { .. })
+        ));
+        let sent = m.send("ann", "e", text(chat, "c", "hi"), 1).await.unwrap();
+        assert_eq!(sent.message.sender_device_id, "e");
+        let keys: Vec<String> = s
+            .messages
+            .submitted
+            .lock()
+            .iter()
+            .map(|m| m.client_msg_id.clone())
+            .collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn only_members_move_cursors() {
+        let s = setup(10).await;
+        let chat = s.chat_id.as_str();
+        s.messaging
+            .move_cursor("bo", "d", chat, 0, ReceiptKind::Read, 5)
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.messaging
+                .move_cursor("bo", "d", "not an id", 1, ReceiptKind::Read, 5)
+                .await,
+            Err(Error::InvalidArgument {
+                field: "chat_id",
+                ..
+            })
+        ));
+        assert_eq!(
+            s.messaging
+                .move_cursor("cy", "d", chat, 1, ReceiptKind::Read, 5)
+                .await
+                .unwrap_err(),
+            Error::not_member(chat)
+        );
+        assert_eq!(s.cursors.moves.lock().len(), 1);
     }
 }

@@ -4,8 +4,11 @@
 
 pub mod chats;
 pub mod content;
+#[cfg(test)]
+mod fakes;
 pub mod ids;
 pub mod limits;
+pub mod membership;
 pub mod messaging;
 pub mod model;
 pub mod page_token;

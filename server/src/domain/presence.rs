@@ -7,7 +7,7 @@
 use super::model::Presence;
 use crate::auth::check_user_id;
 use crate::registry::{Registry, SessionKey, Watcher};
-use crate::store::Store;
+use crate::store::PresenceStore;
 use crate::{Error, Result};
 use std::{collections::HashSet, sync::Arc};
 
@@ -18,7 +18,7 @@ const ORDER_LOCKS: usize = 64;
 
 pub struct PresenceService {
     registry: Arc<dyn Registry>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn PresenceStore>,
     /// Disconnects still being recorded, so shutdown can wait for them.
     leaving: tokio_util::task::TaskTracker,
     /// A change and its announcement happen under the user's lock: two sessions of a user
@@ -28,7 +28,7 @@ pub struct PresenceService {
 }
 
 impl PresenceService {
-    pub fn new(registry: Arc<dyn Registry>, store: Arc<dyn Store>) -> Self {
+    pub fn new(registry: Arc<dyn Registry>, store: Arc<dyn PresenceStore>) -> Self {
         PresenceService {
             registry,
             store,
@@ -202,5 +202,58 @@ impl PresenceService {
                 tracing::warn!(user_id = session.user_id, error = %e, "cannot record last seen");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::fakes::FakePresence;
+    use crate::domain::model::PresenceStatus;
+    use crate::registry::local::LocalRegistry;
+
+    fn session(user: &str, id: u64) -> SessionKey {
+        SessionKey {
+            user_id: user.into(),
+            device_id: "phone".into(),
+            session_id: id,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_contacts_see_presence_and_last_seen() {
+        let store = Arc::new(FakePresence {
+            contacts: vec![("ann".into(), "bo".into()), ("ann".into(), "cy".into())],
+            ..Default::default()
+        });
+        store.last_seen.lock().insert("cy".into(), 42);
+        let p = PresenceService::new(Arc::new(LocalRegistry::default()), store.clone());
+        for (user, id) in [("bo", 1), ("di", 2)] {
+            p.device_connected(&session(user, id)).await.unwrap();
+        }
+        let asked = ["bo", "cy", "di", "ann", "bo"].map(String::from);
+        let seen = p.get("ann", &asked).await.unwrap();
+        let shown: Vec<(&str, PresenceStatus, i64)> = seen
+            .iter()
+            .map(|p| (p.user_id.as_str(), p.status, p.last_seen))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("bo", PresenceStatus::Online, 0),
+                ("cy", PresenceStatus::Offline, 42),
+                // A stranger reads exactly like someone who never connected.
+                ("di", PresenceStatus::Offline, 0),
+                ("ann", PresenceStatus::Offline, 0),
+            ]
+        );
+
+        // The last device going away is recorded as the user's last seen.
+        p.device_disconnected(&session("bo", 1), &[], 77).await;
+        assert_eq!(store.last_seen.lock().get("bo"), Some(&77));
+        assert!(matches!(
+            p.get("ann", &["".to_string()]).await,
+            Err(Error::InvalidArgument { .. })
+        ));
     }
 }

@@ -3,7 +3,7 @@
 //! so seq numbers never repeat and cursors stay valid; history and resume simply no longer find
 //! the purged messages, and unread counts count only messages that still exist.
 
-use crate::store::Store;
+use crate::store::MessageStore;
 use crate::Result;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 const PURGE_BATCH: u32 = 1000;
 
 /// Deletes every message created before `now_ms - retention`; returns how many.
-pub async fn purge(store: &dyn Store, retention: Duration, now_ms: i64) -> Result<u64> {
+pub async fn purge(store: &dyn MessageStore, retention: Duration, now_ms: i64) -> Result<u64> {
     let before = now_ms.saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);
     let mut total = 0;
     loop {

@@ -9,7 +9,7 @@ use super::{
     chats::member_access,
     model::{Event, Message, TypingNotice},
 };
-use crate::store::Store;
+use crate::store::ChatStore;
 use crate::Result;
 use parking_lot::Mutex;
 use std::{
@@ -132,13 +132,17 @@ impl Typing {
 /// Checks and forwards typing changes to the fan-out.
 pub struct TypingService {
     typing: Arc<Typing>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn ChatStore>,
     /// The fan-out's input for events that are never stored.
     events: mpsc::Sender<Event>,
 }
 
 impl TypingService {
-    pub fn new(typing: Arc<Typing>, store: Arc<dyn Store>, events: mpsc::Sender<Event>) -> Self {
+    pub fn new(
+        typing: Arc<Typing>,
+        store: Arc<dyn ChatStore>,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
         TypingService {
             typing,
             store,

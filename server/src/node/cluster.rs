@@ -56,7 +56,7 @@ pub(super) async fn start(
         let (dir, dir2) = (w.directory.clone(), w.directory.clone());
         let (reg, reg2) = (redis_registry.clone(), redis_registry.clone());
         PubSubHandlers {
-            on_envelope: Arc::new(move |payload: &[u8]| deliver_envelope(&dir, payload)),
+            on_envelope: Arc::new(move |payload: &[u8]| deliver_envelope(dir.as_ref(), payload)),
             on_presence: Arc::new(move |user: &str, payload: &[u8]| reg.on_presence(user, payload)),
             // Redis may have lost the registry and this node missed envelopes meanwhile:
             // re-register every session, then have each re-read its backlog.

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::domain::{
     chats::Chats,
     limits::RateLimiter,
-    messaging::Messaging,
+    messaging::{Messaging, MessagingStores},
     page_token::PageTokens,
     presence::PresenceService,
     retention,
@@ -131,7 +131,7 @@ pub async fn run(
 
     let limiter = RateLimiter::new(config.rate_limit_per_sec, config.rate_limit_burst);
     let messaging = Arc::new(Messaging::new(
-        store.clone(),
+        MessagingStores::of(store.clone()),
         tokens.clone(),
         limiter,
         config.max_message_bytes,

@@ -165,6 +165,12 @@ impl Directory {
     }
 }
 
+impl crate::bus::LocalSessions for Directory {
+    fn deliver(&self, user_id: &str, skip_device: Option<&str>, event: &Committed) {
+        Directory::deliver(self, user_id, skip_device, event)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,8 @@
 //! `Ok` is durable. Writes that others must hear of (messages, membership changes) also come
 //! out, in commit order, on the store's outbox channel as [`Committed`] events.
 
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod outbox;
 pub mod postgres;
 pub mod sqlite;
@@ -43,35 +45,7 @@ pub struct NewChat {
     pub created_at: i64,
 }
 
-/// Where a user stands in a chat.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Membership {
-    NoSuchChat,
-    NotMember,
-    Member(Access),
-}
-
-/// A member's standing in a chat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Access {
-    pub role: Role,
-    pub kind: ChatKind,
-    /// The member sees only messages after this seq.
-    pub joined_seq: u64,
-    pub last_seq: u64,
-}
-
-impl Membership {
-    /// The member's access, or the error a non-member gets: unknown chat → NOT_FOUND, not a
-    /// member → PERMISSION_DENIED.
-    pub fn require(self, chat_id: &str) -> Result<Access> {
-        match self {
-            Membership::NoSuchChat => Err(crate::Error::chat_not_found(chat_id)),
-            Membership::NotMember => Err(crate::Error::not_member(chat_id)),
-            Membership::Member(access) => Ok(access),
-        }
-    }
-}
+pub use crate::domain::membership::{Access, MemberRule, Membership};
 
 /// Which messages of a chat to read, by seq, exclusive on both ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,8 +93,12 @@ pub struct ActivityKey {
 pub type PendingAppend =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Appended>> + Send>>;
 
+// The seam is cut by concern: each domain service holds only the part it uses, so it can be
+// unit-tested against a small fake, and `Store` is what a backend implements in full.
+
+/// Messages: appending in seq order, reading ranges, purging old ones.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait MessageStore: Send + Sync + 'static {
     /// Queues a message to be appended with the next seq of its chat (or to return the original
     /// message when `(sender_user_id, client_msg_id)` was seen before; membership is checked
     /// atomically). Returns once the message has its place in the write order; the returned
@@ -128,26 +106,29 @@ pub trait Store: Send + Sync + 'static {
     /// committed in the order it sent them.
     async fn submit_message(&self, message: NewMessage) -> Result<PendingAppend>;
 
-    /// [`Store::submit_message`] and wait for the commit.
+    /// [`MessageStore::submit_message`] and wait for the commit.
     async fn append_message(&self, message: NewMessage) -> Result<Appended> {
         self.submit_message(message).await?.await
     }
 
+    async fn messages(&self, chat_id: &str, range: SeqRange, limit: u32) -> Result<Vec<Message>>;
+
+    /// Deletes up to `limit` messages created before `before` (unix ms); returns how many.
+    async fn purge_before(&self, before: i64, limit: u32) -> Result<u64>;
+}
+
+/// Chats and their members.
+#[async_trait]
+pub trait ChatStore: Send + Sync + 'static {
     /// Creates a chat; for a direct chat whose key exists, returns the existing one and `false`.
     async fn create_chat(&self, chat: NewChat) -> Result<(Chat, bool)>;
 
-    /// Adds members (existing ones are left as they are); fails with `FailedPrecondition` if
-    /// the chat would exceed `max_members`.
-    async fn add_members(
-        &self,
-        chat_id: &str,
-        user_ids: Vec<String>,
-        max_members: u32,
-        now: i64,
-    ) -> Result<Chat>;
-
-    /// Removes a member; if no admin remains in a group, the longest-standing member becomes one.
-    async fn remove_member(&self, chat_id: &str, user_id: &str, now: i64) -> Result<Chat>;
+    /// Changes a chat's members as `rule` decides from the chat as this write sees it (no other
+    /// change of the chat runs beside it), and returns the chat after the change. The rule's
+    /// refusal is returned as is and changes nothing; an unknown chat is NOT_FOUND. Members
+    /// added start at the chat's current last seq, with no device positions from before; a
+    /// removed member's device positions go with them.
+    async fn change_members(&self, chat_id: &str, rule: MemberRule, now: i64) -> Result<Chat>;
 
     async fn chat(&self, chat_id: &str) -> Result<Option<Chat>>;
     async fn membership(&self, chat_id: &str, user_id: &str) -> Result<Membership>;
@@ -159,8 +140,11 @@ pub trait Store: Send + Sync + 'static {
         after: Option<ActivityKey>,
         limit: u32,
     ) -> Result<Vec<ChatView>>;
-    async fn messages(&self, chat_id: &str, range: SeqRange, limit: u32) -> Result<Vec<Message>>;
+}
 
+/// Devices and their positions: where each device stands in each chat, and the receipts.
+#[async_trait]
+pub trait CursorStore: Send + Sync + 'static {
     /// Records a device; a new one starts at the current position of every chat of its user.
     /// Returns whether the device is new.
     async fn register_device(&self, user_id: &str, device_id: &str, now: i64) -> Result<bool>;
@@ -175,10 +159,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Receipts of the devices and users of a chat that reached at least `min_seq`.
     async fn receipts(&self, chat_id: &str, min_seq: u64) -> Result<Vec<Receipt>>;
+}
 
-    /// Deletes up to `limit` messages created before `before` (unix ms); returns how many.
-    async fn purge_before(&self, before: i64, limit: u32) -> Result<u64>;
-
+/// What presence needs from the store: last seen times and who shares a chat with whom.
+#[async_trait]
+pub trait PresenceStore: Send + Sync + 'static {
     /// Records when a user's last device went away (queued; not waited for).
     async fn record_last_seen(&self, user_id: &str, at: i64) -> Result<()>;
 
@@ -187,7 +172,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Those of `candidates` who share at least one chat with `user_id`.
     async fn contacts_among(&self, user_id: &str, candidates: Vec<String>) -> Result<Vec<String>>;
+}
 
+/// A whole backend: every concern, plus its health and shutdown.
+#[async_trait]
+pub trait Store: MessageStore + ChatStore + CursorStore + PresenceStore {
     /// Succeeds when the store can serve reads and writes.
     async fn ping(&self) -> Result<()>;
 

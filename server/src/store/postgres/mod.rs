@@ -21,8 +21,8 @@ mod writer;
 pub use outbox::{outbox_depth, OutboxRelay};
 
 use super::{
-    Access, ActivityKey, CursorMove, Membership, NewChat, NewMessage, PendingAppend, ResumeChat,
-    ResumePlan, SeqRange, Store,
+    Access, ActivityKey, ChatStore, CursorMove, CursorStore, MemberRule, Membership, MessageStore,
+    NewChat, NewMessage, PendingAppend, PresenceStore, ResumeChat, ResumePlan, SeqRange, Store,
 };
 use crate::domain::model::{
     Chat, ChatChange, ChatChangeKind, ChatKind, ChatView, Committed, Content, Event, Member,
@@ -567,7 +567,7 @@ async fn touch(conn: &mut PgConnection, chat_id: &str, now: i64) -> Result<()> {
 }
 
 #[async_trait]
-impl Store for PgStore {
+impl MessageStore for PgStore {
     async fn submit_message(&self, message: NewMessage) -> Result<PendingAppend> {
         let (tx, rx) = oneshot::channel();
         self.writes
@@ -577,6 +577,40 @@ impl Store for PgStore {
         Ok(Box::pin(async move { rx.await.map_err(|_| stopped())? }))
     }
 
+    async fn messages(&self, chat_id: &str, range: SeqRange, limit: u32) -> Result<Vec<Message>> {
+        let order = if range.newest_first { "DESC" } else { "ASC" };
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = $1 AND seq > $2 AND seq < $3
+             ORDER BY seq {order} LIMIT $4"
+        ))
+        .bind(chat_id)
+        .bind(db_int(range.after))
+        .bind(db_int(range.before))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_err)?;
+        rows.iter().map(|r| message_at(r, 0)).collect()
+    }
+
+    async fn purge_before(&self, before: i64, limit: u32) -> Result<u64> {
+        let n = sqlx::query(
+            "DELETE FROM messages WHERE (chat_id, seq) IN
+                 (SELECT chat_id, seq FROM messages WHERE created_at < $1
+                  ORDER BY created_at LIMIT $2)",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(pg_err)?
+        .rows_affected();
+        Ok(n)
+    }
+}
+
+#[async_trait]
+impl ChatStore for PgStore {
     async fn create_chat(&self, chat: NewChat) -> Result<(Chat, bool)> {
         let mut tx = self.begin().await?;
         if let Some(key) = &chat.direct_key {
@@ -636,13 +670,7 @@ impl Store for PgStore {
         Ok((loaded, true))
     }
 
-    async fn add_members(
-        &self,
-        chat_id: &str,
-        user_ids: Vec<String>,
-        max_members: u32,
-        now: i64,
-    ) -> Result<Chat> {
+    async fn change_members(&self, chat_id: &str, rule: MemberRule, now: i64) -> Result<Chat> {
         let mut tx = self.begin().await?;
         if !lock_chat(&mut tx, chat_id).await? {
             return Err(Error::chat_not_found(chat_id));
@@ -650,106 +678,53 @@ impl Store for PgStore {
         let chat = load_chat(&mut *tx, chat_id)
             .await?
             .ok_or_else(|| Error::chat_not_found(chat_id))?;
-        if chat.kind == ChatKind::Direct {
-            return Err(Error::FailedPrecondition(
-                "members cannot be added to a direct chat".into(),
-            ));
-        }
-        let mut added: Vec<String> = Vec::new();
-        for u in user_ids {
-            if chat.member(&u).is_none() && !added.contains(&u) {
-                added.push(u);
-            }
-        }
-        if added.is_empty() {
+        let plan = rule(&chat)?;
+        if plan.is_empty() {
             return Ok(chat);
         }
-        let total = chat.members.len() + added.len();
-        if total > max_members as usize {
-            return Err(Error::FailedPrecondition(format!(
-                "the group would have {total} members; the limit is {max_members}"
-            )));
-        }
-        // A re-added member's old device positions predate its new joined_seq.
+        // A removed member's positions go with them; a re-added member's old ones predate its
+        // new joined_seq.
+        let gone: Vec<String> = plan.remove.iter().chain(&plan.add).cloned().collect();
         sqlx::query(
-            "WITH m AS (
-                 INSERT INTO members (chat_id, user_id, role, joined_at, joined_seq, read_seq)
-                 SELECT $1, u, $3, $4, $5, $5 FROM unnest($2::text[]) AS u)
-             DELETE FROM device_cursors WHERE chat_id = $1 AND user_id = ANY($2)",
+            "WITH r AS (DELETE FROM members WHERE chat_id = $1 AND user_id = ANY($2)),
+                  a AS (INSERT INTO members (chat_id, user_id, role, joined_at, joined_seq, read_seq)
+                        SELECT $1, u, $4, $5, $6, $6 FROM unnest($3::text[]) AS u)
+             DELETE FROM device_cursors WHERE chat_id = $1 AND user_id = ANY($7)",
         )
         .bind(chat_id)
-        .bind(&added)
+        .bind(&plan.remove)
+        .bind(&plan.add)
         .bind(role_code(Role::Member))
         .bind(now)
         .bind(chat.last_seq as i64)
+        .bind(&gone)
         .execute(&mut *tx)
         .await
         .map_err(pg_err)?;
+        if let Some(u) = &plan.promote {
+            sqlx::query("UPDATE members SET role = $3 WHERE chat_id = $1 AND user_id = $2")
+                .bind(chat_id)
+                .bind(u)
+                .bind(role_code(Role::Admin))
+                .execute(&mut *tx)
+                .await
+                .map_err(pg_err)?;
+        }
         touch(&mut tx, chat_id, now).await?;
-        let chat = load_chat(&mut *tx, chat_id)
+        let changed = load_chat(&mut *tx, chat_id)
             .await?
             .ok_or_else(|| Error::internal("chat vanished"))?;
         let events = vec![Event::Chat(Arc::new(ChatChange {
-            kind: ChatChangeKind::MemberAdded,
-            chat: chat.clone(),
-            user_ids: added,
+            kind: plan.kind,
+            user_ids: plan.user_ids(),
+            chat: changed.clone(),
         }))];
         write_outbox(&mut tx, &events).await?;
         self.emitter
             .commit(tx, events)
             .await
             .map_err(commit_failed)?;
-        Ok(chat)
-    }
-
-    async fn remove_member(&self, chat_id: &str, user_id: &str, now: i64) -> Result<Chat> {
-        let not_member = || Error::NotFound(format!("{user_id} is not a member of chat {chat_id}"));
-        let mut tx = self.begin().await?;
-        if !lock_chat(&mut tx, chat_id).await? {
-            return Err(not_member());
-        }
-        let removed = sqlx::query("DELETE FROM members WHERE chat_id = $1 AND user_id = $2")
-            .bind(chat_id)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(pg_err)?
-            .rows_affected();
-        if removed == 0 {
-            return Err(not_member());
-        }
-        sqlx::query("DELETE FROM device_cursors WHERE user_id = $1 AND chat_id = $2")
-            .bind(user_id)
-            .bind(chat_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(pg_err)?;
-        // A group is never left without an admin while it has members.
-        sqlx::query(
-            "UPDATE members SET role = 2 WHERE chat_id = $1 AND user_id = (
-                 SELECT user_id FROM members WHERE chat_id = $1 ORDER BY joined_at, user_id LIMIT 1)
-             AND NOT EXISTS (SELECT 1 FROM members WHERE chat_id = $1 AND role = 2)
-             AND (SELECT kind FROM chats WHERE chat_id = $1) = 2",
-        )
-        .bind(chat_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(pg_err)?;
-        touch(&mut tx, chat_id, now).await?;
-        let chat = load_chat(&mut *tx, chat_id)
-            .await?
-            .ok_or_else(|| Error::internal("chat vanished"))?;
-        let events = vec![Event::Chat(Arc::new(ChatChange {
-            kind: ChatChangeKind::MemberRemoved,
-            chat: chat.clone(),
-            user_ids: vec![user_id.to_string()],
-        }))];
-        write_outbox(&mut tx, &events).await?;
-        self.emitter
-            .commit(tx, events)
-            .await
-            .map_err(commit_failed)?;
-        Ok(chat)
+        Ok(changed)
     }
 
     async fn chat(&self, chat_id: &str) -> Result<Option<Chat>> {
@@ -798,23 +773,10 @@ impl Store for PgStore {
         .map_err(pg_err)?;
         chat_views(&self.pool, &ids, user_id).await
     }
+}
 
-    async fn messages(&self, chat_id: &str, range: SeqRange, limit: u32) -> Result<Vec<Message>> {
-        let order = if range.newest_first { "DESC" } else { "ASC" };
-        let rows = sqlx::query(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = $1 AND seq > $2 AND seq < $3
-             ORDER BY seq {order} LIMIT $4"
-        ))
-        .bind(chat_id)
-        .bind(db_int(range.after))
-        .bind(db_int(range.before))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(pg_err)?;
-        rows.iter().map(|r| message_at(r, 0)).collect()
-    }
-
+#[async_trait]
+impl CursorStore for PgStore {
     async fn register_device(&self, user_id: &str, device_id: &str, now: i64) -> Result<bool> {
         // A new device starts at the present: older messages are history, not backlog.
         let inserted: i64 = sqlx::query_scalar(
@@ -922,22 +884,10 @@ impl Store for PgStore {
         }
         Ok(out)
     }
+}
 
-    async fn purge_before(&self, before: i64, limit: u32) -> Result<u64> {
-        let n = sqlx::query(
-            "DELETE FROM messages WHERE (chat_id, seq) IN
-                 (SELECT chat_id, seq FROM messages WHERE created_at < $1
-                  ORDER BY created_at LIMIT $2)",
-        )
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await
-        .map_err(pg_err)?
-        .rows_affected();
-        Ok(n)
-    }
-
+#[async_trait]
+impl PresenceStore for PgStore {
     async fn record_last_seen(&self, user_id: &str, at: i64) -> Result<()> {
         let user_id = user_id.to_string();
         self.writes
@@ -971,7 +921,10 @@ impl Store for PgStore {
             .filter(|u| found.contains(u))
             .collect())
     }
+}
 
+#[async_trait]
+impl Store for PgStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

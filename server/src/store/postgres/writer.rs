@@ -549,10 +549,6 @@ impl Decided {
                 duplicate: true,
             });
         }
-        if m.content.text.contains('\0') {
-            // PostgreSQL text cannot hold it; refused here, it does not fail its neighbours.
-            return Err(Error::invalid("content", "text must not contain U+0000"));
-        }
         let seq = last_seq + 1;
         state.last_seq.insert(m.chat_id.clone(), seq);
         self.activity.insert(m.chat_id.clone(), m.created_at);

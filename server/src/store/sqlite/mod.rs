@@ -12,8 +12,8 @@ mod writer;
 mod writes;
 
 use super::{
-    ActivityKey, CursorMove, Membership, NewChat, NewMessage, PendingAppend, ResumePlan, SeqRange,
-    Store,
+    ActivityKey, ChatStore, CursorMove, CursorStore, MemberRule, Membership, MessageStore, NewChat,
+    NewMessage, PendingAppend, PresenceStore, ResumePlan, SeqRange, Store,
 };
 use crate::domain::model::{Chat, ChatView, Committed, Message, Receipt};
 use crate::{Error, Result};
@@ -168,7 +168,7 @@ fn db_err(e: rusqlite::Error) -> Error {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl MessageStore for SqliteStore {
     async fn submit_message(&self, message: NewMessage) -> Result<PendingAppend> {
         let (tx, rx) = oneshot::channel();
         self.writes
@@ -178,33 +178,34 @@ impl Store for SqliteStore {
         Ok(Box::pin(async move { rx.await.map_err(|_| stopped())? }))
     }
 
-    async fn create_chat(&self, chat: NewChat) -> Result<(Chat, bool)> {
-        self.write(|reply| WriteOp::CreateChat(chat, reply)).await
+    async fn messages(&self, chat_id: &str, range: SeqRange, limit: u32) -> Result<Vec<Message>> {
+        let chat_id = chat_id.to_string();
+        self.readers
+            .run(move |c| reads::messages(c, &chat_id, range, limit))
+            .await
     }
 
-    async fn add_members(
-        &self,
-        chat_id: &str,
-        user_ids: Vec<String>,
-        max_members: u32,
-        now: i64,
-    ) -> Result<Chat> {
-        let chat_id = chat_id.to_string();
-        self.write(|reply| WriteOp::AddMembers {
-            chat_id,
-            user_ids,
-            max_members,
-            now,
+    async fn purge_before(&self, before: i64, limit: u32) -> Result<u64> {
+        self.write(|reply| WriteOp::Purge {
+            before,
+            limit,
             reply,
         })
         .await
     }
+}
 
-    async fn remove_member(&self, chat_id: &str, user_id: &str, now: i64) -> Result<Chat> {
-        let (chat_id, user_id) = (chat_id.to_string(), user_id.to_string());
-        self.write(|reply| WriteOp::RemoveMember {
+#[async_trait]
+impl ChatStore for SqliteStore {
+    async fn create_chat(&self, chat: NewChat) -> Result<(Chat, bool)> {
+        self.write(|reply| WriteOp::CreateChat(chat, reply)).await
+    }
+
+    async fn change_members(&self, chat_id: &str, rule: MemberRule, now: i64) -> Result<Chat> {
+        let chat_id = chat_id.to_string();
+        self.write(|reply| WriteOp::ChangeMembers {
             chat_id,
-            user_id,
+            rule,
             now,
             reply,
         })
@@ -250,14 +251,10 @@ impl Store for SqliteStore {
             .run(move |c| reads::list_chats(c, &user_id, after, limit))
             .await
     }
+}
 
-    async fn messages(&self, chat_id: &str, range: SeqRange, limit: u32) -> Result<Vec<Message>> {
-        let chat_id = chat_id.to_string();
-        self.readers
-            .run(move |c| reads::messages(c, &chat_id, range, limit))
-            .await
-    }
-
+#[async_trait]
+impl CursorStore for SqliteStore {
     async fn register_device(&self, user_id: &str, device_id: &str, now: i64) -> Result<bool> {
         let (user_id, device_id) = (user_id.to_string(), device_id.to_string());
         self.write(|reply| WriteOp::RegisterDevice {
@@ -286,16 +283,10 @@ impl Store for SqliteStore {
             .run(move |c| reads::receipts(c, &chat_id, min_seq))
             .await
     }
+}
 
-    async fn purge_before(&self, before: i64, limit: u32) -> Result<u64> {
-        self.write(|reply| WriteOp::Purge {
-            before,
-            limit,
-            reply,
-        })
-        .await
-    }
-
+#[async_trait]
+impl PresenceStore for SqliteStore {
     async fn record_last_seen(&self, user_id: &str, at: i64) -> Result<()> {
         let user_id = user_id.to_string();
         self.writes
@@ -316,7 +307,10 @@ impl Store for SqliteStore {
             .run(move |c| reads::contacts_among(c, &user_id, candidates))
             .await
     }
+}
 
+#[async_trait]
+impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         self.readers.run(reads::ping).await?;
         if self.writes.is_closed() {

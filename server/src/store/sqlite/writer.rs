@@ -9,7 +9,7 @@
 
 use super::{db_err, writes};
 use crate::domain::model::{Chat, Committed, Event};
-use crate::store::{Appended, CursorMove, NewChat, NewMessage};
+use crate::store::{Appended, CursorMove, MemberRule, NewChat, NewMessage};
 use crate::{Error, Result};
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
@@ -22,16 +22,9 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
 pub(super) enum WriteOp {
     Append(NewMessage, Reply<Appended>),
     CreateChat(NewChat, Reply<(Chat, bool)>),
-    AddMembers {
+    ChangeMembers {
         chat_id: String,
-        user_ids: Vec<String>,
-        max_members: u32,
-        now: i64,
-        reply: Reply<Chat>,
-    },
-    RemoveMember {
-        chat_id: String,
-        user_id: String,
+        rule: MemberRule,
         now: i64,
         reply: Reply<Chat>,
     },
@@ -179,9 +172,7 @@ fn fail(op: WriteOp, err: &Error) {
     match op {
         WriteOp::Append(_, r) => reject(r, err),
         WriteOp::CreateChat(_, r) => reject(r, err),
-        WriteOp::AddMembers { reply, .. } | WriteOp::RemoveMember { reply, .. } => {
-            reject(reply, err)
-        }
+        WriteOp::ChangeMembers { reply, .. } => reject(reply, err),
         WriteOp::RegisterDevice { reply, .. } => reject(reply, err),
         WriteOp::Cursor(_, reply) => reject(reply, err),
         WriteOp::Purge { reply, .. } => reject(reply, err),
@@ -217,32 +208,14 @@ fn apply(
     match op {
         WriteOp::Append(m, reply) => run!(reply, |c| writes::append(c, m, events)),
         WriteOp::CreateChat(chat, reply) => run!(reply, |c| writes::create_chat(c, chat, events)),
-        WriteOp::AddMembers {
+        WriteOp::ChangeMembers {
             chat_id,
-            user_ids,
-            max_members,
+            rule,
             now,
             reply,
-        } => {
-            run!(reply, |c| writes::add_members(
-                c,
-                &chat_id,
-                user_ids,
-                max_members,
-                now,
-                events
-            ))
-        }
-        WriteOp::RemoveMember {
-            chat_id,
-            user_id,
-            now,
-            reply,
-        } => {
-            run!(reply, |c| writes::remove_member(
-                c, &chat_id, &user_id, now, events
-            ))
-        }
+        } => run!(reply, |c| writes::change_members(
+            c, &chat_id, rule, now, events
+        )),
         WriteOp::RegisterDevice {
             user_id,
             device_id,

@@ -9,7 +9,7 @@ use super::{db_err, MESSAGE_COLUMNS};
 use crate::domain::model::{
     Chat, ChatChange, ChatChangeKind, ChatKind, Event, Message, Receipt, ReceiptKind, Role,
 };
-use crate::store::{Appended, CursorMove, NewChat, NewMessage};
+use crate::store::{Appended, CursorMove, MemberRule, NewChat, NewMessage};
 use crate::{domain::ids, Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::Arc;
@@ -139,92 +139,49 @@ fn insert_member(
     Ok(())
 }
 
-pub(super) fn add_members(
+pub(super) fn change_members(
     c: &Connection,
     chat_id: &str,
-    user_ids: Vec<String>,
-    max_members: u32,
+    rule: MemberRule,
     now: i64,
     events: &mut Vec<Event>,
 ) -> Result<Chat> {
     let chat = load_chat(c, chat_id)?.ok_or_else(|| Error::chat_not_found(chat_id))?;
-    if chat.kind == ChatKind::Direct {
-        return Err(Error::FailedPrecondition(
-            "members cannot be added to a direct chat".into(),
-        ));
-    }
-    let mut added: Vec<String> = Vec::new();
-    for u in user_ids {
-        if chat.member(&u).is_none() && !added.contains(&u) {
-            added.push(u);
-        }
-    }
-    if added.is_empty() {
+    let plan = rule(&chat)?;
+    if plan.is_empty() {
         return Ok(chat);
     }
-    let total = chat.members.len() + added.len();
-    if total > max_members as usize {
-        return Err(Error::FailedPrecondition(format!(
-            "the group would have {total} members; the limit is {max_members}"
-        )));
+    for u in &plan.remove {
+        c.prepare_cached("DELETE FROM members WHERE chat_id = ?1 AND user_id = ?2")
+            .map_err(db_err)?
+            .execute(params![chat_id, u])
+            .map_err(db_err)?;
     }
-    for u in &added {
+    for u in &plan.add {
         insert_member(c, chat_id, u, Role::Member, now, chat.last_seq)?;
-        // A re-added member's old device positions predate its new joined_seq.
+    }
+    // A removed member's positions go with them; a re-added member's old ones predate its new
+    // joined_seq.
+    for u in plan.remove.iter().chain(&plan.add) {
         c.prepare_cached("DELETE FROM device_cursors WHERE user_id = ?1 AND chat_id = ?2")
             .map_err(db_err)?
             .execute(params![u, chat_id])
             .map_err(db_err)?;
     }
-    touch(c, chat_id, now)?;
-    let chat = load_chat(c, chat_id)?.ok_or_else(|| Error::internal("chat vanished"))?;
-    events.push(Event::Chat(Arc::new(ChatChange {
-        kind: ChatChangeKind::MemberAdded,
-        chat: chat.clone(),
-        user_ids: added,
-    })));
-    Ok(chat)
-}
-
-pub(super) fn remove_member(
-    c: &Connection,
-    chat_id: &str,
-    user_id: &str,
-    now: i64,
-    events: &mut Vec<Event>,
-) -> Result<Chat> {
-    let removed = c
-        .prepare_cached("DELETE FROM members WHERE chat_id = ?1 AND user_id = ?2")
-        .map_err(db_err)?
-        .execute(params![chat_id, user_id])
-        .map_err(db_err)?;
-    if removed == 0 {
-        return Err(Error::NotFound(format!(
-            "{user_id} is not a member of chat {chat_id}"
-        )));
+    if let Some(u) = &plan.promote {
+        c.prepare_cached("UPDATE members SET role = ?3 WHERE chat_id = ?1 AND user_id = ?2")
+            .map_err(db_err)?
+            .execute(params![chat_id, u, role_code(Role::Admin)])
+            .map_err(db_err)?;
     }
-    c.prepare_cached("DELETE FROM device_cursors WHERE user_id = ?1 AND chat_id = ?2")
-        .map_err(db_err)?
-        .execute(params![user_id, chat_id])
-        .map_err(db_err)?;
-    // A group is never left without an admin while it has members.
-    c.prepare_cached(
-        "UPDATE members SET role = 2 WHERE chat_id = ?1 AND user_id = (
-             SELECT user_id FROM members WHERE chat_id = ?1 ORDER BY joined_at, user_id LIMIT 1)
-         AND NOT EXISTS (SELECT 1 FROM members WHERE chat_id = ?1 AND role = 2)
-         AND (SELECT kind FROM chats WHERE chat_id = ?1) = 2",
-    )
-    .map_err(db_err)?
-    .execute([chat_id])
-    .map_err(db_err)?;
     touch(c, chat_id, now)?;
-    let chat = load_chat(c, chat_id)?.ok_or_else(|| Error::internal("chat vanished"))?;
+    let changed = load_chat(c, chat_id)?.ok_or_else(|| Error::internal("chat vanished"))?;
     events.push(Event::Chat(Arc::new(ChatChange {
-        kind: ChatChangeKind::MemberRemoved,
-        chat: chat.clone(),
-        user_ids: vec![user_id.to_string()],
+        kind: plan.kind,
+        user_ids: plan.user_ids(),
+        chat: changed.clone(),
     })));
-    Ok(chat)
+    Ok(changed)
 }
 
 fn touch(c: &Connection, chat_id: &str, now: i64) -> Result<()> {

@@ -1,0 +1,266 @@
+//! Membership rules, decided here once for both stores: who stands where in a chat, who may add
+//! and remove members, how big a group may grow, and who becomes admin when the last one leaves.
+//!
+//! A change is worked out by a pure function from the chat as it stands ([`MemberPlan`]); the
+//! store runs that function against the chat as its own transaction sees it (locked against
+//! other changes of the chat) and only persists the plan. So the rule is one piece of code, and
+//! two concurrent changes can never both pass a check that only one of them may pass.
+
+use super::model::{Chat, ChatChangeKind, ChatKind, Role};
+use crate::{Error, Result};
+
+/// Where a user stands in a chat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Membership {
+    NoSuchChat,
+    NotMember,
+    Member(Access),
+}
+
+/// A member's standing in a chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    pub role: Role,
+    pub kind: ChatKind,
+    /// The member sees only messages after this seq.
+    pub joined_seq: u64,
+    pub last_seq: u64,
+}
+
+impl Membership {
+    /// The member's access, or the error a non-member gets: unknown chat → NOT_FOUND, not a
+    /// member → PERMISSION_DENIED.
+    pub fn require(self, chat_id: &str) -> Result<Access> {
+        match self {
+            Membership::NoSuchChat => Err(Error::chat_not_found(chat_id)),
+            Membership::NotMember => Err(Error::not_member(chat_id)),
+            Membership::Member(access) => Ok(access),
+        }
+    }
+}
+
+/// What a membership change does to a chat; the store applies it as one atomic write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberPlan {
+    pub kind: ChatChangeKind,
+    /// New members, as plain members who see messages after the chat's current last seq.
+    pub add: Vec<String>,
+    pub remove: Vec<String>,
+    /// A remaining member who becomes admin.
+    pub promote: Option<String>,
+}
+
+impl MemberPlan {
+    /// Nothing to write (e.g. everyone named is a member already).
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty() && self.promote.is_none()
+    }
+
+    /// The users the change event names.
+    pub fn user_ids(&self) -> Vec<String> {
+        match self.kind {
+            ChatChangeKind::MemberRemoved => self.remove.clone(),
+            _ => self.add.clone(),
+        }
+    }
+}
+
+/// A membership rule, run by the store against the chat inside its write.
+pub type MemberRule = Box<dyn FnOnce(&Chat) -> Result<MemberPlan> + Send>;
+
+/// `by` adds `users` (validated, without repeats) to a group of at most `max_members`.
+pub fn adding(by: String, users: Vec<String>, max_members: u32) -> MemberRule {
+    Box::new(move |chat| plan_add(chat, &by, users, max_members))
+}
+
+/// `by` removes `target` (an admin removes anyone; anyone removes themselves).
+pub fn removing(by: String, target: String) -> MemberRule {
+    Box::new(move |chat| plan_remove(chat, &by, &target))
+}
+
+fn acting_member(chat: &Chat, by: &str) -> Result<Role> {
+    chat.member(by)
+        .map(|m| m.role)
+        .ok_or_else(|| Error::not_member(&chat.chat_id))
+}
+
+pub fn plan_add(chat: &Chat, by: &str, users: Vec<String>, max_members: u32) -> Result<MemberPlan> {
+    let role = acting_member(chat, by)?;
+    if chat.kind == ChatKind::Direct {
+        return Err(Error::FailedPrecondition(
+            "members cannot be added to a direct chat".into(),
+        ));
+    }
+    if role != Role::Admin {
+        return Err(Error::PermissionDenied(
+            "only a group admin may add members".into(),
+        ));
+    }
+    let mut add: Vec<String> = Vec::new();
+    for u in users {
+        if chat.member(&u).is_none() && !add.contains(&u) {
+            add.push(u);
+        }
+    }
+    let total = chat.members.len() + add.len();
+    if !add.is_empty() && total > max_members as usize {
+        return Err(Error::FailedPrecondition(format!(
+            "the group would have {total} members; the limit is {max_members}"
+        )));
+    }
+    Ok(MemberPlan {
+        kind: ChatChangeKind::MemberAdded,
+        add,
+        remove: Vec::new(),
+        promote: None,
+    })
+}
+
+pub fn plan_remove(chat: &Chat, by: &str, target: &str) -> Result<MemberPlan> {
+    let role = acting_member(chat, by)?;
+    if chat.kind == ChatKind::Direct {
+        return Err(Error::FailedPrecondition(
+            "members cannot be removed from a direct chat".into(),
+        ));
+    }
+    if target != by && role != Role::Admin {
+        return Err(Error::PermissionDenied(
+            "only a group admin may remove other members".into(),
+        ));
+    }
+    if chat.member(target).is_none() {
+        return Err(Error::NotFound(format!(
+            "{target} is not a member of chat {}",
+            chat.chat_id
+        )));
+    }
+    // A group is never left without an admin while it has members: the longest-standing
+    // member takes over.
+    let remaining = chat.members.iter().filter(|m| m.user_id != target);
+    let promote = if remaining.clone().any(|m| m.role == Role::Admin) {
+        None
+    } else {
+        remaining
+            .min_by(|a, b| (a.joined_at, &a.user_id).cmp(&(b.joined_at, &b.user_id)))
+            .map(|m| m.user_id.clone())
+    };
+    Ok(MemberPlan {
+        kind: ChatChangeKind::MemberRemoved,
+        add: Vec::new(),
+        remove: vec![target.to_string()],
+        promote,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::Member;
+
+    fn group(members: &[(&str, Role, i64)]) -> Chat {
+        Chat {
+            chat_id: "c".into(),
+            kind: ChatKind::Group,
+            title: "t".into(),
+            members: members
+                .iter()
+                .map(|(u, role, at)| Member {
+                    user_id: u.to_string(),
+                    role: *role,
+                    joined_at: *at,
+                    joined_seq: 0,
+                })
+                .collect(),
+            last_seq: 9,
+            created_at: 0,
+            last_activity_at: 0,
+        }
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn admins_add_new_members_once_within_the_limit() {
+        let chat = group(&[("a", Role::Admin, 1), ("b", Role::Member, 2)]);
+        let plan = plan_add(&chat, "a", names(&["b", "c", "c", "d"]), 4).unwrap();
+        assert_eq!(plan.add, names(&["c", "d"]));
+        assert_eq!(plan.user_ids(), names(&["c", "d"]));
+        let err = plan_add(&chat, "a", names(&["c", "d", "e"]), 4).unwrap_err();
+        assert_eq!(
+            err,
+            Error::FailedPrecondition("the group would have 5 members; the limit is 4".into())
+        );
+        // Naming only members changes nothing, even in a full group.
+        assert!(plan_add(&chat, "a", names(&["b"]), 2).unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_admins_of_groups_add() {
+        let chat = group(&[("a", Role::Admin, 1), ("b", Role::Member, 2)]);
+        assert!(matches!(
+            plan_add(&chat, "b", names(&["c"]), 10),
+            Err(Error::PermissionDenied(_))
+        ));
+        assert_eq!(
+            plan_add(&chat, "x", names(&["c"]), 10),
+            Err(Error::not_member("c"))
+        );
+        let direct = Chat {
+            kind: ChatKind::Direct,
+            ..group(&[("a", Role::Member, 1), ("b", Role::Member, 1)])
+        };
+        assert!(matches!(
+            plan_add(&direct, "a", names(&["c"]), 10),
+            Err(Error::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            plan_remove(&direct, "a", "a"),
+            Err(Error::FailedPrecondition(_))
+        ));
+    }
+
+    #[test]
+    fn members_leave_and_admins_remove_others() {
+        let chat = group(&[
+            ("a", Role::Admin, 1),
+            ("b", Role::Member, 2),
+            ("c", Role::Member, 3),
+        ]);
+        let plan = plan_remove(&chat, "b", "b").unwrap();
+        assert_eq!((plan.remove, plan.promote), (names(&["b"]), None));
+        assert!(matches!(
+            plan_remove(&chat, "b", "c"),
+            Err(Error::PermissionDenied(_))
+        ));
+        assert_eq!(plan_remove(&chat, "a", "c").unwrap().remove, names(&["c"]));
+        assert_eq!(
+            plan_remove(&chat, "a", "z"),
+            Err(Error::NotFound("z is not a member of chat c".into()))
+        );
+    }
+
+    #[test]
+    fn the_longest_standing_member_takes_over_from_the_last_admin() {
+        // Ties on joined_at go to the smaller user id.
+        let chat = group(&[
+            ("a", Role::Admin, 1),
+            ("d", Role::Member, 3),
+            ("c", Role::Member, 2),
+            ("b", Role::Member, 2),
+        ]);
+        let plan = plan_remove(&chat, "a", "a").unwrap();
+        assert_eq!(plan.promote.as_deref(), Some("b"));
+        // Another admin remains: nobody is promoted.
+        let chat = group(&[
+            ("a", Role::Admin, 1),
+            ("b", Role::Admin, 2),
+            ("c", Role::Member, 0),
+        ]);
+        assert_eq!(plan_remove(&chat, "a", "a").unwrap().promote, None);
+        // The last member leaves: nobody to promote.
+        let chat = group(&[("a", Role::Admin, 1)]);
+        assert_eq!(plan_remove(&chat, "a", "a").unwrap().promote, None);
+    }
+}
