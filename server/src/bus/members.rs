@@ -22,15 +22,17 @@ impl MemberCache {
         }
     }
 
-    /// Takes the members after a committed change.
-    pub fn apply(&mut self, change: &ChatChange) {
+    /// Takes the members after a committed change, and returns them: the members as of the
+    /// change, for a fan-out that needs them for the change event itself.
+    pub fn apply(&mut self, change: &ChatChange) -> Arc<[String]> {
         let members: Arc<[String]> = change
             .chat
             .members
             .iter()
             .map(|m| m.user_id.clone())
             .collect();
-        self.insert(change.chat.chat_id.clone(), members);
+        self.insert(change.chat.chat_id.clone(), members.clone());
+        members
     }
 
     /// Forgets everything (e.g. the events of some chats will now come from elsewhere).
@@ -45,7 +47,8 @@ impl MemberCache {
         self.members.insert(chat_id, members);
     }
 
-    /// The chat's members, or the store's error after `attempts` tries with backoff.
+    /// The chat's members, or the store's error after `attempts` tries with backoff. With
+    /// `attempts` 1 it is one read and no wait, for callers with a retry policy of their own.
     pub async fn get(&mut self, chat_id: &str, attempts: u32) -> crate::Result<Arc<[String]>> {
         if let Some(m) = self.members.get(chat_id) {
             return Ok(m.clone());

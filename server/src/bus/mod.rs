@@ -3,7 +3,7 @@
 //! On the embedded default everything is in one process ([`local`]). In a cluster the store's
 //! outbox goes to Kafka ([`kafka`]), a fan-out consumer group works out who must hear of each
 //! event ([`audience`]) and where they are connected (the registry), and hands it to those
-//! nodes over Redis Pub/Sub ([`pubsub`]), where [`cluster`] queues it for the sessions.
+//! nodes over Redis Pub/Sub ([`crate::redis::pubsub`]), where [`cluster`] queues it for the sessions.
 
 pub mod audience;
 pub mod cluster;
