@@ -2,8 +2,14 @@
 //! the tests may create databases (each test makes its own, and drops it when it passes).
 //! They are `#[ignore]`d, so a plain `cargo test` lists them as ignored; `scripts/test` runs them
 //! (`-- --ignored`) with its services, and run without that variable they fail.
+//!
+//! The store contract runs here as the conformance suite ([`crate::store::conformance`]), the
+//! same tests as on SQLite; below it, what needs several nodes, the outbox relay or PostgreSQL
+//! itself, and `answers_like_sqlite`, which compares the two stores' answers line by line.
 
 use super::*;
+use crate::domain::membership::{adding, removing};
+use crate::store::conformance::{conformance_suite, Backend};
 use crate::store::outbox::{self as wire, OutboxRecord, OutboxSink};
 use crate::store::sqlite::SqliteStore;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -225,6 +231,24 @@ async fn wait_for(what: &str, within: Duration, mut done: impl AsyncFnMut() -> b
 }
 
 // ---------------------------------------------------------------------------------------------
+// The store contract (the conformance suite), each test on a database of its own
+
+/// A fresh store on a database of its own, dropped by [`TestDb::remove`] after a test that
+/// passed (one that failed leaves it behind to look at).
+async fn open_backend() -> (Backend, TestDb) {
+    let db = TestDb::new().await;
+    let (store, outbox) = PgStore::connect(&db.options(true)).await.expect("connect");
+    (Backend::new(store, outbox), db)
+}
+
+conformance_suite! {
+    open: open_backend,
+    cleanup: TestDb::remove,
+    #[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several nodes, the outbox relay, what only PostgreSQL shows
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
@@ -477,92 +501,6 @@ async fn idempotent_retries_within_a_batch_and_across_nodes() {
     db.remove().await;
 }
 
-#[tokio::test]
-#[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
-async fn refusals_do_not_spoil_their_batch() {
-    let db = TestDb::new().await;
-    let (a, _) = db.node().await;
-    let chat = group(&*a, "g", &["alice", "bob"]).await.chat_id;
-    let nowhere = "f".repeat(32);
-    let p1 = a
-        .submit_message(new_message(&chat, "alice", "1", 1))
-        .await
-        .unwrap();
-    let p2 = a
-        .submit_message(new_message(&chat, "carol", "2", 2))
-        .await
-        .unwrap();
-    let p3 = a
-        .submit_message(new_message(&chat, "bob", "3", 3))
-        .await
-        .unwrap();
-    let p4 = a
-        .submit_message(new_message(&nowhere, "alice", "4", 4))
-        .await
-        .unwrap();
-    let p5 = a
-        .submit_message(new_message(&chat, "alice", "5", 5))
-        .await
-        .unwrap();
-    let mut nul = new_message(&chat, "alice", "6", 6);
-    nul.content.text = "a\0b".into();
-    let p6 = a.submit_message(nul).await.unwrap();
-    // Comes back exactly as sent.
-    let odd = "it's \\ \"q\" $chatd$ $chatd1$ $$ '); DROP TABLE messages; -- \u{1F600} \n\t";
-    let mut tricky = new_message(&chat, "alice", "7", 7);
-    tricky.content.text = odd.into();
-    tricky
-        .content
-        .attributes
-        .insert("$chatd$'".into(), "\\'\"".into());
-    let p7 = a.submit_message(tricky).await.unwrap();
-    assert_eq!(p1.await.unwrap().message.seq, 1);
-    assert_eq!(p2.await.unwrap_err(), Error::not_member(&chat));
-    assert_eq!(p3.await.unwrap().message.seq, 2);
-    assert_eq!(p4.await.unwrap_err(), Error::chat_not_found(&nowhere));
-    assert_eq!(p5.await.unwrap().message.seq, 3);
-    assert!(matches!(
-        p6.await,
-        Err(Error::InvalidArgument {
-            field: "content",
-            ..
-        })
-    ));
-    let appended = p7.await.unwrap().message;
-    assert_eq!(appended.seq, 4);
-    let stored = a
-        .messages(
-            &chat,
-            SeqRange {
-                after: 3,
-                before: u64::MAX,
-                newest_first: false,
-            },
-            10,
-        )
-        .await
-        .unwrap();
-    assert_eq!(stored.len(), 1);
-    assert_eq!(stored[0].content.text, odd);
-    assert_eq!(stored[0].content, appended.content);
-    // Cursor moves share the batch, and their refusals too.
-    let (c1, c2, c3) = tokio::join!(
-        a.move_cursor(cursor(&chat, "bob", "phone", 9, ReceiptKind::Delivered)),
-        a.move_cursor(cursor(&chat, "bob", "phone", 2, ReceiptKind::Read)),
-        a.move_cursor(cursor(&chat, "carol", "phone", 1, ReceiptKind::Read)),
-    );
-    assert!(matches!(
-        c1,
-        Err(Error::InvalidArgument { field: "seq", .. })
-    ));
-    c2.unwrap();
-    assert_eq!(c3.unwrap_err(), Error::not_member(&chat));
-    let view = a.chat_view(&chat, "bob").await.unwrap().unwrap();
-    assert_eq!((view.read_seq, view.unread_count), (2, 2));
-    a.close().await;
-    db.remove().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs PostgreSQL (CHATD_TEST_DATABASE_URL): scripts/test runs it"]
 async fn cursors_from_two_nodes_only_move_forward() {
@@ -613,9 +551,13 @@ async fn outbox_rows_are_relayed_in_order_and_deleted() {
     let db = TestDb::new().await;
     let (a, local) = db.node().await;
     let chat = group(&*a, "g", &["alice", "bob"]).await;
-    a.add_members(&chat.chat_id, vec!["carol".into()], 10, 1_500)
-        .await
-        .unwrap();
+    a.change_members(
+        &chat.chat_id,
+        adding("alice".into(), vec!["carol".into()], 10),
+        1_500,
+    )
+    .await
+    .unwrap();
     for i in 1..=5 {
         a.append_message(new_message(
             &chat.chat_id,
@@ -638,9 +580,13 @@ async fn outbox_rows_are_relayed_in_order_and_deleted() {
     a.move_cursor(cursor(&chat.chat_id, "bob", "phone", 4, ReceiptKind::Read))
         .await
         .unwrap();
-    a.remove_member(&chat.chat_id, "carol", 3_000)
-        .await
-        .unwrap();
+    a.change_members(
+        &chat.chat_id,
+        removing("carol".into(), "carol".into()),
+        3_000,
+    )
+    .await
+    .unwrap();
     // Another chat, to see that order holds per chat.
     let other = group(&*a, "h", &["dave", "erin"]).await;
     a.append_message(new_message(&other.chat_id, "dave", "x", 4_000))
@@ -1076,10 +1022,13 @@ async fn scenario(s: &dyn Store) -> Vec<String> {
     log!("receipts 2: {:?}", s.receipts(&g1, 2).await);
     log!(
         "add too many: {:?}",
-        s.add_members(
+        s.change_members(
             &g1,
-            vec!["carol".into(), "dave".into(), "carol".into(), "bob".into()],
-            3,
+            adding(
+                "alice".into(),
+                vec!["carol".into(), "dave".into(), "carol".into(), "bob".into()],
+                3
+            ),
             4_000
         )
         .await
@@ -1087,10 +1036,13 @@ async fn scenario(s: &dyn Store) -> Vec<String> {
     );
     log!(
         "add: {:?}",
-        s.add_members(
+        s.change_members(
             &g1,
-            vec!["dave".into(), "carol".into(), "dave".into(), "bob".into()],
-            10,
+            adding(
+                "alice".into(),
+                vec!["dave".into(), "carol".into(), "dave".into(), "bob".into()],
+                10
+            ),
             4_100
         )
         .await
@@ -1098,21 +1050,25 @@ async fn scenario(s: &dyn Store) -> Vec<String> {
     );
     log!(
         "add nothing new: {:?}",
-        s.add_members(&g1, vec!["bob".into()], 1, 4_200)
+        s.change_members(&g1, adding("alice".into(), vec!["bob".into()], 1), 4_200)
             .await
             .map(|c| chat_text(&c))
     );
     log!(
         "add to direct: {:?}",
-        s.add_members(&d1, vec!["carol".into()], 10, 4_300)
+        s.change_members(&d1, adding("alice".into(), vec!["carol".into()], 10), 4_300)
             .await
             .map(|c| chat_text(&c))
     );
     log!(
         "add to nothing: {:?}",
-        s.add_members(&"e".repeat(32), vec!["carol".into()], 10, 4_300)
-            .await
-            .map(|c| chat_text(&c))
+        s.change_members(
+            &"e".repeat(32),
+            adding("alice".into(), vec!["carol".into()], 10),
+            4_300
+        )
+        .await
+        .map(|c| chat_text(&c))
     );
     log!(
         "register carol tablet: {:?}",
@@ -1143,25 +1099,29 @@ async fn scenario(s: &dyn Store) -> Vec<String> {
     log!("members: {:?}", s.chat_members(&g1).await);
     log!(
         "remove alice: {:?}",
-        s.remove_member(&g1, "alice", 4_500)
+        s.change_members(&g1, removing("alice".into(), "alice".into()), 4_500)
             .await
             .map(|c| chat_text(&c))
     );
     log!(
         "remove alice again: {:?}",
-        s.remove_member(&g1, "alice", 4_600)
+        s.change_members(&g1, removing("alice".into(), "alice".into()), 4_600)
             .await
             .map(|c| chat_text(&c))
     );
     log!(
         "remove from nothing: {:?}",
-        s.remove_member(&"e".repeat(32), "alice", 4_600)
-            .await
-            .map(|c| chat_text(&c))
+        s.change_members(
+            &"e".repeat(32),
+            removing("alice".into(), "alice".into()),
+            4_600
+        )
+        .await
+        .map(|c| chat_text(&c))
     );
     log!(
         "remove from direct: {:?}",
-        s.remove_member(&d1, "alice", 4_700)
+        s.change_members(&d1, removing("alice".into(), "alice".into()), 4_700)
             .await
             .map(|c| chat_text(&c))
     );

@@ -549,6 +549,11 @@ impl Decided {
                 duplicate: true,
             });
         }
+        if m.content.text.contains('\0') {
+            // The domain refuses it first; this is what PostgreSQL text cannot hold, refused
+            // here so that a gap in that check costs this write only, not its whole batch.
+            return Err(Error::invalid("content", "text must not contain U+0000"));
+        }
         let seq = last_seq + 1;
         state.last_seq.insert(m.chat_id.clone(), seq);
         self.activity.insert(m.chat_id.clone(), m.created_at);
