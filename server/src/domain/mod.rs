@@ -4,8 +4,10 @@
 
 pub mod chats;
 pub mod content;
+pub mod cursors;
 #[cfg(test)]
 mod fakes;
+pub mod idempotency;
 pub mod ids;
 pub mod limits;
 pub mod membership;

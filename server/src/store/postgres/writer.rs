@@ -17,7 +17,9 @@
 //! answer, not a failure: its neighbours commit.
 
 use super::{commit_failed, ids, is_connection_lost, message_at, Emitter, OUTBOX_CHANNEL};
-use crate::domain::model::{Event, Message, Receipt, ReceiptKind};
+use crate::domain::cursors::{self, Cursor};
+use crate::domain::idempotency;
+use crate::domain::model::{Event, Message};
 use crate::store::{Appended, CursorMove, NewMessage};
 use crate::{Error, Result};
 use sqlx::{postgres::PgConnectOptions, Connection, PgConnection, Row};
@@ -538,16 +540,7 @@ impl Decided {
         let last_seq = Self::access(state, &m.chat_id, &m.sender_user_id)?;
         let key = (m.sender_user_id.clone(), m.client_msg_id.clone());
         if let Some(original) = state.existing.get(&key).or_else(|| self.fresh.get(&key)) {
-            if original.chat_id != m.chat_id {
-                return Err(Error::invalid(
-                    "client_msg_id",
-                    "was already used for a message in another chat",
-                ));
-            }
-            return Ok(Appended {
-                message: original.clone(),
-                duplicate: true,
-            });
+            return idempotency::repeated(original.clone(), &m.chat_id);
         }
         if m.content.text.contains('\0') {
             // The domain refuses it first; this is what PostgreSQL text cannot hold, refused
@@ -577,56 +570,42 @@ impl Decided {
         })
     }
 
-    /// As SQLite's `move_cursor`: forward only; reading implies having received.
+    /// The cursor rule is `domain::cursors::advance`, as in SQLite's `move_cursor`.
     fn move_cursor(&mut self, state: &mut State, m: &CursorMove) -> Result<()> {
         let last_seq = Self::access(state, &m.chat_id, &m.user_id)?;
-        if m.seq > last_seq as u64 {
-            return Err(Error::invalid(
-                "seq",
-                format!("{} is beyond the chat's last seq {last_seq}", m.seq),
-            ));
-        }
         let key = (m.user_id.clone(), m.device_id.clone(), m.chat_id.clone());
         let [delivered, delivered_at, read, read_at] =
             state.cursors.get(&key).copied().unwrap_or([0; 4]);
-        let seq = m.seq as i64;
-        let moves_delivered = seq > delivered;
-        let moves_read = m.kind == ReceiptKind::Read && seq > read;
-        if !moves_delivered && !moves_read {
+        let cursor = Cursor {
+            delivered_seq: delivered as u64,
+            delivered_at,
+            read_seq: read as u64,
+            read_at,
+        };
+        let Some(moved) = cursors::advance(cursor, m, last_seq as u64)? else {
             return Ok(());
-        }
+        };
+        let c = moved.cursor;
         state.cursors.insert(
             key.clone(),
             [
-                delivered.max(seq),
-                if moves_delivered { m.at } else { delivered_at },
-                if moves_read { seq } else { read },
-                if moves_read { m.at } else { read_at },
+                c.delivered_seq as i64,
+                c.delivered_at,
+                c.read_seq as i64,
+                c.read_at,
             ],
         );
         self.moved_cursors.insert(key);
-        let receipt = |kind| {
-            Event::Receipt(Arc::new(Receipt {
-                chat_id: m.chat_id.clone(),
-                user_id: m.user_id.clone(),
-                device_id: m.device_id.clone(),
-                kind,
-                seq: m.seq,
-                at: m.at,
-            }))
-        };
-        if moves_delivered {
-            self.events.push(receipt(ReceiptKind::Delivered));
-        }
-        if moves_read {
+        if moved.read {
             let member = (m.chat_id.clone(), m.user_id.clone());
             let position = state.reads.entry(member.clone()).or_insert((0, 0));
-            if position.0 < seq {
-                *position = (seq, m.at);
+            if position.0 < c.read_seq as i64 {
+                *position = (c.read_seq as i64, c.read_at);
                 self.moved_reads.insert(member);
             }
-            self.events.push(receipt(ReceiptKind::Read));
         }
+        self.events
+            .extend(moved.receipts(m).into_iter().map(Event::Receipt));
         Ok(())
     }
 

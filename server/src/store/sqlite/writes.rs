@@ -6,9 +6,9 @@
 
 use super::reads::{load_chat, membership, message_from_row};
 use super::{db_err, MESSAGE_COLUMNS};
-use crate::domain::model::{
-    Chat, ChatChange, ChatChangeKind, ChatKind, Event, Message, Receipt, ReceiptKind, Role,
-};
+use crate::domain::cursors::{self, Cursor};
+use crate::domain::idempotency;
+use crate::domain::model::{Chat, ChatChange, ChatChangeKind, ChatKind, Event, Message, Role};
 use crate::store::{Appended, CursorMove, MemberRule, NewChat, NewMessage};
 use crate::{domain::ids, Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -27,16 +27,7 @@ pub(super) fn append(c: &Connection, m: NewMessage, events: &mut Vec<Event>) -> 
         .optional()
         .map_err(db_err)?;
     if let Some(original) = existing {
-        if original.chat_id != m.chat_id {
-            return Err(Error::invalid(
-                "client_msg_id",
-                "was already used for a message in another chat",
-            ));
-        }
-        return Ok(Appended {
-            message: Arc::new(original),
-            duplicate: true,
-        });
+        return idempotency::repeated(Arc::new(original), &m.chat_id);
     }
     let seq = last_seq + 1;
     c.prepare_cached("UPDATE chats SET last_seq = ?1, last_activity_at = ?2 WHERE chat_id = ?3")
@@ -225,34 +216,32 @@ pub(super) fn register_device(
 /// Moves a delivered or read cursor forward and reports the receipts that changed. `seq`
 /// beyond the chat's last seq is an error, a `seq` at or below the cursor changes nothing.
 /// Reading implies having received: a read moves the device's delivered cursor up with it.
+/// The cursor rule is `domain::cursors::advance`; this reads and persists its result.
 pub(super) fn move_cursor(c: &Connection, m: CursorMove, events: &mut Vec<Event>) -> Result<()> {
     let last_seq = membership(c, &m.chat_id, &m.user_id)?
         .require(&m.chat_id)?
         .last_seq;
-    if m.seq > last_seq {
-        return Err(Error::invalid(
-            "seq",
-            format!("{} is beyond the chat's last seq {last_seq}", m.seq),
-        ));
-    }
-    let (delivered, delivered_at, read, read_at): (i64, i64, i64, i64) = c
+    let cursor = c
         .prepare_cached(
             "SELECT delivered_seq, delivered_at, read_seq, read_at FROM device_cursors
              WHERE user_id = ?1 AND device_id = ?2 AND chat_id = ?3",
         )
         .map_err(db_err)?
         .query_row(params![m.user_id, m.device_id, m.chat_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok(Cursor {
+                delivered_seq: r.get::<_, i64>(0)? as u64,
+                delivered_at: r.get(1)?,
+                read_seq: r.get::<_, i64>(2)? as u64,
+                read_at: r.get(3)?,
+            })
         })
         .optional()
         .map_err(db_err)?
-        .unwrap_or((0, 0, 0, 0));
-    let seq = m.seq as i64;
-    let moves_delivered = seq > delivered;
-    let moves_read = m.kind == ReceiptKind::Read && seq > read;
-    if !moves_delivered && !moves_read {
+        .unwrap_or_default();
+    let Some(moved) = cursors::advance(cursor, &m, last_seq)? else {
         return Ok(());
-    }
+    };
+    let next = moved.cursor;
     c.prepare_cached(
         "INSERT INTO device_cursors (user_id, device_id, chat_id, delivered_seq, delivered_at, read_seq, read_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -265,38 +254,24 @@ pub(super) fn move_cursor(c: &Connection, m: CursorMove, events: &mut Vec<Event>
         m.user_id,
         m.device_id,
         m.chat_id,
-        delivered.max(seq),
-        if moves_delivered { m.at } else { delivered_at },
-        if moves_read { seq } else { read },
-        if moves_read { m.at } else { read_at },
+        next.delivered_seq as i64,
+        next.delivered_at,
+        next.read_seq as i64,
+        next.read_at,
     ])
     .map_err(db_err)?;
-    let receipt = |kind| {
-        Event::Receipt(Arc::new(Receipt {
-            chat_id: m.chat_id.clone(),
-            user_id: m.user_id.clone(),
-            device_id: m.device_id.clone(),
-            kind,
-            seq: m.seq,
-            at: m.at,
-        }))
-    };
-    if moves_delivered {
-        events.push(receipt(ReceiptKind::Delivered));
-    }
-    if moves_read {
+    if moved.read {
         c.prepare_cached(
             "UPDATE members SET read_seq = ?3, read_at = ?4 WHERE chat_id = ?1 AND user_id = ?2 AND read_seq < ?3",
         )
         .map_err(db_err)?
-        .execute(params![m.chat_id, m.user_id, seq, m.at])
+        .execute(params![m.chat_id, m.user_id, next.read_seq as i64, next.read_at])
         .map_err(db_err)?;
-        events.push(receipt(ReceiptKind::Read));
     }
+    events.extend(moved.receipts(&m).into_iter().map(Event::Receipt));
     Ok(())
 }
 
-/// Deletes up to `limit` messages created before `before`; chats keep their `last_seq`.
 pub(super) fn purge(c: &Connection, before: i64, limit: u32) -> Result<u64> {
     let n = c
         .prepare_cached(
