@@ -58,6 +58,11 @@ pub struct Config {
     pub kafka_partitions: u32,
     /// Most PostgreSQL connections this node opens.
     pub database_pool: u32,
+    /// Origins (`scheme://host[:port]`) whose pages may call gRPC-web; empty: same origin only.
+    /// `*` allows any origin (tokens travel in headers, never cookies, so no credentials mode).
+    pub cors_origins: Vec<String>,
+    /// A built web client (e.g. `examples/web/dist`) served at `/`; none by default.
+    pub web_root: Option<PathBuf>,
 }
 
 /// The three engines of a cluster node, all set (see [`Config::cluster`]).
@@ -92,6 +97,8 @@ impl Default for Config {
             namespace: String::new(),
             kafka_partitions: 8,
             database_pool: 16,
+            cors_origins: Vec::new(),
+            web_root: None,
         }
     }
 }
@@ -194,6 +201,12 @@ pub struct Overrides {
     /// Most PostgreSQL connections per node [default: 16]
     #[arg(long, env = "CHATD_DATABASE_POOL")]
     pub database_pool: Option<Text>,
+    /// Origins allowed to call gRPC-web from a page, comma-separated, or * [default: same origin only]
+    #[arg(long, env = "CHATD_CORS_ORIGINS")]
+    pub cors_origins: Option<Text>,
+    /// Directory of a built web client to serve at / [default: none]
+    #[arg(long, env = "CHATD_WEB_ROOT")]
+    pub web_root: Option<Text>,
 }
 
 impl Overrides {
@@ -327,6 +340,13 @@ impl Overrides {
         set!(namespace, |r| r.plain_name(0));
         set!(kafka_partitions, |r| r.range(1, 10_000));
         set!(database_pool, |r| r.range(2, 1_000));
+        set!(cors_origins, |r| r.origins());
+        set!(web_root, |r| {
+            let dir = PathBuf::from(r.text.trim());
+            let ok = !r.text.trim().is_empty() && dir.is_dir();
+            r.ensure(ok, "must be an existing directory")
+                .map(|_| Some(dir))
+        });
         Ok(())
     }
 }
@@ -427,6 +447,34 @@ impl<'a> Raw<'a> {
         let ok = self.text.is_empty() || schemes.iter().any(|s| self.text.starts_with(s));
         let url = self.ensure(ok, reason)?;
         Ok(Some(url.to_string()).filter(|v| !v.is_empty()))
+    }
+
+    /// A comma-separated list of page origins, `scheme://host[:port]` each, or `*` alone;
+    /// empty means none.
+    fn origins(self) -> Result<Vec<String>, ConfigError> {
+        let list: Vec<String> = self
+            .text
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_string())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if list.iter().any(|o| o == "*") {
+            return self
+                .ensure(list.len() == 1, "`*` stands alone: any origin")
+                .map(|_| list);
+        }
+        for origin in &list {
+            let rest = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"));
+            let ok = rest.is_some_and(|r| !r.is_empty() && !r.contains(['/', '?', '#', ' ', '*']));
+            if !ok {
+                return Err(self.invalid(format!(
+                    "{origin:?} is not an origin: scheme://host[:port], e.g. https://chat.example.com"
+                )));
+            }
+        }
+        Ok(list)
     }
 
     /// Node ids and namespaces end up in Redis channel and Kafka topic names: keep them plain.

@@ -19,7 +19,7 @@ use crate::metrics::Gauge;
 use crate::registry::Registry;
 use crate::session::{self, Directory};
 use crate::store::Store;
-use crate::transport::{grpc::ChatApi, http, listener};
+use crate::transport::{grpc::ChatApi, http, listener, web};
 use chat_proto::v1::chat_service_server::ChatServiceServer;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
@@ -181,12 +181,16 @@ pub async fn run(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
-    let router = Routes::new(chat_service)
+    let grpc = Routes::new(chat_service)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .into_axum_router()
-        .merge(http::routes(store.clone(), gauges));
+        .into_axum_router();
+    let mut router =
+        web::grpc_web(grpc, &config.cors_origins).merge(http::routes(store.clone(), gauges));
+    if let Some(root) = &config.web_root {
+        router = web::static_files(router, root);
+    }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -6,3 +6,4 @@ pub mod grpc;
 pub mod http;
 pub mod listener;
 pub mod status;
+pub mod web;
