@@ -598,7 +598,7 @@ mod tests {
     #[test]
     fn every_setting_has_its_flag_variable_and_key() {
         let args = Overrides::args();
-        assert_eq!(args.len(), 21);
+        assert_eq!(args.len(), 23);
         for arg in &args {
             let id = arg.get_id().as_str();
             assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()));
@@ -666,6 +666,30 @@ mod tests {
     }
 
     #[test]
+    fn origins_are_listed_without_blanks_and_trailing_slashes() {
+        let cfg = Config::resolve(
+            None,
+            env(&[(
+                "CHATD_CORS_ORIGINS",
+                " https://a.example/ ,,http://localhost:5173",
+            )]),
+            none(),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.cors_origins,
+            ["https://a.example", "http://localhost:5173"]
+        );
+        let any = Config::resolve(None, env(&[("CHATD_CORS_ORIGINS", "*")]), none()).unwrap();
+        assert_eq!(any.cors_origins, ["*"]);
+        let dir = std::env::temp_dir();
+        let dir_text = dir.to_string_lossy().to_string();
+        let cfg =
+            Config::resolve(None, none(), flags(&["chatd", "--web-root", &dir_text])).unwrap();
+        assert_eq!(cfg.web_root, Some(dir));
+    }
+
+    #[test]
     fn defaults_match_the_brief() {
         let cfg = Config::resolve(None, env(&[]), none()).unwrap();
         assert_eq!(cfg, Config::default());
@@ -718,6 +742,21 @@ mod tests {
             ("namespace", &long, name(0)),
             ("migrate", "yes", "must be `auto` or `off`".into()),
             ("kafka_partitions", "0", range(1, 10_000)),
+            (
+                "cors_origins",
+                "https://a.example, a.example",
+                "\"a.example\" is not an origin: scheme://host[:port], e.g. https://chat.example.com"
+                    .into(),
+            ),
+            (
+                "cors_origins",
+                "https://a.example/app",
+                "\"https://a.example/app\" is not an origin: scheme://host[:port], e.g. https://chat.example.com"
+                    .into(),
+            ),
+            ("cors_origins", "*, https://a.example", "`*` stands alone: any origin".into()),
+            ("web_root", "/no/such/dir", "must be an existing directory".into()),
+            ("web_root", "", "must be an existing directory".into()),
             ("database_pool", "1", range(2, 1_000)),
         ];
         for (key, value, reason) in cases {
