@@ -301,3 +301,39 @@ async fn the_web_root_is_served_beside_grpc_and_the_probes() {
         bad.stderr
     );
 }
+
+/// A Subscribe client cannot ping: the server sends `Pong{nonce: 0}` every heartbeat interval,
+/// so a page can tell a silent stream from a dead one.
+#[tokio::test]
+async fn an_idle_subscribe_stream_hears_from_the_server_every_heartbeat() {
+    let server = TestServer::start_with(&[("CHATD_HEARTBEAT_INTERVAL_MS", "300")]).await;
+    let mut bob = web_client(&server, "bob", "browser").await;
+    let mut stream = bob
+        .subscribe(pb::SubscribeRequest {
+            device_id: "browser".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("Subscribe over gRPC-web")
+        .into_inner();
+    let mut interval = 0;
+    let mut pongs = Vec::new();
+    while pongs.len() < 3 {
+        match next(&mut stream).await.frame {
+            Some(Frame::Welcome(w)) => interval = w.heartbeat_interval_ms,
+            Some(Frame::Pong(p)) => {
+                assert_eq!(p.nonce, 0, "an unsolicited Pong has nonce 0");
+                assert!(p.server_time > 0);
+                pongs.push(std::time::Instant::now());
+            }
+            Some(Frame::SyncComplete(_)) | Some(Frame::Presence(_)) => {}
+            other => panic!("unexpected frame: {other:?}"),
+        }
+    }
+    assert_eq!(interval, 300);
+    let spacing = pongs[2] - pongs[1];
+    assert!(
+        spacing >= Duration::from_millis(150),
+        "pongs come about every heartbeat interval, not back to back: {spacing:?}"
+    );
+}

@@ -101,6 +101,9 @@ export class ChatSession {
    *  replays only what came after. */
   private readonly positions = new Map<string, number>();
   private stream: AbortController | null = null;
+  /** Aborts a stream that has been silent too long (the server speaks every heartbeat). */
+  private watchdog: number | undefined;
+  private heartbeatMs = 30_000;
   private stopped = false;
   private errorIds = 0;
   private sendQueue: PendingSend[] = [];
@@ -133,6 +136,7 @@ export class ChatSession {
 
   stop(): void {
     this.stopped = true;
+    window.clearTimeout(this.watchdog);
     this.stream?.abort();
     this.stopTyping();
     window.clearInterval(this.presenceTimer);
@@ -156,8 +160,13 @@ export class ChatSession {
           { deviceId: this.deviceId, deliveredSeq, clientVersion: "chatd-web/0.1" },
           { signal: abort.signal },
         );
+        this.armWatchdog(abort);
         for await (const frame of frames) {
-          if (frame.frame.case === "welcome") attempt = 0;
+          if (frame.frame.case === "welcome") {
+            attempt = 0;
+            this.heartbeatMs = Math.max(1000, frame.frame.value.heartbeatIntervalMs);
+          }
+          this.armWatchdog(abort);
           this.onFrame(frame);
         }
       } catch (e) {
@@ -173,6 +182,7 @@ export class ChatSession {
           this.showError(`The event stream was refused: ${f.message}`);
         }
       }
+      window.clearTimeout(this.watchdog);
       if (this.stopped) return;
       this.connection = "reconnecting";
       this.connectionDetail = reason;
@@ -182,6 +192,14 @@ export class ChatSession {
       attempt++;
       await sleep(base * (0.8 + Math.random() * 0.4));
     }
+  }
+
+  /** A connection that died without a word (a laptop lid, a lost network) never ends the
+   *  stream: the server sends at least a Pong every heartbeat interval, so silence for two and
+   *  a half of them means the stream is gone. */
+  private armWatchdog(abort: AbortController): void {
+    window.clearTimeout(this.watchdog);
+    this.watchdog = window.setTimeout(() => abort.abort(), this.heartbeatMs * 2.5);
   }
 
   private onFrame(frame: ServerFrame): void {
@@ -235,7 +253,7 @@ export class ChatSession {
         this.showError(`The server refused a ${f.value.frame || "frame"}: ${f.value.message}`);
         break;
       default:
-        return; // pong, send_ack, send_error: not sent on Subscribe
+        return; // pong (the server's heartbeat: it re-armed the watchdog), send_ack, send_error
     }
     this.onChange();
   }

@@ -241,6 +241,12 @@ impl Session {
     {
         let timeout = Duration::from_millis(self.svc.settings.heartbeat_timeout_ms.into());
         let mut deadline = Instant::now() + timeout;
+        // A Subscribe client cannot ping, so the server speaks up every heartbeat interval: a
+        // write to a connection that silently died fails and ends the session (marking the
+        // device offline), and the client learns that a silent stream is a dead one.
+        let interval = Duration::from_millis(self.svc.settings.heartbeat_interval_ms.into());
+        let mut keepalive = tokio::time::interval_at(Instant::now() + interval, interval);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
                 biased;
@@ -275,6 +281,9 @@ impl Session {
                         Err(Stop::Gone)
                     }
                 },
+                _ = keepalive.tick(), if inbound.is_none() => {
+                    self.emit(Output::Pong { nonce: 0, server_time: now_ms() }).await
+                }
                 _ = sleep_until(deadline), if inbound.is_some() => Err(Stop::Abort(Error::Unavailable(format!(
                     "no frame received for {} ms (heartbeat timeout); reconnect to resume",
                     timeout.as_millis()
