@@ -73,6 +73,10 @@ pub struct Metrics {
     pub gaps_filled: AtomicU64,
     /// Sessions told to re-read their backlog because the node may have missed deliveries.
     pub resyncs: AtomicU64,
+    /// WebSocket connections open now (`/ws`, upgraded, whether or not `connect` came yet).
+    pub websockets_open: AtomicU64,
+    /// WebSocket connections upgraded since the start.
+    pub websockets_total: AtomicU64,
     /// Errors returned to clients, by gRPC code.
     pub errors: [AtomicU64; CODES],
     /// Time from a send's arrival to its commit.
@@ -88,6 +92,8 @@ pub static METRICS: Metrics = Metrics {
     slow_consumers: AtomicU64::new(0),
     gaps_filled: AtomicU64::new(0),
     resyncs: AtomicU64::new(0),
+    websockets_open: AtomicU64::new(0),
+    websockets_total: AtomicU64::new(0),
     errors: [const { AtomicU64::new(0) }; CODES],
     send_latency: Histogram::new(LATENCY_BUCKETS),
     commit_batch: Histogram::new(BATCH_BUCKETS),
@@ -161,6 +167,17 @@ pub fn render(gauges: &[Gauge]) -> String {
         "chatd_resyncs_total",
         "Sessions told to re-read their backlog after the node's bus link came back.",
         m.resyncs.load(Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP chatd_websockets WebSocket connections open on this node.\n# TYPE chatd_websockets gauge\nchatd_websockets {}",
+        m.websockets_open.load(Relaxed)
+    );
+    counter(
+        &mut out,
+        "chatd_websockets_total",
+        "WebSocket connections upgraded since the start.",
+        m.websockets_total.load(Relaxed),
     );
     let _ = writeln!(out, "# HELP chatd_errors_total Errors returned to clients, by gRPC code.\n# TYPE chatd_errors_total counter");
     for (code, c) in m.errors.iter().enumerate() {

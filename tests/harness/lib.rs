@@ -37,6 +37,7 @@ pub mod sdk;
 pub mod server;
 pub mod session;
 pub mod util;
+pub mod websocket;
 
 pub use auth::{mint_token, mint_token_at, now_secs, Auth, Claims};
 pub use backend::{Backend, Services};

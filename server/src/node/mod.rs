@@ -19,7 +19,7 @@ use crate::metrics::Gauge;
 use crate::registry::Registry;
 use crate::session::{self, Directory};
 use crate::store::Store;
-use crate::transport::{grpc::ChatApi, http, listener, web};
+use crate::transport::{grpc::ChatApi, http, listener, web, ws::WebSockets};
 use chat_proto::v1::chat_service_server::ChatServiceServer;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
@@ -164,6 +164,11 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    let websockets = WebSockets::new(
+        authenticator.clone(),
+        sessions.clone(),
+        config.max_frame_bytes(),
+    );
     let chat_service =
         ChatServiceServer::new(ChatApi::new(authenticator, chats, messaging, sessions))
             .max_decoding_message_size(config.max_frame_bytes());
@@ -186,8 +191,9 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .into_axum_router();
-    let mut router =
-        web::grpc_web(grpc, &config.cors_origins).merge(http::routes(store.clone(), gauges));
+    let mut router = web::grpc_web(grpc, &config.cors_origins)
+        .merge(http::routes(store.clone(), gauges))
+        .merge(websockets.routes());
     if let Some(root) = &config.web_root {
         router = web::static_files(router, root);
     }
@@ -209,12 +215,16 @@ pub async fn run(
     tracing::info!(max_connections, "accepting connections");
     let incoming = listener::incoming(listener, max_connections);
     let keepalive = Duration::from_millis(config.heartbeat_interval_ms.into());
-    let server = tonic::transport::Server::builder()
-        .accept_http1(true)
-        .http2_keepalive_interval(Some(keepalive))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    // tonic's server cannot upgrade HTTP/1.1: WebSocket handshakes are served beside it.
+    let (grpc_router, grpc_shutdown) = (router.clone(), shutdown.clone());
+    let server = websockets.serve_beside(incoming, router, move |incoming| {
+        tonic::transport::Server::builder()
+            .accept_http1(true)
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_routes(Routes::from(grpc_router))
+            .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
+    });
     let mut server = tokio::spawn(server);
 
     let served = tokio::select! {

@@ -7,3 +7,4 @@ pub mod http;
 pub mod listener;
 pub mod status;
 pub mod web;
+pub mod ws;
