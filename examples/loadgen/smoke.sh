@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Smoke test for chat-loadgen: start a fresh chatd in a temp dir (rate limits raised), run
-# every scenario for ~2 s at tiny sizes, check that each last stdout line is one JSON object
-# with no errors and with figures that agree with the server's /metrics, stop the server.
+# every scenario for ~2 s at tiny sizes, over gRPC and over the WebSocket door (/ws); check
+# that each last stdout line is one JSON object with no errors and with figures that agree
+# with the server's /metrics; stop the server.
 #
 #   examples/loadgen/smoke.sh SERVER_BIN LOADGEN_BIN
 #
@@ -171,6 +172,13 @@ run direct --connections 10 --duration 2 --window 8
 run group --groups 2 --group-size 5 --rate 200 --duration 2
 run resume --missed 300
 run mixed --connections 40 --rate 300 --duration 2 --churn-pct 10 --offline-ms 300 --read-interval-ms 500
+# The same over the WebSocket JSON door (/ws): one socket per session.
+run idle --transport ws --connections 50 --duration 2 --ping-interval-ms 500
+run direct --transport ws --connections 20 --rate 500 --duration 2
+run direct --transport ws --connections 10 --duration 2 --window 8
+run group --transport ws --groups 2 --group-size 5 --rate 200 --duration 2
+run resume --transport ws --missed 300
+run mixed --transport ws --connections 40 --rate 300 --duration 2 --churn-pct 10 --offline-ms 300 --read-interval-ms 500
 
 if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     echo "smoke: FAIL the server died during the run; its stderr:" >&2

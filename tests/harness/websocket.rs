@@ -208,6 +208,16 @@ impl WsClient {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.close(None)).await;
     }
 
+    /// Sends a close frame (1000) without dropping the connection, so the server's answer can
+    /// be read with [`Self::expect_close`].
+    pub async fn send_close(&mut self) {
+        let close = Message::Close(Some(CloseFrame {
+            code: 1000.into(),
+            reason: "bye".into(),
+        }));
+        self.stream.send(close).await.expect("send the close frame");
+    }
+
     // -------------------------------------------------------------- receiving
 
     /// The next event within `timeout`, or `None` if nothing arrived in time.

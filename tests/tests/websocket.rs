@@ -856,6 +856,20 @@ async fn heartbeats_json_pings_and_websocket_pings() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_is_answered_and_ends_the_session() {
+    let server = TestServer::start().await;
+    let mut ws = ws_connect(&server, "alice", "web").await;
+    ws.send_close().await;
+    // The closing handshake completes (RFC 6455 §5.5.1): the server answers with a close frame
+    // rather than dropping the connection.
+    let (frames, code, _) = ws.expect_close().await;
+    assert_eq!(code, 1000, "after {frames:?}");
+    // The session is over: the same device connects again without a conflict.
+    let mut again = ws_connect(&server, "alice", "web").await;
+    again.ping().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_sockets_with_unavailable() {
     let mut server = TestServer::start().await;
     let mut ws = ws_connect(&server, "alice", "web").await;

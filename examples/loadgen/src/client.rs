@@ -35,6 +35,43 @@ use tonic::{Request, Streaming};
 
 pub type Client = ChatServiceClient<Channel>;
 
+/// Where a session is opened: a `Connect` stream on a (possibly shared) HTTP/2 connection, or
+/// a WebSocket on a TCP connection of its own (`--transport ws`).
+pub enum Door {
+    Grpc(Client),
+    Ws {
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+    },
+}
+
+/// The server's frames of one session, whichever door it came through.
+enum Inbound {
+    Grpc(Streaming<ServerFrame>),
+    Ws(crate::ws::Reader),
+}
+
+/// How a session's stream ended other than cleanly: a status code name and what was said.
+struct Ended {
+    code: &'static str,
+    message: String,
+}
+
+impl Inbound {
+    async fn message(&mut self) -> Result<Option<ServerFrame>, Ended> {
+        match self {
+            Inbound::Grpc(s) => s.message().await.map_err(|s| Ended {
+                code: crate::stats::code_name(s.code() as i32),
+                message: s.message().to_string(),
+            }),
+            Inbound::Ws(r) => r.message().await.map_err(|e| Ended {
+                code: e.code,
+                message: e.message,
+            }),
+        }
+    }
+}
+
 // ------------------------------------------------------------------ connections
 
 /// Connects every channel's TCP socket to `addr`, from `source` when set (bind before connect,
@@ -57,21 +94,24 @@ impl Service<Uri> for Connector {
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let (addr, source) = (self.addr, self.source);
-        Box::pin(async move {
-            let sock = if addr.is_ipv4() {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
-            if let Some(src) = source {
-                bind_no_port(&sock);
-                sock.bind(SocketAddr::new(src, 0))?;
-            }
-            let stream = sock.connect(addr).await?;
-            stream.set_nodelay(true)?;
-            Ok(TokioIo::new(stream))
-        })
+        Box::pin(async move { Ok(TokioIo::new(tcp_connect(addr, source).await?)) })
     }
+}
+
+/// A TCP connection to `addr`, from `source` when set, with Nagle off.
+pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(src) = source {
+        bind_no_port(&sock);
+        sock.bind(SocketAddr::new(src, 0))?;
+    }
+    let stream = sock.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 fn bind_no_port(sock: &TcpSocket) {
@@ -280,14 +320,14 @@ impl Session {
     /// Start Connect, send Hello (with `state.seen` as the device's own positions when
     /// `own_positions`), read to SyncComplete. Failures are counted in the stats too.
     pub async fn open(
-        mut client: Client,
+        door: Door,
         spec: Arc<SessionSpec>,
         state: DeviceState,
         cfg: Arc<SessionCfg>,
         own_positions: bool,
     ) -> Result<Session, String> {
         let stats = cfg.stats.clone();
-        let r = Self::open_inner(&mut client, spec, state, cfg, own_positions).await;
+        let r = Self::open_inner(door, spec, state, cfg, own_positions).await;
         if let Err(e) = &r {
             stats.error(&format!("session_open_failed:{}", e.0));
         }
@@ -295,7 +335,7 @@ impl Session {
     }
 
     async fn open_inner(
-        client: &mut Client,
+        door: Door,
         spec: Arc<SessionSpec>,
         state: DeviceState,
         cfg: Arc<SessionCfg>,
@@ -314,23 +354,27 @@ impl Session {
         };
         tx.try_send(frame(client_frame::Frame::Hello(hello)))
             .map_err(|_| ("queue", format!("{who}: cannot queue hello")))?;
-        let req = authed(ReceiverStream::new(rx), &spec.token, Some(&spec.device))
-            .map_err(|e| ("auth", e))?;
         let t_hello = now_ns();
         let deadline = Instant::now() + cfg.sync_timeout;
-        let mut stream = match tokio::time::timeout_at(deadline, client.connect(req)).await {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(s)) => {
-                return Err((
-                    crate::stats::code_name(s.code() as i32),
-                    format!(
-                        "{who}: Connect: {} {}",
-                        crate::stats::code_name(s.code() as i32),
-                        s.message()
-                    ),
-                ))
+        let mut stream = match door {
+            Door::Grpc(mut client) => {
+                let req = authed(ReceiverStream::new(rx), &spec.token, Some(&spec.device))
+                    .map_err(|e| ("auth", e))?;
+                match tokio::time::timeout_at(deadline, client.connect(req)).await {
+                    Ok(Ok(r)) => Inbound::Grpc(r.into_inner()),
+                    Ok(Err(s)) => {
+                        let code = crate::stats::code_name(s.code() as i32);
+                        return Err((code, format!("{who}: Connect: {code} {}", s.message())));
+                    }
+                    Err(_) => return Err(("timeout", format!("{who}: Connect timed out"))),
+                }
             }
-            Err(_) => return Err(("timeout", format!("{who}: Connect timed out"))),
+            Door::Ws { addr, source } => {
+                let socket = crate::ws::connect(addr, source, cfg.sync_timeout)
+                    .await
+                    .map_err(|(code, e)| (code, format!("{who}: {e}")))?;
+                Inbound::Ws(crate::ws::start(socket, rx, spec.token.clone()))
+            }
         };
         let mut rxs = Receiver {
             shard: spec.idx,
@@ -354,14 +398,10 @@ impl Session {
                         format!("{who}: no SyncComplete within {:?}", cfg.sync_timeout),
                     ))
                 }
-                Ok(Err(s)) => {
+                Ok(Err(e)) => {
                     return Err((
-                        crate::stats::code_name(s.code() as i32),
-                        format!(
-                            "{who}: stream failed during sync: {} {}",
-                            crate::stats::code_name(s.code() as i32),
-                            s.message()
-                        ),
+                        e.code,
+                        format!("{who}: stream failed during sync: {} {}", e.code, e.message),
                     ))
                 }
                 Ok(Ok(None)) => return Err(("ended", format!("{who}: stream ended during sync"))),
@@ -651,7 +691,7 @@ impl Receiver {
 
     async fn live(
         mut self,
-        mut stream: Streaming<ServerFrame>,
+        mut stream: Inbound,
         mut close: oneshot::Receiver<()>,
         heartbeat: Duration,
     ) -> DeviceState {
@@ -688,8 +728,7 @@ impl Receiver {
                         }
                         return self.state;
                     }
-                    Err(s) => {
-                        let name = crate::stats::code_name(s.code() as i32);
+                    Err(Ended { code: name, .. }) => {
                         if !closing {
                             stats.stream_failure(name);
                         } else {

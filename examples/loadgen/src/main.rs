@@ -14,6 +14,7 @@ mod scenarios;
 mod stats;
 mod token;
 mod traffic;
+mod ws;
 
 use clap::{Parser, ValueEnum};
 use serde_json::{json, Value};
@@ -35,6 +36,25 @@ pub enum Scenario {
     Resume,
     /// Day-peak mix: 1:1 and group sends, typing, reads, presence churn with resumes.
     Mixed,
+}
+
+/// The door sessions come through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// The gRPC `Connect` stream (HTTP/2, --sessions-per-connection per connection).
+    Grpc,
+    /// The WebSocket JSON frames on /ws (docs/websocket.md), one TCP connection per session;
+    /// the scenarios' setup calls (OpenDirectChat, CreateGroup) still go over gRPC.
+    Ws,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Grpc => "grpc",
+            Transport::Ws => "ws",
+        }
+    }
 }
 
 impl Scenario {
@@ -68,6 +88,9 @@ pub struct Args {
     /// The server's JWT secret (wins over --data-dir, like on the server).
     #[arg(long, env = "CHATD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// How sessions connect: grpc (Connect) or ws (WebSocket JSON on /ws).
+    #[arg(long, value_enum, default_value_t = Transport::Grpc)]
+    pub transport: Transport,
     /// Measured traffic time (idle: hold time), seconds.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -144,7 +167,7 @@ pub struct Args {
 /// The parameters block of the JSON (never the secret).
 pub fn parameters(a: &Args) -> Value {
     json!({
-        "addr": a.addr, "duration_s": a.duration, "rate": a.rate, "connections": a.connections,
+        "addr": a.addr, "transport": a.transport.name(), "duration_s": a.duration, "rate": a.rate, "connections": a.connections,
         "groups": a.groups, "group_size": a.group_size, "missed": a.missed, "warmup_s": a.warmup,
         "message_bytes": a.message_bytes, "window": a.window,
         "sessions_per_connection": a.sessions_per_connection, "source_addrs": a.source_addrs,
@@ -196,6 +219,11 @@ fn validate(a: &Args) -> Result<Vec<SocketAddr>, String> {
     }
     if a.message_bytes > 1 << 20 {
         return Err("--message-bytes at most 1 MiB".into());
+    }
+    if a.transport == Transport::Ws && a.sessions_per_connection > 1 {
+        return Err("--transport ws carries one session per connection: \
+                    --sessions-per-connection must be 1"
+            .into());
     }
     if let Some(n) = a.source_addrs {
         if n > 1 && !addr.is_ipv4() {

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
-use tonic::transport::Channel;
 
 /// One device and its current session (none while churned away).
 struct Device {
@@ -213,16 +212,16 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     let churn = Arc::new(Churn::default());
     let text: Arc<str> = "x".repeat(args.message_bytes).into();
     let w = {
-        let (devices, churn, cfg, channels) = (
+        let (devices, churn, cfg, doors) = (
             devices.clone(),
             churn.clone(),
             cfg.clone(),
-            channels.clone(),
+            ctx.doors(&channels),
         );
         let (pct, offline) = (args.churn_pct, Duration::from_millis(args.offline_ms));
         measured(ctx, rss_before, |start, end| {
             let side = tokio::spawn(churn_loop(
-                devices, channels, spc, cfg, churn, pct, offline, start, end,
+                devices, doors, spc, cfg, churn, pct, offline, start, end,
             ));
             (
                 Load {
@@ -302,7 +301,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
 #[allow(clippy::too_many_arguments)]
 async fn churn_loop(
     devices: Arc<Vec<Arc<Device>>>,
-    channels: Vec<Option<Channel>>,
+    doors: super::Doors,
     spc: usize,
     cfg: Arc<SessionCfg>,
     churn: Arc<Churn>,
@@ -337,11 +336,7 @@ async fn churn_loop(
             }
             budget -= 1.0;
             churn.started.fetch_add(1, Relaxed);
-            let client = channels
-                .get(i / spc)
-                .cloned()
-                .flatten()
-                .map(crate::client::Client::new);
+            let door = doors.get(i / spc);
             let (cfg, churn) = (cfg.clone(), churn.clone());
             tasks.push(tokio::spawn(async move {
                 d.slot.set(None);
@@ -351,8 +346,8 @@ async fn churn_loop(
                     None => DeviceState::default(),
                 };
                 tokio::time::sleep(offline).await;
-                let r = match client {
-                    Some(c) => Session::open(c, d.spec.clone(), state, cfg, true).await,
+                let r = match door {
+                    Some(door) => Session::open(door, d.spec.clone(), state, cfg, true).await,
                     None => Err("no connection".into()),
                 };
                 match r {

@@ -7,12 +7,12 @@ pub mod idle;
 pub mod mixed;
 pub mod resume;
 
-use crate::client::{connect_channel, Client, DeviceState, Session, SessionCfg, SessionSpec};
+use crate::client::{connect_channel, Client, DeviceState, Door, Session, SessionCfg, SessionSpec};
 use crate::probe::{self, Mark, Metrics, Probe};
 use crate::stats::{self, get, per_sec, Report, Stats};
 use crate::token::Tokens;
 use crate::traffic::{self, Drained};
-use crate::Args;
+use crate::{Args, Transport};
 use futures_util::stream::{self, StreamExt};
 use serde_json::json;
 use std::collections::HashMap;
@@ -52,12 +52,7 @@ impl Ctx {
     }
 
     fn source_for(&self, conn: usize) -> Option<IpAddr> {
-        if self.source_addrs <= 1 {
-            return None;
-        }
-        // 127.0.0.1 .. 127.0.0.N (all of 127/8 is local on Linux).
-        let n = (conn % self.source_addrs) as u32 + 1;
-        Some(IpAddr::V4(Ipv4Addr::from(0x7f00_0000u32 + n)))
+        source_for(self.source_addrs, conn)
     }
 
     pub fn open_timeout(&self) -> Duration {
@@ -65,12 +60,17 @@ impl Ctx {
     }
 
     /// `n` HTTP/2 connections, opened `connect_concurrency` at a time; failed ones are `None`
-    /// (counted). Errors only if none could be opened.
+    /// (counted). Errors only if none could be opened. With `--transport ws` sessions open
+    /// sockets of their own, so only one connection per node is opened, for the setup calls.
     pub async fn channels(&self, n: usize) -> Result<Vec<Option<Channel>>, String> {
         let timeout = self.open_timeout();
         let mut out: Vec<Option<Channel>> = vec![None; n];
         let mut first_err = None;
-        let results: Vec<(usize, Result<Channel, String>)> = stream::iter(0..n)
+        let opened = match self.args.transport {
+            Transport::Grpc => n,
+            Transport::Ws => n.min(self.addrs.len()),
+        };
+        let results: Vec<(usize, Result<Channel, String>)> = stream::iter(0..opened)
             .map(|j| {
                 let addr = self.addrs[j % self.addrs.len()];
                 let src = self.source_for(j);
@@ -110,9 +110,14 @@ impl Ctx {
             .or_else(|| channels.iter().flatten().next().cloned())
     }
 
-    /// A client on connection `j` (or any open one if that failed).
-    pub fn client(&self, channels: &[Option<Channel>], j: usize) -> Option<Client> {
-        self.channel(channels, j).map(Client::new)
+    /// Where sessions on `channels` open, by connection number.
+    pub fn doors(&self, channels: &[Option<Channel>]) -> Doors {
+        Doors {
+            transport: self.args.transport,
+            addrs: self.addrs.clone(),
+            source_addrs: self.source_addrs,
+            channels: channels.to_vec(),
+        }
     }
 
     pub fn session_cfg(
@@ -160,17 +165,18 @@ impl Ctx {
         cfg: &Arc<SessionCfg>,
     ) -> Vec<Option<Session>> {
         let spc = self.args.sessions_per_connection.max(1);
+        let doors = self.doors(channels);
         let mut out: Vec<Option<Session>> = (0..specs.len()).map(|_| None).collect();
         let mut first_err = None;
         let results: Vec<(usize, Result<Session, String>)> =
             stream::iter(specs.iter().cloned().enumerate())
                 .map(|(i, spec)| {
-                    let client = self.client(channels, i / spc);
+                    let door = doors.get(i / spc);
                     let cfg = cfg.clone();
                     async move {
-                        let r = match client {
-                            Some(c) => {
-                                Session::open(c, spec, DeviceState::default(), cfg, false).await
+                        let r = match door {
+                            Some(d) => {
+                                Session::open(d, spec, DeviceState::default(), cfg, false).await
                             }
                             None => Err("no connection".to_string()),
                         };
@@ -193,6 +199,45 @@ impl Ctx {
             self.first_open_error.lock().unwrap().get_or_insert(e);
         }
         out
+    }
+}
+
+/// 127.0.0.1 .. 127.0.0.N for connection `conn` when spreading over N > 1 source addresses
+/// (all of 127/8 is local on Linux).
+fn source_for(source_addrs: usize, conn: usize) -> Option<IpAddr> {
+    if source_addrs <= 1 {
+        return None;
+    }
+    let n = (conn % source_addrs) as u32 + 1;
+    Some(IpAddr::V4(Ipv4Addr::from(0x7f00_0000u32 + n)))
+}
+
+/// Where each connection's sessions open: a Connect stream on its HTTP/2 connection, or a
+/// WebSocket of its own to the node that connection would have gone to.
+#[derive(Clone)]
+pub struct Doors {
+    transport: Transport,
+    addrs: Vec<SocketAddr>,
+    source_addrs: usize,
+    channels: Vec<Option<Channel>>,
+}
+
+impl Doors {
+    /// The door of connection `j` (gRPC: any open connection if that one failed).
+    pub fn get(&self, j: usize) -> Option<Door> {
+        match self.transport {
+            Transport::Grpc => self
+                .channels
+                .get(j)
+                .cloned()
+                .flatten()
+                .or_else(|| self.channels.iter().flatten().next().cloned())
+                .map(|ch| Door::Grpc(Client::new(ch))),
+            Transport::Ws => Some(Door::Ws {
+                addr: self.addrs[j % self.addrs.len()],
+                source: source_for(self.source_addrs, j),
+            }),
+        }
     }
 }
 

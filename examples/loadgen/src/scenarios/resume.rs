@@ -18,10 +18,8 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     let mark0 = ctx.probe.mark();
     let m0 = scrape(ctx).await;
     let channels = ctx.channels(2).await?;
-    let (ca, cb) = match (ctx.client(&channels, 0), ctx.client(&channels, 1)) {
-        (Some(a), Some(b)) => (a, b),
-        _ => return Err("no connection".into()),
-    };
+    let doors = ctx.doors(&channels);
+    let door = |j| doors.get(j).ok_or("no connection");
     let (ua, ub) = (ctx.user("a"), ctx.user("b"));
     let spec_a = ctx.spec(0, &ua, vec![], true)?;
     let spec_b = ctx.spec(1, &ub, vec![], false)?;
@@ -31,7 +29,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
 
     // B: register the device (its cursor starts at the present), then go away cleanly.
     let b = Session::open(
-        cb.clone(),
+        door(1)?,
         spec_b.clone(),
         DeviceState::default(),
         cfg.clone(),
@@ -42,7 +40,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
 
     // A: K sends, at most max(window, 32) in flight.
     let a = Session::open(
-        ca,
+        door(0)?,
         spec_a.clone(),
         DeviceState::default(),
         cfg.clone(),
@@ -90,7 +88,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
 
     // B comes back: time Hello → SyncComplete, count the replay.
     let cpu_from = ctx.probe.mark();
-    let b = Session::open(cb, spec_b.clone(), b_state, cfg.clone(), false).await?;
+    let b = Session::open(door(1)?, spec_b.clone(), b_state, cfg.clone(), false).await?;
     let cpu_to = ctx.probe.mark();
     let sync = b.sync.clone();
     let (first, last, count) = sync.backlog.get(&chat).copied().unwrap_or((0, 0, 0));

@@ -45,8 +45,11 @@ const APP_CLOSE_BASE: u16 = 4000;
 
 /// How a socket ends.
 enum Close {
-    /// The client left or the connection broke: nothing more can be said.
+    /// The connection broke: nothing more can be said.
     Gone,
+    /// The client closed: its close frame is answered (the WebSocket layer queued the reply),
+    /// so the client sees the closing handshake complete rather than a dropped connection.
+    ClientClosed,
     /// The session is over without an error: close 1000.
     Normal,
     /// An `error` frame (unless the client was just sent the same one), then this close.
@@ -119,7 +122,9 @@ enum Received {
     TooBig(Option<usize>),
     /// A text frame that is not UTF-8.
     NotUtf8,
-    /// The client closed, or the connection broke.
+    /// The client sent a close frame.
+    ClientClosed,
+    /// The connection broke.
     Closed,
 }
 
@@ -265,6 +270,7 @@ impl Conn {
                 let r = Refusal::new(Error::invalid("frame", "a text frame must be UTF-8"));
                 Some(Close::with_code(&r, None, close_code::INVALID))
             }
+            Received::ClientClosed => Some(Close::ClientClosed),
             Received::Closed => Some(Close::Gone),
             Received::Text(_) | Received::Binary | Received::Heartbeat => None,
         }
@@ -290,7 +296,8 @@ impl Conn {
             Some(Ok(Message::Text(text))) => Received::Text(text),
             Some(Ok(Message::Binary(_))) => Received::Binary,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Received::Heartbeat,
-            Some(Ok(Message::Close(_))) | None => Received::Closed,
+            Some(Ok(Message::Close(_))) => Received::ClientClosed,
+            None => Received::Closed,
             Some(Err(e)) => match e.into_inner().downcast::<tungstenite::Error>() {
                 Ok(e) => match *e {
                     tungstenite::Error::Capacity(_) => Received::TooBig(None),
@@ -321,6 +328,10 @@ impl Conn {
     async fn finish(&mut self, close: Close) {
         let (code, reason) = match close {
             Close::Gone => return,
+            Close::ClientClosed => {
+                let _ = timeout(self.write_timeout, self.socket.flush()).await;
+                return;
+            }
             Close::Normal => (close_code::NORMAL, String::new()),
             Close::Error {
                 frame,
