@@ -28,15 +28,31 @@ pub struct Message {
     pub wire: WireCache,
 }
 
-/// A message's encoded form, made once by the first session that sends it and shared by every
-/// other recipient, so a 1000-member group costs one encoding, not 1000. The domain never
-/// reads it; equality ignores it.
+/// A message's encoded forms (protobuf for gRPC, JSON for WebSockets), each made once by the
+/// first session that sends it and shared by every other recipient, so a 1000-member group
+/// costs one encoding, not 1000. The domain never reads it; equality ignores it.
 #[derive(Clone, Default)]
-pub struct WireCache(std::sync::OnceLock<bytes::Bytes>);
+pub struct WireCache {
+    proto: std::sync::OnceLock<bytes::Bytes>,
+    json: std::sync::OnceLock<bytes::Bytes>,
+}
 
 impl WireCache {
     pub fn get_or_init(&self, encode: impl FnOnce() -> bytes::Bytes) -> bytes::Bytes {
-        self.0.get_or_init(encode).clone()
+        self.proto.get_or_init(encode).clone()
+    }
+
+    /// The JSON form; an encoding that fails is not kept (two sessions racing may both encode:
+    /// the same bytes, one kept).
+    pub fn json_or_try_init<E>(
+        &self,
+        encode: impl FnOnce() -> Result<bytes::Bytes, E>,
+    ) -> Result<bytes::Bytes, E> {
+        if let Some(json) = self.json.get() {
+            return Ok(json.clone());
+        }
+        let json = encode()?;
+        Ok(self.json.get_or_init(|| json).clone())
     }
 }
 

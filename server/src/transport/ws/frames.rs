@@ -6,6 +6,7 @@
 use crate::domain::{messaging::SendRequest, model as d};
 use crate::session::{Command, Hello, Output};
 use crate::Error;
+use axum::extract::ws::Utf8Bytes;
 use base64::{engine::general_purpose::STANDARD as BASE64, Engine};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -587,7 +588,14 @@ pub struct Peer<'a> {
 
 /// A session output as JSON text. `End` is not a frame (the socket loop closes with it) and
 /// gives `None`.
-pub fn encode(o: &Output, peer: &Peer) -> Option<Result<String, Error>> {
+pub fn encode(o: &Output, peer: &Peer) -> Option<Result<Utf8Bytes, Error>> {
+    if let Output::Event(d::Event::Message(m)) = o {
+        // Every recipient gets the same text: encoded once, shared by reference.
+        let json = m.wire.json_or_try_init(|| {
+            to_json(&ServerFrame::Message(MessageJson::of(m))).map(bytes::Bytes::from)
+        });
+        return Some(json.and_then(|j| Utf8Bytes::try_from(j).map_err(Error::internal)));
+    }
     let frame = match o {
         Output::Welcome {
             session_id,
@@ -640,7 +648,7 @@ pub fn encode(o: &Output, peer: &Peer) -> Option<Result<String, Error>> {
         },
         Output::End(_) => return None,
     };
-    Some(to_json(&frame))
+    Some(to_json(&frame).map(Utf8Bytes::from))
 }
 
 /// The `error` frame for a refusal by the transport itself.
@@ -862,5 +870,39 @@ mod tests {
                 "clientMsgId": "k", "content": "hi", "createdAt": 9})
         );
         assert!(encode(&Output::End(Error::Unavailable("x".into())), &peer).is_none());
+    }
+
+    #[test]
+    fn a_message_event_is_encoded_once_for_every_recipient() {
+        let m = std::sync::Arc::new(d::Message {
+            message_id: "m".into(),
+            chat_id: "c".into(),
+            seq: 1,
+            sender_user_id: "alice".into(),
+            sender_device_id: "phone".into(),
+            client_msg_id: "k".into(),
+            content: d::Content {
+                text: "hi".into(),
+                ..Default::default()
+            },
+            created_at: 9,
+            wire: Default::default(),
+        });
+        let out = Output::Event(d::Event::Message(m));
+        let text = |user_id| {
+            let peer = Peer {
+                user_id,
+                device_id: "web",
+            };
+            encode(&out, &peer).and_then(Result::ok).unwrap_or_default()
+        };
+        let (bob, carol) = (text("bob"), text("carol"));
+        let v: Value = serde_json::from_str(&bob).unwrap_or_default();
+        assert_eq!(
+            (v["type"].as_str(), v["seq"].as_u64()),
+            (Some("message"), Some(1))
+        );
+        // The second recipient shares the first one's bytes.
+        assert_eq!(bob.as_ptr(), carol.as_ptr());
     }
 }

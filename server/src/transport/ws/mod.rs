@@ -29,6 +29,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::Connected;
 
+/// Bytes read from a socket at a time. The WebSocket layer allocates this much per socket up
+/// front (its default, 128 KiB, was four fifths of an idle socket's memory); a larger frame is
+/// read in several steps.
+const READ_BUFFER: usize = 4 * 1024;
+/// Frames gathered before a write to the connection (a flush writes them all anyway). The
+/// buffer keeps its size once grown, so it bounds what a busy socket holds between bursts.
+const WRITE_BUFFER: usize = 16 * 1024;
+
 /// The `/ws` endpoint and what its sockets share.
 #[derive(Clone)]
 pub struct WebSockets {
@@ -111,6 +119,8 @@ async fn upgrade(State(ws): State<WebSockets>, upgrade: WebSocketUpgrade) -> Res
     // beyond twice the limit the WebSocket layer stops reading at once.
     let hard_limit = shared.max_frame_bytes.saturating_mul(2);
     upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
