@@ -47,7 +47,8 @@ pub enum Door {
 
 /// The server's frames of one session, whichever door it came through.
 enum Inbound {
-    Grpc(Streaming<ServerFrame>),
+    // Boxed: one per session, moved into the session's task; the WebSocket reader is small.
+    Grpc(Box<Streaming<ServerFrame>>),
     Ws(crate::ws::Reader),
 }
 
@@ -361,7 +362,7 @@ impl Session {
                 let req = authed(ReceiverStream::new(rx), &spec.token, Some(&spec.device))
                     .map_err(|e| ("auth", e))?;
                 match tokio::time::timeout_at(deadline, client.connect(req)).await {
-                    Ok(Ok(r)) => Inbound::Grpc(r.into_inner()),
+                    Ok(Ok(r)) => Inbound::Grpc(Box::new(r.into_inner())),
                     Ok(Err(s)) => {
                         let code = crate::stats::code_name(s.code() as i32);
                         return Err((code, format!("{who}: Connect: {code} {}", s.message())));

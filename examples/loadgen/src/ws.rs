@@ -233,7 +233,6 @@ pub fn from_json(text: &str) -> Result<ServerFrame, String> {
             server_time: j.server_time,
             heartbeat_interval_ms: j.heartbeat_interval_ms,
             heartbeat_timeout_ms: j.heartbeat_timeout_ms,
-            ..Default::default()
         }),
         "message" => Frame::Message(MessageEvent::new(message(j))),
         "sendAck" => Frame::SendAck(SendAck {
