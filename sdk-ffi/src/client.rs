@@ -352,11 +352,19 @@ impl ChatClient {
         Ok(v.into_iter().map(Presence::from).collect())
     }
 
-    pub async fn register_push_token(&self, provider: PushProvider, token: String) -> Result<()> {
+    /// This device's push token; `app_id` is the APNs topic or the FCM / webhook app id (empty:
+    /// the server's default). A new token replaces the device's old one of that provider.
+    #[uniffi::method(default(app_id = ""))]
+    pub async fn register_push_token(
+        &self,
+        provider: PushProvider,
+        token: String,
+        app_id: String,
+    ) -> Result<()> {
         Ok(self
             .client
             .api()
-            .register_push_token(provider.into(), &token)
+            .register_push_token_for_app(provider.into(), &token, &app_id)
             .await?)
     }
 

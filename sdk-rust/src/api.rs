@@ -368,16 +368,30 @@ impl Api {
         Ok(r.presences.into_iter().map(Presence::from).collect())
     }
 
+    /// Registers this device's push token (needs a device id); the server's default app.
     pub async fn register_push_token(&self, provider: PushProvider, token: &str) -> Result<()> {
+        self.register_push_token_for_app(provider, token, "").await
+    }
+
+    /// Registers this device's push token for `app_id` (the APNs topic / bundle id, or the FCM
+    /// or webhook app id). A device has one token per provider: a new one replaces the old.
+    pub async fn register_push_token_for_app(
+        &self,
+        provider: PushProvider,
+        token: &str,
+        app_id: &str,
+    ) -> Result<()> {
         self.grpc()
             .register_push_token(self.req(pb::RegisterPushTokenRequest {
                 provider: pb::PushProvider::from(provider) as i32,
                 token: token.to_string(),
+                app_id: app_id.to_string(),
             }))
             .await?;
         Ok(())
     }
 
+    /// Removes the caller's token; succeeds when there was none.
     pub async fn unregister_push_token(&self, provider: PushProvider, token: &str) -> Result<()> {
         self.grpc()
             .unregister_push_token(self.req(pb::UnregisterPushTokenRequest {

@@ -149,6 +149,68 @@ impl ChatChange {
     }
 }
 
+/// The push services a device can register a token with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PushProvider {
+    Fcm,
+    Apns,
+    WebPush,
+    Webhook,
+}
+
+impl PushProvider {
+    pub const ALL: [PushProvider; 4] = [
+        PushProvider::Fcm,
+        PushProvider::Apns,
+        PushProvider::WebPush,
+        PushProvider::Webhook,
+    ];
+
+    /// The name the stores, metrics and logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            PushProvider::Fcm => "fcm",
+            PushProvider::Apns => "apns",
+            PushProvider::WebPush => "webpush",
+            PushProvider::Webhook => "webhook",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// One registered push token: where a push for `user_id`'s `device_id` goes while the device
+/// is not connected.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PushToken {
+    pub user_id: String,
+    pub device_id: String,
+    pub provider: PushProvider,
+    /// FCM registration token; APNs device token (hex); Web Push subscription JSON; webhook
+    /// pushkey.
+    pub token: String,
+    /// The app the token belongs to (APNs topic, FCM or webhook app id); empty for the
+    /// server's default.
+    pub app_id: String,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for PushToken {
+    // A token is a credential to reach someone's phone: logs get its length, not its value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushToken")
+            .field("user_id", &self.user_id)
+            .field("device_id", &self.device_id)
+            .field("provider", &self.provider)
+            .field("token", &format_args!("<{} bytes>", self.token.len()))
+            .field("app_id", &self.app_id)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReceiptKind {
     Delivered,

@@ -12,6 +12,7 @@ use crate::domain::{
     messaging::{Messaging, MessagingStores},
     page_token::PageTokens,
     presence::PresenceService,
+    push_tokens::PushTokens,
     retention,
     typing::{Typing, TypingService},
 };
@@ -169,9 +170,14 @@ pub async fn run(
         sessions.clone(),
         config.max_frame_bytes(),
     );
-    let chat_service =
-        ChatServiceServer::new(ChatApi::new(authenticator, chats, messaging, sessions))
-            .max_decoding_message_size(config.max_frame_bytes());
+    let chat_service = ChatServiceServer::new(ChatApi::new(
+        authenticator,
+        chats,
+        messaging,
+        Arc::new(PushTokens::new(store.clone())),
+        sessions,
+    ))
+    .max_decoding_message_size(config.max_frame_bytes());
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ChatServiceServer<ChatApi>>().await;
     let reflection = || {

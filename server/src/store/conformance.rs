@@ -13,7 +13,8 @@ use super::{
 };
 use crate::domain::membership::{adding, removing};
 use crate::domain::model::{
-    Chat, ChatChangeKind, ChatKind, Committed, Content, Event, Message, Receipt, ReceiptKind, Role,
+    Chat, ChatChangeKind, ChatKind, Committed, Content, Event, Message, PushProvider, PushToken,
+    Receipt, ReceiptKind, Role,
 };
 use crate::Error;
 use std::{collections::HashMap, sync::Arc};
@@ -71,6 +72,9 @@ macro_rules! conformance_suite {
             two_admins_leaving_at_once_leave_an_admin_behind,
             membership_changes_come_out_once_and_refusals_not_at_all,
             a_member_who_leaves_and_returns_starts_afresh_at_the_end,
+            push_tokens_belong_to_one_device_and_a_device_has_one_per_provider,
+            push_tokens_are_removed_only_by_their_holder_or_as_dead,
+            racing_registrations_of_one_device_leave_one_token,
         );
     };
     (@tests $attrs:tt $open:tt $cleanup:tt; $($name:ident),* $(,)?) => {
@@ -1073,4 +1077,145 @@ pub(crate) async fn a_member_who_leaves_and_returns_starts_afresh_at_the_end(b: 
         [(ReceiptKind::Delivered, "phone".into(), 8)]
     );
     s.close().await;
+}
+
+fn push_token(user: &str, device: &str, provider: PushProvider, token: &str) -> PushToken {
+    PushToken {
+        user_id: user.into(),
+        device_id: device.into(),
+        provider,
+        token: token.into(),
+        app_id: "app".into(),
+        created_at: 1_000,
+    }
+}
+
+/// (user, device, provider, token) of these users' tokens, sorted.
+async fn tokens_of(s: &dyn Store, users: &[&str]) -> Vec<(String, String, &'static str, String)> {
+    let mut out: Vec<_> = s
+        .push_tokens(names(users))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.user_id, t.device_id, t.provider.name(), t.token))
+        .collect();
+    out.sort();
+    out
+}
+
+fn row(
+    user: &str,
+    device: &str,
+    provider: &'static str,
+    token: &str,
+) -> (String, String, &'static str, String) {
+    (user.into(), device.into(), provider, token.into())
+}
+
+pub(crate) async fn push_tokens_belong_to_one_device_and_a_device_has_one_per_provider(b: Backend) {
+    let s = &*b.store;
+    s.register_push_token(push_token("alice", "phone", PushProvider::Fcm, "f1"))
+        .await
+        .unwrap();
+    s.register_push_token(push_token("alice", "phone", PushProvider::WebPush, "w1"))
+        .await
+        .unwrap();
+    s.register_push_token(push_token("bob", "tab", PushProvider::Apns, "a1"))
+        .await
+        .unwrap();
+    // Registering a token also registers its device: it starts at the present like any new one.
+    assert!(!s.register_device("alice", "phone", 2_000).await.unwrap());
+    assert_eq!(
+        tokens_of(s, &["alice", "bob"]).await,
+        [
+            row("alice", "phone", "fcm", "f1"),
+            row("alice", "phone", "webpush", "w1"),
+            row("bob", "tab", "apns", "a1"),
+        ]
+    );
+    // A refreshed token replaces the device's old one of that provider, and only that one.
+    s.register_push_token(push_token("alice", "phone", PushProvider::Fcm, "f2"))
+        .await
+        .unwrap();
+    // The same token again changes nothing but its details.
+    let mut again = push_token("alice", "phone", PushProvider::Fcm, "f2");
+    again.app_id = "other".into();
+    s.register_push_token(again).await.unwrap();
+    // A token seen on another device (a reinstall, a phone that changed hands) moves there.
+    s.register_push_token(push_token("carol", "phone", PushProvider::Apns, "a1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        tokens_of(s, &["alice", "bob", "carol"]).await,
+        [
+            row("alice", "phone", "fcm", "f2"),
+            row("alice", "phone", "webpush", "w1"),
+            row("carol", "phone", "apns", "a1"),
+        ]
+    );
+    let alice = s.push_tokens(names(&["alice"])).await.unwrap();
+    assert!(alice.iter().any(|t| t.token == "f2" && t.app_id == "other"));
+    assert!(tokens_of(s, &["nobody"]).await.is_empty());
+}
+
+pub(crate) async fn push_tokens_are_removed_only_by_their_holder_or_as_dead(b: Backend) {
+    let s = &*b.store;
+    s.register_push_token(push_token("alice", "phone", PushProvider::Fcm, "f1"))
+        .await
+        .unwrap();
+    s.register_push_token(push_token("bob", "tab", PushProvider::Webhook, "k1"))
+        .await
+        .unwrap();
+    // Someone else's token, or the right token under another provider: nothing removed.
+    assert!(!s
+        .unregister_push_token("bob", PushProvider::Fcm, "f1")
+        .await
+        .unwrap());
+    assert!(!s
+        .unregister_push_token("alice", PushProvider::Apns, "f1")
+        .await
+        .unwrap());
+    assert!(s
+        .unregister_push_token("alice", PushProvider::Fcm, "f1")
+        .await
+        .unwrap());
+    assert!(!s
+        .unregister_push_token("alice", PushProvider::Fcm, "f1")
+        .await
+        .unwrap());
+    // A provider's "dead token" removes it whoever holds it.
+    assert!(s
+        .drop_push_token(PushProvider::Webhook, "k1")
+        .await
+        .unwrap());
+    assert!(!s
+        .drop_push_token(PushProvider::Webhook, "k1")
+        .await
+        .unwrap());
+    assert!(tokens_of(s, &["alice", "bob"]).await.is_empty());
+}
+
+pub(crate) async fn racing_registrations_of_one_device_leave_one_token(b: Backend) {
+    let s = b.store.clone();
+    let barrier = Arc::new(Barrier::new(8));
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let (s, barrier) = (s.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                s.register_push_token(push_token(
+                    "alice",
+                    "phone",
+                    PushProvider::Fcm,
+                    &format!("f{i}"),
+                ))
+                .await
+            })
+        })
+        .collect();
+    for r in racers {
+        r.await.unwrap().unwrap();
+    }
+    let tokens = tokens_of(&*s, &["alice"]).await;
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
 }

@@ -11,7 +11,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use crate::domain::model::{
-    Chat, ChatKind, ChatView, Content, Message, Receipt, ReceiptKind, Role,
+    Chat, ChatKind, ChatView, Content, Message, PushProvider, PushToken, Receipt, ReceiptKind, Role,
 };
 use crate::Result;
 use async_trait::async_trait;
@@ -174,9 +174,32 @@ pub trait PresenceStore: Send + Sync + 'static {
     async fn contacts_among(&self, user_id: &str, candidates: Vec<String>) -> Result<Vec<String>>;
 }
 
+/// Push tokens: where to reach a user's devices that are not connected.
+#[async_trait]
+pub trait PushTokenStore: Send + Sync + 'static {
+    /// Stores `token` for its device, registering the device if it is new (a token outlives
+    /// nothing: it is removed with its device). The same (provider, token) registered before
+    /// moves to this device; the device's earlier token of the same provider is replaced.
+    async fn register_push_token(&self, token: PushToken) -> Result<()>;
+
+    /// Removes `user_id`'s (provider, token); `false` if that user had no such token.
+    async fn unregister_push_token(
+        &self,
+        user_id: &str,
+        provider: PushProvider,
+        token: &str,
+    ) -> Result<bool>;
+
+    /// Every token of these users.
+    async fn push_tokens(&self, user_ids: Vec<String>) -> Result<Vec<PushToken>>;
+
+    /// Removes a token its provider declared dead, whoever holds it now; `false` if gone.
+    async fn drop_push_token(&self, provider: PushProvider, token: &str) -> Result<bool>;
+}
+
 /// A whole backend: every concern, plus its health and shutdown.
 #[async_trait]
-pub trait Store: MessageStore + ChatStore + CursorStore + PresenceStore {
+pub trait Store: MessageStore + ChatStore + CursorStore + PresenceStore + PushTokenStore {
     /// Succeeds when the store can serve reads and writes.
     async fn ping(&self) -> Result<()>;
 

@@ -237,3 +237,15 @@ pub fn command(f: pb::ClientFrame) -> Command {
         Some(In::Ping(p)) => Command::Ping { nonce: p.nonce },
     }
 }
+
+/// A request's push provider; `None` for UNSPECIFIED or a number this server does not know
+/// (the domain refuses both, naming `provider`).
+pub fn push_provider(p: i32) -> Option<d::PushProvider> {
+    match pb::PushProvider::try_from(p).ok()? {
+        pb::PushProvider::Unspecified => None,
+        pb::PushProvider::Fcm => Some(d::PushProvider::Fcm),
+        pb::PushProvider::Apns => Some(d::PushProvider::Apns),
+        pb::PushProvider::Webpush => Some(d::PushProvider::WebPush),
+        pb::PushProvider::Webhook => Some(d::PushProvider::Webhook),
+    }
+}

@@ -9,6 +9,7 @@ use crate::domain::{
     chats::Chats,
     ids,
     messaging::{Messaging, SendRequest},
+    push_tokens::PushTokens,
 };
 use crate::session::{self, Outlet, Output};
 use crate::Error;
@@ -30,6 +31,7 @@ pub struct ChatApi {
     auth: Authenticator,
     chats: Arc<Chats>,
     messaging: Arc<Messaging>,
+    push_tokens: Arc<PushTokens>,
     sessions: Arc<session::Services>,
 }
 
@@ -38,12 +40,14 @@ impl ChatApi {
         auth: Authenticator,
         chats: Arc<Chats>,
         messaging: Arc<Messaging>,
+        push_tokens: Arc<PushTokens>,
         sessions: Arc<session::Services>,
     ) -> Self {
         ChatApi {
             auth,
             chats,
             messaging,
+            push_tokens,
             sessions,
         }
     }
@@ -392,19 +396,35 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::RegisterPushTokenRequest>,
     ) -> Result<Response<pb::RegisterPushTokenResponse>, Status> {
-        self.caller(&req)?;
-        Err(not_yet("RegisterPushToken"))
+        let caller = self.caller(&req)?;
+        let device = require_device(&req)?;
+        let r = req.into_inner();
+        self.push_tokens
+            .register(
+                &caller.user_id,
+                &device,
+                convert::push_provider(r.provider),
+                &r.token,
+                &r.app_id,
+                now_ms(),
+            )
+            .await?;
+        Ok(Response::new(pb::RegisterPushTokenResponse {}))
     }
 
     async fn unregister_push_token(
         &self,
         req: Request<pb::UnregisterPushTokenRequest>,
     ) -> Result<Response<pb::UnregisterPushTokenResponse>, Status> {
-        self.caller(&req)?;
-        Err(not_yet("UnregisterPushToken"))
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        self.push_tokens
+            .unregister(
+                &caller.user_id,
+                convert::push_provider(r.provider),
+                &r.token,
+            )
+            .await?;
+        Ok(Response::new(pb::UnregisterPushTokenResponse {}))
     }
-}
-
-fn not_yet(rpc: &str) -> Status {
-    Error::Unimplemented(format!("{rpc} is not available on this server yet")).into()
 }

@@ -20,6 +20,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         3,
         include_str!("../../../../migrations/postgres/0003_writer_apply.sql"),
     ),
+    (
+        4,
+        include_str!("../../../../migrations/postgres/0004_push_tokens.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations ("chatd" + 1).

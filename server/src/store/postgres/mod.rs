@@ -22,11 +22,12 @@ pub use outbox::{outbox_depth, OutboxRelay};
 
 use super::{
     Access, ActivityKey, ChatStore, CursorMove, CursorStore, MemberRule, Membership, MessageStore,
-    NewChat, NewMessage, PendingAppend, PresenceStore, ResumeChat, ResumePlan, SeqRange, Store,
+    NewChat, NewMessage, PendingAppend, PresenceStore, PushTokenStore, ResumeChat, ResumePlan,
+    SeqRange, Store,
 };
 use crate::domain::model::{
     Chat, ChatChange, ChatChangeKind, ChatKind, ChatView, Committed, Content, Event, Member,
-    Message, Receipt, ReceiptKind, Role,
+    Message, PushProvider, PushToken, Receipt, ReceiptKind, Role,
 };
 use crate::{domain::ids, Error, Result};
 use async_trait::async_trait;
@@ -920,6 +921,106 @@ impl PresenceStore for PgStore {
             .into_iter()
             .filter(|u| found.contains(u))
             .collect())
+    }
+}
+
+#[async_trait]
+impl PushTokenStore for PgStore {
+    async fn register_push_token(&self, t: PushToken) -> Result<()> {
+        self.register_device(&t.user_id, &t.device_id, t.created_at)
+            .await?;
+        let mut tx = self.begin().await?;
+        // The device's row lock orders two registrations for one device, so its one token per
+        // provider holds; a token held by another device moves here through the conflict.
+        sqlx::query("SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2 FOR UPDATE")
+            .bind(&t.user_id)
+            .bind(&t.device_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(pg_err)?;
+        sqlx::query(
+            "DELETE FROM push_tokens
+             WHERE user_id = $1 AND device_id = $2 AND provider = $3 AND token <> $4",
+        )
+        .bind(&t.user_id)
+        .bind(&t.device_id)
+        .bind(t.provider.name())
+        .bind(&t.token)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg_err)?;
+        sqlx::query(
+            "INSERT INTO push_tokens (provider, token, user_id, device_id, app_id, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (provider, token) DO UPDATE SET user_id = EXCLUDED.user_id,
+                 device_id = EXCLUDED.device_id, app_id = EXCLUDED.app_id,
+                 created_at = EXCLUDED.created_at",
+        )
+        .bind(t.provider.name())
+        .bind(&t.token)
+        .bind(&t.user_id)
+        .bind(&t.device_id)
+        .bind(&t.app_id)
+        .bind(t.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)
+    }
+
+    async fn unregister_push_token(
+        &self,
+        user_id: &str,
+        provider: PushProvider,
+        token: &str,
+    ) -> Result<bool> {
+        let removed = sqlx::query(
+            "DELETE FROM push_tokens WHERE provider = $1 AND token = $2 AND user_id = $3",
+        )
+        .bind(provider.name())
+        .bind(token)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await
+        .map_err(pg_err)?;
+        Ok(removed.rows_affected() > 0)
+    }
+
+    async fn push_tokens(&self, user_ids: Vec<String>) -> Result<Vec<PushToken>> {
+        let rows = sqlx::query(
+            "SELECT provider, token, user_id, device_id, app_id, created_at
+             FROM push_tokens WHERE user_id = ANY($1) ORDER BY user_id, device_id, provider",
+        )
+        .bind(&user_ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            // A provider this build does not know (a newer node wrote it) is skipped.
+            let Some(provider) = PushProvider::from_name(&get::<String>(r, 0)?) else {
+                continue;
+            };
+            out.push(PushToken {
+                provider,
+                token: get(r, 1)?,
+                user_id: get(r, 2)?,
+                device_id: get(r, 3)?,
+                app_id: get(r, 4)?,
+                created_at: get(r, 5)?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn drop_push_token(&self, provider: PushProvider, token: &str) -> Result<bool> {
+        let removed = sqlx::query("DELETE FROM push_tokens WHERE provider = $1 AND token = $2")
+            .bind(provider.name())
+            .bind(token)
+            .execute(&self.pool)
+            .await
+            .map_err(pg_err)?;
+        Ok(removed.rows_affected() > 0)
     }
 }
 

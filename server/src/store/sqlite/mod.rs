@@ -13,9 +13,9 @@ mod writes;
 
 use super::{
     ActivityKey, ChatStore, CursorMove, CursorStore, MemberRule, Membership, MessageStore, NewChat,
-    NewMessage, PendingAppend, PresenceStore, ResumePlan, SeqRange, Store,
+    NewMessage, PendingAppend, PresenceStore, PushTokenStore, ResumePlan, SeqRange, Store,
 };
-use crate::domain::model::{Chat, ChatView, Committed, Message, Receipt};
+use crate::domain::model::{Chat, ChatView, Committed, Message, PushProvider, PushToken, Receipt};
 use crate::{Error, Result};
 use async_trait::async_trait;
 use reads::Readers;
@@ -34,6 +34,7 @@ use writer::{Reply, WriteOp, Writer};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0001_core.sql"),
     include_str!("../../../../migrations/sqlite/0002_realtime.sql"),
+    include_str!("../../../../migrations/sqlite/0003_push_tokens.sql"),
 ];
 const WRITE_QUEUE: usize = 8192;
 const OUTBOX_QUEUE: usize = 8192;
@@ -306,6 +307,46 @@ impl PresenceStore for SqliteStore {
         self.readers
             .run(move |c| reads::contacts_among(c, &user_id, candidates))
             .await
+    }
+}
+
+#[async_trait]
+impl PushTokenStore for SqliteStore {
+    async fn register_push_token(&self, token: PushToken) -> Result<()> {
+        self.write(|reply| WriteOp::RegisterPushToken(token, reply))
+            .await
+    }
+
+    async fn unregister_push_token(
+        &self,
+        user_id: &str,
+        provider: PushProvider,
+        token: &str,
+    ) -> Result<bool> {
+        let (user_id, token) = (user_id.to_string(), token.to_string());
+        self.write(|reply| WriteOp::UnregisterPushToken {
+            user_id,
+            provider,
+            token,
+            reply,
+        })
+        .await
+    }
+
+    async fn push_tokens(&self, user_ids: Vec<String>) -> Result<Vec<PushToken>> {
+        self.readers
+            .run(move |c| reads::push_tokens(c, user_ids))
+            .await
+    }
+
+    async fn drop_push_token(&self, provider: PushProvider, token: &str) -> Result<bool> {
+        let token = token.to_string();
+        self.write(|reply| WriteOp::DropPushToken {
+            provider,
+            token,
+            reply,
+        })
+        .await
     }
 }
 

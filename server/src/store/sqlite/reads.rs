@@ -4,7 +4,8 @@
 
 use super::{db_err, stopped, MESSAGE_COLUMNS};
 use crate::domain::model::{
-    Chat, ChatKind, ChatView, Content, Member, Message, Receipt, ReceiptKind, Role,
+    Chat, ChatKind, ChatView, Content, Member, Message, PushProvider, PushToken, Receipt,
+    ReceiptKind, Role,
 };
 use crate::store::{Access, ActivityKey, Membership, ResumeChat, ResumePlan, SeqRange};
 use crate::{Error, Result};
@@ -355,6 +356,43 @@ pub(super) fn last_seen(c: &Connection, user_ids: Vec<String>) -> Result<HashMap
             .map_err(db_err)?
         {
             out.insert(u, at);
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn push_tokens(c: &Connection, user_ids: Vec<String>) -> Result<Vec<PushToken>> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT provider, token, user_id, device_id, app_id, created_at
+             FROM push_tokens WHERE user_id = ?1 ORDER BY device_id, provider",
+        )
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for user_id in user_ids {
+        let rows = stmt
+            .query_map(params![user_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    PushToken {
+                        provider: PushProvider::Fcm,
+                        token: r.get(1)?,
+                        user_id: r.get(2)?,
+                        device_id: r.get(3)?,
+                        app_id: r.get(4)?,
+                        created_at: r.get(5)?,
+                    },
+                ))
+            })
+            .map_err(db_err)?;
+        for row in rows {
+            let (provider, mut token) = row.map_err(db_err)?;
+            // A provider this build does not know (a newer node wrote it) is skipped, not an
+            // error for the whole lookup.
+            if let Some(p) = PushProvider::from_name(&provider) {
+                token.provider = p;
+                out.push(token);
+            }
         }
     }
     Ok(out)

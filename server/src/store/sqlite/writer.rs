@@ -8,7 +8,7 @@
 //! write the fan-out could miss.
 
 use super::{db_err, writes};
-use crate::domain::model::{Chat, Committed, Event};
+use crate::domain::model::{Chat, Committed, Event, PushProvider, PushToken};
 use crate::store::{Appended, CursorMove, MemberRule, NewChat, NewMessage};
 use crate::{Error, Result};
 use rusqlite::{Connection, TransactionBehavior};
@@ -43,6 +43,18 @@ pub(super) enum WriteOp {
     LastSeen {
         user_id: String,
         at: i64,
+    },
+    RegisterPushToken(PushToken, Reply<()>),
+    UnregisterPushToken {
+        user_id: String,
+        provider: PushProvider,
+        token: String,
+        reply: Reply<bool>,
+    },
+    DropPushToken {
+        provider: PushProvider,
+        token: String,
+        reply: Reply<bool>,
     },
     Shutdown(oneshot::Sender<()>),
 }
@@ -176,6 +188,9 @@ fn fail(op: WriteOp, err: &Error) {
         WriteOp::RegisterDevice { reply, .. } => reject(reply, err),
         WriteOp::Cursor(_, reply) => reject(reply, err),
         WriteOp::Purge { reply, .. } => reject(reply, err),
+        WriteOp::RegisterPushToken(_, reply) => reject(reply, err),
+        WriteOp::UnregisterPushToken { reply, .. } => reject(reply, err),
+        WriteOp::DropPushToken { reply, .. } => reject(reply, err),
         WriteOp::LastSeen { .. } => {}
         WriteOp::Shutdown(done) => {
             let _ = done.send(());
@@ -232,6 +247,27 @@ fn apply(
             limit,
             reply,
         } => run!(reply, |c| writes::purge(c, before, limit)),
+        WriteOp::RegisterPushToken(token, reply) => {
+            run!(reply, |c| writes::register_push_token(c, &token))
+        }
+        WriteOp::UnregisterPushToken {
+            user_id,
+            provider,
+            token,
+            reply,
+        } => run!(reply, |c| writes::unregister_push_token(
+            c,
+            Some(&user_id),
+            provider,
+            &token
+        )),
+        WriteOp::DropPushToken {
+            provider,
+            token,
+            reply,
+        } => run!(reply, |c| writes::unregister_push_token(
+            c, None, provider, &token
+        )),
         WriteOp::LastSeen { user_id, at } => {
             let result = writes::set_last_seen(tx, &user_id, at);
             if let Err(e) = &result {

@@ -8,7 +8,9 @@ use super::reads::{load_chat, membership, message_from_row};
 use super::{db_err, MESSAGE_COLUMNS};
 use crate::domain::cursors::{self, Cursor};
 use crate::domain::idempotency;
-use crate::domain::model::{Chat, ChatChange, ChatChangeKind, ChatKind, Event, Message, Role};
+use crate::domain::model::{
+    Chat, ChatChange, ChatChangeKind, ChatKind, Event, Message, PushProvider, PushToken, Role,
+};
 use crate::store::{Appended, CursorMove, MemberRule, NewChat, NewMessage};
 use crate::{domain::ids, Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -211,6 +213,52 @@ pub(super) fn register_device(
     .execute(params![user_id, device_id, now])
     .map_err(db_err)?;
     Ok(true)
+}
+
+/// Stores a push token for its device (registering the device if new). The token leaves any
+/// other device that held it, and the device's earlier token of the provider is replaced.
+pub(super) fn register_push_token(c: &Connection, t: &PushToken) -> Result<()> {
+    register_device(c, &t.user_id, &t.device_id, t.created_at)?;
+    c.prepare_cached(
+        "DELETE FROM push_tokens
+         WHERE (provider = ?1 AND token = ?2) OR (user_id = ?3 AND device_id = ?4 AND provider = ?1)",
+    )
+    .map_err(db_err)?
+    .execute(params![t.provider.name(), t.token, t.user_id, t.device_id])
+    .map_err(db_err)?;
+    c.prepare_cached(
+        "INSERT INTO push_tokens (provider, token, user_id, device_id, app_id, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .map_err(db_err)?
+    .execute(params![
+        t.provider.name(),
+        t.token,
+        t.user_id,
+        t.device_id,
+        t.app_id,
+        t.created_at
+    ])
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Removes (provider, token), only if `user_id` holds it when given; whether it was there.
+pub(super) fn unregister_push_token(
+    c: &Connection,
+    user_id: Option<&str>,
+    provider: PushProvider,
+    token: &str,
+) -> Result<bool> {
+    let removed = c
+        .prepare_cached(
+            "DELETE FROM push_tokens
+             WHERE provider = ?1 AND token = ?2 AND (?3 IS NULL OR user_id = ?3)",
+        )
+        .map_err(db_err)?
+        .execute(params![provider.name(), token, user_id])
+        .map_err(db_err)?;
+    Ok(removed > 0)
 }
 
 /// Moves a delivered or read cursor forward and reports the receipts that changed. `seq`
