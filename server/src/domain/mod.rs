@@ -15,6 +15,7 @@ pub mod messaging;
 pub mod model;
 pub mod page_token;
 pub mod presence;
+pub mod push;
 pub mod push_tokens;
 pub mod retention;
 pub mod typing;

@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0001_core.sql"),
     include_str!("../../../../migrations/sqlite/0002_realtime.sql"),
     include_str!("../../../../migrations/sqlite/0003_push_tokens.sql"),
+    include_str!("../../../../migrations/sqlite/0004_push_intents.sql"),
 ];
 const WRITE_QUEUE: usize = 8192;
 const OUTBOX_QUEUE: usize = 8192;
@@ -42,6 +43,18 @@ const READERS: usize = 4;
 
 const MESSAGE_COLUMNS: &str =
     "message_id, chat_id, seq, sender_user_id, sender_device_id, client_msg_id, text, ciphertext, attributes, created_at";
+
+/// A push that failed for good, kept for the operator.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub user_id: String,
+    pub device_id: String,
+    pub provider: PushProvider,
+    pub chat_id: String,
+    pub seq: u64,
+    pub reason: String,
+    pub at: i64,
+}
 
 pub struct SqliteStore {
     writes: mpsc::Sender<WriteOp>,
@@ -54,6 +67,15 @@ impl SqliteStore {
     /// Opens (creating and migrating) `chat.db` in `data_dir`. Returns the store and the
     /// outbox: committed events in commit order.
     pub fn open(data_dir: &Path) -> Result<(Arc<Self>, mpsc::Receiver<Committed>)> {
+        Self::open_with(data_dir, false)
+    }
+
+    /// Opens the store; with `push_intents`, every message also leaves a push intent in its
+    /// own transaction, for the push worker ([`Self::push_intents`]).
+    pub fn open_with(
+        data_dir: &Path,
+        push_intents: bool,
+    ) -> Result<(Arc<Self>, mpsc::Receiver<Committed>)> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             Error::Unavailable(format!(
                 "cannot create data dir {}: {e}",
@@ -84,7 +106,7 @@ impl SqliteStore {
         }
         let (writes, rx) = mpsc::channel(WRITE_QUEUE);
         let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
-        let writer = Writer::new(conn, outbox_tx);
+        let writer = Writer::new(conn, outbox_tx, push_intents);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer.run(rx))
@@ -95,6 +117,26 @@ impl SqliteStore {
             stopping,
         };
         Ok((Arc::new(store), outbox_rx))
+    }
+
+    /// The oldest push intents (id and message), at most `limit`; an intent whose message was
+    /// purged meanwhile comes with `None`.
+    pub async fn push_intents(&self, limit: u32) -> Result<Vec<(i64, Option<Message>)>> {
+        self.readers
+            .run(move |c| reads::push_intents(c, limit))
+            .await
+    }
+
+    /// Removes the push intents up to `id`: every push for them is done.
+    pub async fn push_intents_done(&self, up_to: i64) -> Result<()> {
+        self.write(|reply| WriteOp::PushIntentsDone { up_to, reply })
+            .await
+    }
+
+    /// Records a push that failed for good.
+    pub async fn push_dead_letter(&self, letter: DeadLetter) -> Result<()> {
+        self.write(|reply| WriteOp::PushDeadLetter(letter, reply))
+            .await
     }
 
     /// Writes waiting for the writer thread.

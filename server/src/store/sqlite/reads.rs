@@ -424,3 +424,28 @@ pub(super) fn contacts_among(
 pub(super) fn ping(c: &Connection) -> Result<()> {
     c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err)
 }
+
+pub(super) fn push_intents(c: &Connection, limit: u32) -> Result<Vec<(i64, Option<Message>)>> {
+    let intents: Vec<(i64, String, i64)> = c
+        .prepare_cached("SELECT id, chat_id, seq FROM push_intents ORDER BY id LIMIT ?1")
+        .map_err(db_err)?
+        .query_map(params![limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .map_err(db_err)?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(db_err)?;
+    let mut message = c
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2"
+        ))
+        .map_err(db_err)?;
+    intents
+        .into_iter()
+        .map(|(id, chat_id, seq)| {
+            let m = message
+                .query_row(params![chat_id, seq], message_from_row)
+                .optional()
+                .map_err(db_err)?;
+            Ok((id, m))
+        })
+        .collect()
+}

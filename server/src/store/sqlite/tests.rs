@@ -209,3 +209,51 @@ async fn reopening_keeps_everything_and_a_newer_schema_is_refused() {
         Err(Error::Internal(_))
     ));
 }
+
+/// With push on, each message leaves an intent in its own transaction (so a crash cannot keep
+/// the message and lose its push); a refused append leaves none; "done" removes up to an id;
+/// an intent whose message was purged reads as `None`.
+#[tokio::test]
+async fn push_intents_follow_their_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _outbox) = SqliteStore::open_with(dir.path(), true).unwrap();
+    let chat = group(&*store, "g", &["alice", "bob"]).await.chat_id;
+    for i in 1..=3 {
+        store
+            .append_message(new_message(&chat, "alice", &i.to_string(), 1_000 + i))
+            .await
+            .unwrap();
+    }
+    // A repeat of a key is not a new message; a non-member's send is refused.
+    store
+        .append_message(new_message(&chat, "alice", "1", 2_000))
+        .await
+        .unwrap();
+    assert!(store
+        .append_message(new_message(&chat, "mallory", "m", 2_000))
+        .await
+        .is_err());
+    let intents = store.push_intents(10).await.unwrap();
+    let seqs: Vec<u64> = intents
+        .iter()
+        .map(|(_, m)| m.as_ref().map_or(0, |m| m.seq))
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    store.push_intents_done(intents[1].0).await.unwrap();
+    let left = store.push_intents(10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].1.as_ref().map(|m| m.seq), Some(3));
+    // Purged by retention: the intent stays until done, without its message.
+    store.purge_before(i64::MAX, 100).await.unwrap();
+    assert!(store.push_intents(10).await.unwrap()[0].1.is_none());
+
+    // Without push, nothing is recorded.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _outbox) = SqliteStore::open_with(dir.path(), false).unwrap();
+    let chat = group(&*store, "g", &["alice", "bob"]).await.chat_id;
+    store
+        .append_message(new_message(&chat, "alice", "x", 1))
+        .await
+        .unwrap();
+    assert!(store.push_intents(10).await.unwrap().is_empty());
+}

@@ -7,7 +7,7 @@
 //! outbox channel in commit order, and only then answers the callers, so nobody hears of a
 //! write the fan-out could miss.
 
-use super::{db_err, writes};
+use super::{db_err, writes, DeadLetter};
 use crate::domain::model::{Chat, Committed, Event, PushProvider, PushToken};
 use crate::store::{Appended, CursorMove, MemberRule, NewChat, NewMessage};
 use crate::{Error, Result};
@@ -56,6 +56,11 @@ pub(super) enum WriteOp {
         token: String,
         reply: Reply<bool>,
     },
+    PushIntentsDone {
+        up_to: i64,
+        reply: Reply<()>,
+    },
+    PushDeadLetter(DeadLetter, Reply<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -63,14 +68,21 @@ pub(super) struct Writer {
     conn: Connection,
     outbox: mpsc::Sender<Committed>,
     commit_id: u64,
+    /// Leave a push intent for every message, in the message's transaction.
+    push_intents: bool,
 }
 
 impl Writer {
-    pub(super) fn new(conn: Connection, outbox: mpsc::Sender<Committed>) -> Writer {
+    pub(super) fn new(
+        conn: Connection,
+        outbox: mpsc::Sender<Committed>,
+        push_intents: bool,
+    ) -> Writer {
         Writer {
             conn,
             outbox,
             commit_id: 0,
+            push_intents,
         }
     }
 }
@@ -138,6 +150,11 @@ impl Writer {
                 answers.push(answer);
             }
         }
+        if self.push_intents && broken.is_none() {
+            if let Err(e) = writes::push_intents(&tx, &events) {
+                broken = Some(e);
+            }
+        }
         if let Some(err) = broken {
             // A write failed midway: nothing of this batch may stay, and nobody gets an ack.
             let _ = tx.rollback();
@@ -191,6 +208,8 @@ fn fail(op: WriteOp, err: &Error) {
         WriteOp::RegisterPushToken(_, reply) => reject(reply, err),
         WriteOp::UnregisterPushToken { reply, .. } => reject(reply, err),
         WriteOp::DropPushToken { reply, .. } => reject(reply, err),
+        WriteOp::PushIntentsDone { reply, .. } => reject(reply, err),
+        WriteOp::PushDeadLetter(_, reply) => reject(reply, err),
         WriteOp::LastSeen { .. } => {}
         WriteOp::Shutdown(done) => {
             let _ = done.send(());
@@ -268,6 +287,12 @@ fn apply(
         } => run!(reply, |c| writes::unregister_push_token(
             c, None, provider, &token
         )),
+        WriteOp::PushIntentsDone { up_to, reply } => {
+            run!(reply, |c| writes::push_intents_done(c, up_to))
+        }
+        WriteOp::PushDeadLetter(letter, reply) => {
+            run!(reply, |c| writes::push_dead_letter(c, &letter))
+        }
         WriteOp::LastSeen { user_id, at } => {
             let result = writes::set_last_seen(tx, &user_id, at);
             if let Err(e) = &result {

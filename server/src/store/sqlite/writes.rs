@@ -5,7 +5,7 @@
 //! pushes the events others must hear of, which the writer hands to the outbox after the commit.
 
 use super::reads::{load_chat, membership, message_from_row};
-use super::{db_err, MESSAGE_COLUMNS};
+use super::{db_err, DeadLetter, MESSAGE_COLUMNS};
 use crate::domain::cursors::{self, Cursor};
 use crate::domain::idempotency;
 use crate::domain::model::{
@@ -358,4 +358,45 @@ fn role_code(role: Role) -> i64 {
         Role::Member => 1,
         Role::Admin => 2,
     }
+}
+
+/// A push intent for each message of a batch about to commit.
+pub(super) fn push_intents(c: &Connection, events: &[Event]) -> Result<()> {
+    let mut stmt = c
+        .prepare_cached("INSERT INTO push_intents (chat_id, seq) VALUES (?1, ?2)")
+        .map_err(db_err)?;
+    for event in events {
+        if let Event::Message(m) = event {
+            stmt.execute(params![m.chat_id, m.seq as i64])
+                .map_err(db_err)?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn push_intents_done(c: &Connection, up_to: i64) -> Result<()> {
+    c.prepare_cached("DELETE FROM push_intents WHERE id <= ?1")
+        .map_err(db_err)?
+        .execute(params![up_to])
+        .map_err(db_err)?;
+    Ok(())
+}
+
+pub(super) fn push_dead_letter(c: &Connection, d: &DeadLetter) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO push_dead_letters (user_id, device_id, provider, chat_id, seq, reason, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .map_err(db_err)?
+    .execute(params![
+        d.user_id,
+        d.device_id,
+        d.provider.name(),
+        d.chat_id,
+        d.seq as i64,
+        d.reason,
+        d.at
+    ])
+    .map_err(db_err)?;
+    Ok(())
 }
