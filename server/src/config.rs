@@ -63,6 +63,38 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// A built web client (e.g. `examples/web/dist`) served at `/`; none by default.
     pub web_root: Option<PathBuf>,
+    /// Push providers; a provider without its settings is off (no push at all with none).
+    pub push: PushConfig,
+}
+
+/// The push providers' settings (README, "Push notifications"). Secrets are read from files.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PushConfig {
+    /// FCM: the service-account JSON file.
+    pub fcm_credentials: Option<PathBuf>,
+    /// FCM's API base URL (tests, regional endpoints) and OAuth2 token URL overrides.
+    pub fcm_url: Option<String>,
+    pub fcm_token_url: Option<String>,
+    /// APNs: the .p8 signing key, its key id, the team id, the default topic (bundle id).
+    pub apns_key: Option<PathBuf>,
+    pub apns_key_id: Option<String>,
+    pub apns_team_id: Option<String>,
+    pub apns_topic: Option<String>,
+    /// APNs base URL (default production; the sandbox or a test server).
+    pub apns_url: Option<String>,
+    /// Web Push: the VAPID private key file and the contact (`mailto:` or `https:`).
+    pub vapid_key: Option<PathBuf>,
+    pub vapid_subject: Option<String>,
+    /// Push services a subscription may point at (host or *.domain, optional :port); none set:
+    /// the browsers' own services.
+    pub webpush_hosts: Option<Vec<String>>,
+    /// The webhook gateway (never a client's choice) and its bearer secret.
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
+    /// An extra CA certificate (PEM) the providers' TLS trusts, for test servers.
+    pub ca_file: Option<PathBuf>,
+    /// What a push says: `sender-text`, `sender` or `generic`.
+    pub text: crate::domain::push::PushText,
 }
 
 /// The three engines of a cluster node, all set (see [`Config::cluster`]).
@@ -99,6 +131,7 @@ impl Default for Config {
             database_pool: 16,
             cors_origins: Vec::new(),
             web_root: None,
+            push: PushConfig::default(),
         }
     }
 }
@@ -207,6 +240,51 @@ pub struct Overrides {
     /// Directory of a built web client to serve at / [default: none]
     #[arg(long, env = "CHATD_WEB_ROOT")]
     pub web_root: Option<Text>,
+    /// FCM service-account JSON file [default: FCM off]
+    #[arg(long, env = "CHATD_PUSH_FCM_CREDENTIALS")]
+    pub push_fcm_credentials: Option<Text>,
+    /// FCM API base URL [default: https://fcm.googleapis.com]
+    #[arg(long, env = "CHATD_PUSH_FCM_URL")]
+    pub push_fcm_url: Option<Text>,
+    /// OAuth2 token URL for FCM [default: the service account's token_uri]
+    #[arg(long, env = "CHATD_PUSH_FCM_TOKEN_URL")]
+    pub push_fcm_token_url: Option<Text>,
+    /// APNs signing key (.p8) file [default: APNs off]
+    #[arg(long, env = "CHATD_PUSH_APNS_KEY")]
+    pub push_apns_key: Option<Text>,
+    /// APNs key id (10 characters)
+    #[arg(long, env = "CHATD_PUSH_APNS_KEY_ID")]
+    pub push_apns_key_id: Option<Text>,
+    /// Apple team id (10 characters)
+    #[arg(long, env = "CHATD_PUSH_APNS_TEAM_ID")]
+    pub push_apns_team_id: Option<Text>,
+    /// Default APNs topic: the app's bundle id
+    #[arg(long, env = "CHATD_PUSH_APNS_TOPIC")]
+    pub push_apns_topic: Option<Text>,
+    /// APNs base URL [default: https://api.push.apple.com]
+    #[arg(long, env = "CHATD_PUSH_APNS_URL")]
+    pub push_apns_url: Option<Text>,
+    /// Web Push VAPID private key file (PEM, or base64url raw key) [default: Web Push off]
+    #[arg(long, env = "CHATD_PUSH_VAPID_KEY")]
+    pub push_vapid_key: Option<Text>,
+    /// VAPID contact, mailto: or https:
+    #[arg(long, env = "CHATD_PUSH_VAPID_SUBJECT")]
+    pub push_vapid_subject: Option<Text>,
+    /// Push services Web Push subscriptions may name, comma-separated [default: the browsers']
+    #[arg(long, env = "CHATD_PUSH_WEBPUSH_HOSTS")]
+    pub push_webpush_hosts: Option<Text>,
+    /// Webhook push gateway URL [default: webhook off]
+    #[arg(long, env = "CHATD_PUSH_WEBHOOK_URL")]
+    pub push_webhook_url: Option<Text>,
+    /// Bearer secret sent to the webhook gateway [default: none]
+    #[arg(long, env = "CHATD_PUSH_WEBHOOK_SECRET", hide_env_values = true)]
+    pub push_webhook_secret: Option<Text>,
+    /// Extra CA certificate (PEM) trusted for the push providers [default: none]
+    #[arg(long, env = "CHATD_PUSH_CA_FILE")]
+    pub push_ca_file: Option<Text>,
+    /// What a push shows: sender-text, sender or generic [default: sender-text]
+    #[arg(long, env = "CHATD_PUSH_TEXT")]
+    pub push_text: Option<Text>,
 }
 
 impl Overrides {
@@ -341,6 +419,46 @@ impl Overrides {
         set!(kafka_partitions, |r| r.range(1, 10_000));
         set!(database_pool, |r| r.range(2, 1_000));
         set!(cors_origins, |r| r.origins());
+        macro_rules! push {
+            ($key:ident => $field:ident, $check:expr) => {
+                if let Some(Text(text)) = &self.$key {
+                    let key = stringify!($key);
+                    cfg.push.$field = Raw {
+                        layer,
+                        key,
+                        text,
+                        secret: false,
+                    }
+                    .check($check)?;
+                }
+            };
+        }
+        push!(push_fcm_credentials => fcm_credentials, Raw::file);
+        push!(push_fcm_url => fcm_url, |r| r.url(&["https://", "http://"], "must be an http(s) URL"));
+        push!(push_fcm_token_url => fcm_token_url, |r| r.url(&["https://", "http://"], "must be an http(s) URL"));
+        push!(push_apns_key => apns_key, Raw::file);
+        push!(push_apns_key_id => apns_key_id, |r| r.word());
+        push!(push_apns_team_id => apns_team_id, |r| r.word());
+        push!(push_apns_topic => apns_topic, |r| r.word());
+        push!(push_apns_url => apns_url, |r| r.url(&["https://", "http://"], "must be an http(s) URL"));
+        push!(push_vapid_key => vapid_key, Raw::file);
+        push!(push_vapid_subject => vapid_subject, |r| r.url(&["mailto:", "https://"], "must start with mailto: or https://"));
+        push!(push_webpush_hosts => webpush_hosts, |r| {
+            let hosts: Vec<String> = r.text.split(',').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect();
+            let ok = hosts.iter().all(|h| !h.contains(['/', ' ', '@']));
+            r.ensure(ok, "must be host[:port] names, comma-separated (*.domain allowed)").map(|_| Some(hosts))
+        });
+        push!(push_webhook_url => webhook_url, |r| r.url(&["https://", "http://"], "must be an http(s) URL"));
+        push!(push_webhook_secret => webhook_secret, |r| {
+            let r = r.secret();
+            let ok = r.text.is_empty() || r.text.bytes().all(|b| b.is_ascii_graphic());
+            r.ensure(ok, "must be printable ASCII without spaces").map(|t| Some(t.to_string()).filter(|t| !t.is_empty()))
+        });
+        push!(push_ca_file => ca_file, Raw::file);
+        push!(push_text => text, |r| {
+            let reason = format!("must be one of {}", crate::domain::push::PushText::NAMES);
+            crate::domain::push::PushText::from_name(r.text.trim()).ok_or_else(|| r.invalid(reason))
+        });
         set!(web_root, |r| {
             let dir = PathBuf::from(r.text.trim());
             let ok = !r.text.trim().is_empty() && dir.is_dir();
@@ -477,6 +595,28 @@ impl<'a> Raw<'a> {
         Ok(list)
     }
 
+    /// An existing file; empty means unset.
+    fn file(self) -> Result<Option<PathBuf>, ConfigError> {
+        let text = self.text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let path = PathBuf::from(text);
+        self.ensure(path.is_file(), "must be an existing file")
+            .map(|_| Some(path))
+    }
+
+    /// One word of printable ASCII (ids, a bundle id); empty means unset.
+    fn word(self) -> Result<Option<String>, ConfigError> {
+        let text = self.text.trim();
+        let ok = text.len() <= 255 && text.bytes().all(|b| b.is_ascii_graphic());
+        self.ensure(
+            ok,
+            "must be printable ASCII without spaces, at most 255 characters",
+        )
+        .map(|_| Some(text.to_string()).filter(|t| !t.is_empty()))
+    }
+
     /// Node ids and namespaces end up in Redis channel and Kafka topic names: keep them plain.
     fn plain_name(self, min_len: usize) -> Result<String, ConfigError> {
         let v = self.text;
@@ -598,7 +738,7 @@ mod tests {
     #[test]
     fn every_setting_has_its_flag_variable_and_key() {
         let args = Overrides::args();
-        assert_eq!(args.len(), 23);
+        assert_eq!(args.len(), 38);
         for arg in &args {
             let id = arg.get_id().as_str();
             assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()));
@@ -758,9 +898,17 @@ mod tests {
             ("web_root", "/no/such/dir", "must be an existing directory".into()),
             ("web_root", "", "must be an existing directory".into()),
             ("database_pool", "1", range(2, 1_000)),
+            ("push_fcm_credentials", "/no/such/file.json", "must be an existing file".into()),
+            ("push_apns_key", "/tmp", "must be an existing file".into()),
+            ("push_fcm_url", "ftp://x", "must be an http(s) URL".into()),
+            ("push_apns_team_id", "A B", "must be printable ASCII without spaces, at most 255 characters".into()),
+            ("push_vapid_subject", "me@example.com", "must start with mailto: or https://".into()),
+            ("push_webpush_hosts", "https://push.example/x", "must be host[:port] names, comma-separated (*.domain allowed)".into()),
+            ("push_webhook_secret", "a secret", "must be printable ASCII without spaces".into()),
+            ("push_text", "everything", "must be one of sender-text, sender, generic".into()),
         ];
         for (key, value, reason) in cases {
-            let secret = ["jwt_secret", "database_url"].contains(&key);
+            let secret = ["jwt_secret", "database_url", "push_webhook_secret"].contains(&key);
             let shown = if secret { "<hidden>" } else { value };
             let var = format!("CHATD_{}", key.to_uppercase());
             let flag = format!("--{}", key.replace('_', "-"));
