@@ -14,6 +14,7 @@
 //! - [`metrics`]: counters and histograms in Prometheus text.
 //! - [`session`]: one connected device: hello, resume, live events, heartbeats, bounded queue.
 //! - [`transport`]: gRPC (and plain HTTP health) on one port; frames in, domain calls, frames out.
+//! - [`push`]: push notifications to offline devices: the providers behind one `Sender` seam.
 //! - [`node`]: the composition root that builds all of the above from a [`config::Config`].
 
 pub mod auth;
@@ -24,6 +25,7 @@ pub mod domain;
 pub mod error;
 pub mod metrics;
 pub mod node;
+pub mod push;
 pub mod redis;
 pub mod registry;
 pub mod session;

@@ -1,0 +1,126 @@
+//! Push notifications to devices that are not connected: what one push says ([`Notice`]), who
+//! it goes to ([`Target`]), and the providers that deliver it (FCM HTTP v1, APNs, Web Push, a
+//! webhook gateway), each behind [`Sender`], with the one classification every answer gets
+//! ([`Outcome`]). Who gets a push for which event is the domain's rule, not decided here; the
+//! workers that take jobs from the queue, coalesce and retry use these senders.
+
+pub mod apns;
+pub mod ece;
+pub mod fcm;
+pub mod http;
+pub mod vapid;
+pub mod webhook;
+pub mod webpush;
+
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The push services a device can register a token with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Provider {
+    Fcm,
+    Apns,
+    WebPush,
+    Webhook,
+}
+
+impl Provider {
+    /// The name used in metrics, logs and the stores.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Fcm => "fcm",
+            Provider::Apns => "apns",
+            Provider::WebPush => "webpush",
+            Provider::Webhook => "webhook",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Provider::Fcm,
+            Provider::Apns,
+            Provider::WebPush,
+            Provider::Webhook,
+        ]
+        .into_iter()
+        .find(|p| p.name() == name)
+    }
+}
+
+/// One registered device token: where a push for `user_id`'s `device_id` goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub user_id: String,
+    pub device_id: String,
+    pub provider: Provider,
+    /// FCM registration token; APNs device token (hex); Web Push subscription JSON
+    /// (`{"endpoint", "keys": {"p256dh", "auth"}}`); webhook pushkey.
+    pub token: String,
+    /// The app the token belongs to (APNs topic / bundle id, FCM or webhook app id); empty
+    /// for the server's default.
+    pub app_id: String,
+}
+
+/// What one push says. Never message content when the chat's content is end-to-end encrypted:
+/// then `body` is generic and `data_only` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub chat_id: String,
+    /// Replaces an earlier push with the same key on the device (one per chat): FCM
+    /// `collapse_key`, APNs `apns-collapse-id`, Web Push `Topic`.
+    pub collapse_key: String,
+    /// The visible title (the sender or the group's name), if any.
+    pub title: Option<String>,
+    /// The visible text: "alice: hi", "alice: new message", "3 new messages"…
+    pub body: String,
+    /// How many messages this push stands for (coalesced).
+    pub count: u32,
+    /// Machine-readable fields for the app (chat_id, seq, message_id…), never content.
+    pub data: BTreeMap<String, String>,
+    /// No visible alert text from the server: the app fetches and decrypts (FCM data message,
+    /// APNs `mutable-content`, Web Push payload without text).
+    pub data_only: bool,
+}
+
+/// How a provider answered one push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted by the provider: the job is done.
+    Sent,
+    /// The token will never work again (FCM UNREGISTERED/404, APNs 410/BadDeviceToken, Web
+    /// Push 404/410, a webhook's `rejected`): delete it; the job is done for this token.
+    DeadToken,
+    /// Try again later (429, 5xx, a timeout, a broken connection), after `after` when the
+    /// provider said (Retry-After).
+    Retry { after: Option<Duration> },
+    /// Will not succeed however often it is tried (a bad request, bad credentials): dead
+    /// letter, with the reason.
+    Permanent(String),
+}
+
+/// One push provider.
+#[async_trait]
+pub trait Sender: Send + Sync + 'static {
+    fn provider(&self) -> Provider;
+
+    /// Delivers `notice` to `target` (whose provider is this one) and classifies the answer.
+    async fn send(&self, target: &Target, notice: &Notice) -> Outcome;
+}
+
+/// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3), capped at `max`.
+pub fn retry_after(
+    value: Option<&str>,
+    now: std::time::SystemTime,
+    max: Duration,
+) -> Option<Duration> {
+    let value = value?.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(wait.min(max))
+}
