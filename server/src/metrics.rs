@@ -77,6 +77,8 @@ pub struct Metrics {
     pub websockets_open: AtomicU64,
     /// WebSocket connections upgraded since the start.
     pub websockets_total: AtomicU64,
+    /// Pushes by provider (FCM, APNs, Web Push, webhook) and what became of them.
+    pub push: [PushCounters; 4],
     /// Errors returned to clients, by gRPC code.
     pub errors: [AtomicU64; CODES],
     /// Time from a send's arrival to its commit.
@@ -94,12 +96,43 @@ pub static METRICS: Metrics = Metrics {
     resyncs: AtomicU64::new(0),
     websockets_open: AtomicU64::new(0),
     websockets_total: AtomicU64::new(0),
+    push: [const { PushCounters::new() }; 4],
     errors: [const { AtomicU64::new(0) }; CODES],
     send_latency: Histogram::new(LATENCY_BUCKETS),
     commit_batch: Histogram::new(BATCH_BUCKETS),
 };
 
+/// What became of one provider's pushes.
+pub struct PushCounters {
+    pub sent: AtomicU64,
+    /// Retries after a provider said "later" (429, 5xx, a timeout).
+    pub retries: AtomicU64,
+    /// Tokens the provider declared dead, and deleted.
+    pub dead_tokens: AtomicU64,
+    /// Pushes that failed for good (dead-lettered).
+    pub failed: AtomicU64,
+}
+
+impl PushCounters {
+    const fn new() -> Self {
+        PushCounters {
+            sent: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            dead_tokens: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Metrics {
+    pub fn push(&self, provider: crate::domain::model::PushProvider) -> &PushCounters {
+        let i = crate::domain::model::PushProvider::ALL
+            .iter()
+            .position(|p| *p == provider)
+            .unwrap_or(0);
+        &self.push[i]
+    }
+
     pub fn error(&self, code: tonic::Code) {
         if let Some(c) = self.errors.get(code as usize) {
             c.fetch_add(1, Relaxed);
@@ -179,6 +212,40 @@ pub fn render(gauges: &[Gauge]) -> String {
         "WebSocket connections upgraded since the start.",
         m.websockets_total.load(Relaxed),
     );
+    type Read = fn(&PushCounters) -> &AtomicU64;
+    let push: [(&str, &str, Read); 4] = [
+        (
+            "chatd_push_sent_total",
+            "Pushes a provider accepted.",
+            |c| &c.sent,
+        ),
+        (
+            "chatd_push_retries_total",
+            "Pushes tried again after a provider said later.",
+            |c| &c.retries,
+        ),
+        (
+            "chatd_push_dead_tokens_total",
+            "Tokens a provider declared dead (deleted).",
+            |c| &c.dead_tokens,
+        ),
+        (
+            "chatd_push_failed_total",
+            "Pushes that failed for good (dead-lettered).",
+            |c| &c.failed,
+        ),
+    ];
+    for (name, help, read) in push {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (provider, c) in crate::domain::model::PushProvider::ALL.iter().zip(&m.push) {
+            let _ = writeln!(
+                out,
+                "{name}{{provider=\"{}\"}} {}",
+                provider.name(),
+                read(c).load(Relaxed)
+            );
+        }
+    }
     let _ = writeln!(out, "# HELP chatd_errors_total Errors returned to clients, by gRPC code.\n# TYPE chatd_errors_total counter");
     for (code, c) in m.errors.iter().enumerate() {
         let n = c.load(Relaxed);

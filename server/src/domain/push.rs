@@ -143,6 +143,11 @@ pub fn content(digest: &ChatDigest, style: PushText) -> PushContent {
         }
         PushText::SenderAndText => (Some(digest.last_sender.clone()), preview(&digest.last_text)),
     };
+    let mut data = data;
+    if title.is_some() {
+        // Only where the sender is shown anyway (a webhook gateway passes it on).
+        data.insert("sender_id".to_string(), digest.last_sender.clone());
+    }
     PushContent {
         title,
         body,

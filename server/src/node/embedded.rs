@@ -5,7 +5,8 @@ use crate::auth;
 use crate::bus::local::LocalFanout;
 use crate::config::Config;
 use crate::metrics::Gauge;
-use crate::registry::local::LocalRegistry;
+use crate::push;
+use crate::registry::{local::LocalRegistry, Registry};
 use crate::store::sqlite::SqliteStore;
 use std::sync::Arc;
 
@@ -15,7 +16,11 @@ pub(super) fn start(config: &Config, w: Wiring) -> Result<Backends, StartError> 
             dir: config.data_dir.display().to_string(),
             source,
         })?;
-    let (sqlite, outbox) = SqliteStore::open(&config.data_dir).map_err(StartError::Store)?;
+    let senders = push::setup::senders(&config.push).map_err(StartError::Push)?;
+    // Intents are written only when something will send them: without providers, a message
+    // costs no extra row.
+    let (sqlite, outbox) =
+        SqliteStore::open_with(&config.data_dir, !senders.is_empty()).map_err(StartError::Store)?;
     let fanout = LocalFanout::new(
         sqlite.clone(),
         w.directory,
@@ -23,10 +28,20 @@ pub(super) fn start(config: &Config, w: Wiring) -> Result<Backends, StartError> 
         config.live_receipts_max_members as usize,
     );
     let fanout = tokio::spawn(fanout.run(outbox, w.ephemeral));
+    let registry: Arc<dyn Registry> = Arc::new(LocalRegistry::default());
+    let mut tasks = vec![fanout];
+    if !senders.is_empty() {
+        let settings = push::worker::Settings {
+            text: config.push.text,
+            ..Default::default()
+        };
+        let worker = push::worker::Worker::new(sqlite.clone(), registry.clone(), senders, settings);
+        tasks.push(tokio::spawn(worker.run(w.shutdown.clone())));
+    }
     let queue = sqlite.clone();
     Ok(Backends {
         store: sqlite,
-        registry: Arc::new(LocalRegistry::default()),
+        registry,
         secret,
         node_id: config.node_id.clone().unwrap_or_else(node_id),
         gauges: vec![Box::new(move || Gauge {
@@ -34,6 +49,6 @@ pub(super) fn start(config: &Config, w: Wiring) -> Result<Backends, StartError> 
             help: "Writes waiting for the store writer.",
             value: queue.write_queue_depth() as f64,
         })],
-        tasks: vec![fanout],
+        tasks,
     })
 }

@@ -52,6 +52,8 @@ pub enum StartError {
     },
     #[error("server error: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Push(#[from] crate::push::setup::SetupError),
     #[error("cannot start gRPC reflection: {0}")]
     Reflection(String),
 }

@@ -8,45 +8,19 @@ pub mod apns;
 pub mod ece;
 pub mod fcm;
 pub mod http;
+pub mod setup;
 pub mod vapid;
 pub mod webhook;
 pub mod webpush;
+pub mod worker;
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// The push services a device can register a token with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Provider {
-    Fcm,
-    Apns,
-    WebPush,
-    Webhook,
-}
-
-impl Provider {
-    /// The name used in metrics, logs and the stores.
-    pub fn name(self) -> &'static str {
-        match self {
-            Provider::Fcm => "fcm",
-            Provider::Apns => "apns",
-            Provider::WebPush => "webpush",
-            Provider::Webhook => "webhook",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        [
-            Provider::Fcm,
-            Provider::Apns,
-            Provider::WebPush,
-            Provider::Webhook,
-        ]
-        .into_iter()
-        .find(|p| p.name() == name)
-    }
-}
+/// The push services a device can register a token with (the domain's type: the stores keep
+/// tokens by it).
+pub use crate::domain::model::PushProvider as Provider;
 
 /// One registered device token: where a push for `user_id`'s `device_id` goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,302 @@
+//! Push notifications on the embedded default, end to end: a real chatd with all four
+//! providers pointed at local fakes over TLS (FCM with its token endpoint, APNs over HTTP/2
+//! only, a Web Push service that decrypts the payload, a webhook gateway), clients over gRPC.
+//! Offline members get one push per provider and chat, the sender none, a connected user none;
+//! a burst is gathered into fewer pushes; dead tokens are dropped; encrypted content never
+//! leaves in a push; Retry-After is honoured.
+//!
+//! The cluster's push worker (reading `chat.push`) is not built yet, so scripts/test leaves this
+//! suite out of its full-stack step.
+
+use chat_tests::pb::{PushProvider, RegisterPushTokenRequest};
+use chat_tests::*;
+use push_fakes::apns::{self, FakeApns};
+use push_fakes::fcm::FakeFcm;
+use push_fakes::tls::TestPki;
+use push_fakes::webhook::FakeWebhook;
+use push_fakes::webpush::{FakeWebPush, WebPushAnswer};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+const BOB_FCM: &str = "bob-fcm:APA91b-token";
+const BOB_HOOK: &str = "bob-pushkey";
+const ALICE_HOOK: &str = "alice-pushkey";
+
+fn bob_apns() -> String {
+    "ab".repeat(32)
+}
+
+struct Fakes {
+    fcm: FakeFcm,
+    apns: FakeApns,
+    web: FakeWebPush,
+    hook: FakeWebhook,
+    /// Credentials and the CA, as files for chatd.
+    _dir: TempDir,
+    env: Vec<(String, String)>,
+}
+
+async fn fakes() -> Fakes {
+    assert!(
+        Backend::from_env() != Backend::FullStack,
+        "push_embedded runs on the embedded backend only: the cluster's push worker is not built yet"
+    );
+    let pki = TestPki::shared();
+    let (fcm, apns, web, hook) = (
+        FakeFcm::start(pki).await,
+        FakeApns::start(pki).await,
+        FakeWebPush::start(pki).await,
+        FakeWebhook::start(pki, None).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    pki.write_ca_pem(dir.path().join("ca.pem").as_path())
+        .unwrap();
+    fcm.write_service_account(dir.path().join("fcm.json").as_path())
+        .unwrap();
+    apns.write_key(dir.path().join("apns.p8").as_path())
+        .unwrap();
+    // Any P-256 key serves as a VAPID key: the fake APNs key is one.
+    std::fs::write(dir.path().join("vapid.pem"), apns.key_pem()).unwrap();
+    let env = [
+        ("CHATD_PUSH_CA_FILE", path("ca.pem")),
+        ("CHATD_PUSH_FCM_CREDENTIALS", path("fcm.json")),
+        ("CHATD_PUSH_FCM_URL", fcm.url()),
+        ("CHATD_PUSH_APNS_KEY", path("apns.p8")),
+        ("CHATD_PUSH_APNS_KEY_ID", apns::KEY_ID.to_string()),
+        ("CHATD_PUSH_APNS_TEAM_ID", apns::TEAM_ID.to_string()),
+        ("CHATD_PUSH_APNS_TOPIC", apns::TOPIC.to_string()),
+        ("CHATD_PUSH_APNS_URL", apns.url()),
+        ("CHATD_PUSH_VAPID_KEY", path("vapid.pem")),
+        (
+            "CHATD_PUSH_VAPID_SUBJECT",
+            "mailto:ops@example.com".to_string(),
+        ),
+        ("CHATD_PUSH_WEBPUSH_HOSTS", web.host_port()),
+        ("CHATD_PUSH_WEBHOOK_URL", hook.url()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    Fakes {
+        fcm,
+        apns,
+        web,
+        hook,
+        _dir: dir,
+        env,
+    }
+}
+
+impl Fakes {
+    async fn server(&self) -> TestServer {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        TestServer::start_opts(ServerOptions::new().envs(&env).envs(NO_RATE_LIMIT)).await
+    }
+
+    /// Pushes each fake has taken so far (FCM, APNs, Web Push, webhook).
+    fn counts(&self) -> [usize; 4] {
+        [
+            self.fcm.delivered().len(),
+            self.apns.delivered().len(),
+            self.web.delivered().len(),
+            self.hook.notifications().len(),
+        ]
+    }
+}
+
+async fn register(c: &mut Client, provider: PushProvider, token: &str) {
+    c.register_push_token(RegisterPushTokenRequest {
+        provider: provider as i32,
+        token: token.to_string(),
+        app_id: String::new(),
+    })
+    .await
+    .unwrap_or_else(|s| panic!("register {provider:?}: {s:?}"));
+}
+
+/// Waits (up to 15 s) until `done`.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Bob with a token at every provider (one device), alice with a webhook token, and their chat.
+async fn bob_and_alice(f: &Fakes, server: &TestServer) -> (Client, String, String) {
+    let mut bob = server.client("bob", "phone").await;
+    let web_token = f.web.new_subscription();
+    register(&mut bob, PushProvider::Fcm, BOB_FCM).await;
+    register(&mut bob, PushProvider::Apns, &bob_apns()).await;
+    register(&mut bob, PushProvider::Webpush, &web_token).await;
+    register(&mut bob, PushProvider::Webhook, BOB_HOOK).await;
+    let mut alice = server.client("alice", "laptop").await;
+    register(&mut alice, PushProvider::Webhook, ALICE_HOOK).await;
+    let chat = open_direct(&mut alice, "bob").await.chat_id;
+    (alice, chat, web_token)
+}
+
+/// The pushkeys of a webhook notification (the fake records its `notification` object).
+fn pushkeys(notification: &Value) -> Vec<String> {
+    notification["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["pushkey"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_member_gets_one_push_per_provider_and_the_sender_none() {
+    let f = fakes().await;
+    let server = f.server().await;
+    let (mut alice, chat, _) = bob_and_alice(&f, &server).await;
+    send_text(&mut alice, &chat, "m1", "see you at 8").await;
+    until("a push at every provider", || f.counts() == [1, 1, 1, 1]).await;
+
+    let fcm = &f.fcm.delivered()[0].message;
+    assert_eq!(fcm["token"], BOB_FCM, "{fcm}");
+    assert_eq!(fcm["notification"]["body"], "see you at 8", "{fcm}");
+    assert_eq!(fcm["notification"]["title"], "alice", "{fcm}");
+    assert_eq!(fcm["data"]["chat_id"], chat.as_str(), "{fcm}");
+
+    let apns = &f.apns.delivered()[0];
+    assert_eq!(apns.device_token, bob_apns());
+    assert_eq!(
+        apns.payload["aps"]["alert"]["body"], "see you at 8",
+        "{:?}",
+        apns.payload
+    );
+
+    let web = f.web.delivered()[0]
+        .json()
+        .expect("the Web Push payload is JSON");
+    assert_eq!(web["body"], "see you at 8", "{web}");
+    assert_eq!(web["title"], "alice", "{web}");
+
+    let hook = &f.hook.notifications()[0];
+    assert_eq!(pushkeys(hook), [BOB_HOOK], "{hook}");
+    assert_eq!(hook["room_id"], chat.as_str(), "{hook}");
+
+    // Nothing more: the sender's own token never hears of her message.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(f.counts(), [1, 1, 1, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_push_while_connected_and_a_burst_is_gathered() {
+    let f = fakes().await;
+    let server = f.server().await;
+    let (mut alice, chat, _) = bob_and_alice(&f, &server).await;
+
+    let mut laptop = server.connect("bob", "laptop").await;
+    send_text(&mut alice, &chat, "live", "you're online").await;
+    laptop.expect_message().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(f.counts(), [0, 0, 0, 0], "bob is connected: no push");
+    laptop.close();
+    // The registry forgets the session when its stream ends.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    send_many(&mut alice, &chat, "burst", 5).await;
+    let counted = || -> u64 {
+        f.hook
+            .notifications()
+            .iter()
+            .map(|n| n["counts"]["unread"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    until("the burst's five messages in webhook pushes", || {
+        counted() == 5
+    })
+    .await;
+    let pushes = f.hook.notifications().len();
+    assert!(
+        (1..5).contains(&pushes),
+        "five messages sent at once make fewer than five pushes, got {pushes}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_tokens_are_dropped_and_encrypted_content_stays_private() {
+    let f = fakes().await;
+    let server = f.server().await;
+    let (mut alice, chat, _) = bob_and_alice(&f, &server).await;
+    f.hook.reject(BOB_HOOK);
+    f.fcm
+        .answer_for_token(BOB_FCM, push_fakes::fcm::FcmAnswer::Unregistered);
+
+    // Ciphertext only: the push says nothing of it.
+    let sealed = send_unary(
+        &mut alice,
+        &chat,
+        "sealed",
+        Some(ciphertext(b"secret bytes")),
+    )
+    .await
+    .expect("send ciphertext");
+    assert!(sealed.message.is_some());
+    until("the encrypted message's pushes", || {
+        f.counts() == [1, 1, 1, 1]
+    })
+    .await;
+    let web = f.web.delivered()[0].json().expect("JSON payload");
+    assert!(web.get("title").is_none(), "no title for ciphertext: {web}");
+    let web_text = web.to_string();
+    assert!(!web_text.contains("secret"), "{web_text}");
+    let fcm = &f.fcm.delivered()[0].message;
+    assert!(fcm.get("notification").is_none(), "data only: {fcm}");
+    assert_eq!(f.apns.delivered()[0].payload["aps"]["mutable-content"], 1);
+
+    // The webhook rejected bob's pushkey and FCM called his token unregistered: both are gone,
+    // so the next message reaches only APNs and Web Push.
+    send_text(&mut alice, &chat, "next", "hello again").await;
+    until("the next pushes", || {
+        f.counts()[1] == 2 && f.counts()[2] == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(f.counts(), [1, 2, 2, 1], "dead tokens get no more pushes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured() {
+    let f = fakes().await;
+    let server = f.server().await;
+    let (mut alice, chat, _) = bob_and_alice(&f, &server).await;
+    f.web.answer_next(WebPushAnswer::TooManyRequests {
+        retry_after: Some(2),
+    });
+    let sent = Instant::now();
+    send_text(&mut alice, &chat, "m", "later please").await;
+    until("the push after its retry", || f.web.delivered().len() == 2).await;
+    let took = sent.elapsed();
+    let answered: Vec<_> = f
+        .web
+        .delivered()
+        .iter()
+        .map(|d| d.answered.clone())
+        .collect();
+    assert_eq!(
+        answered,
+        [
+            WebPushAnswer::TooManyRequests {
+                retry_after: Some(2)
+            },
+            WebPushAnswer::Created
+        ]
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "retried after {took:?}, before the 2 s Retry-After"
+    );
+    // The other providers did not wait for it.
+    assert_eq!(f.hook.notifications().len(), 1);
+}
