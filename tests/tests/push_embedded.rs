@@ -300,3 +300,36 @@ async fn retry_after_is_honoured() {
     // The other providers did not wait for it.
     assert_eq!(f.hook.notifications().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_provider_holds_up_no_other_and_a_killed_worker_loses_no_push() {
+    let f = fakes().await;
+    let mut server = f.server().await;
+    let (mut alice, chat, _) = bob_and_alice(&f, &server).await;
+    f.hook.answer_next(push_fakes::server::Answer::stall());
+    let sent = Instant::now();
+    send_text(&mut alice, &chat, "m", "are you there").await;
+    until("the other providers' pushes", || {
+        let c = f.counts();
+        c[0] == 1 && c[1] == 1 && c[2] == 1
+    })
+    .await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "the stalled webhook held the others up for {:?}",
+        sent.elapsed()
+    );
+    until("the webhook request that stalls", || {
+        f.hook.notifications().len() == 1
+    })
+    .await;
+
+    // The node dies while its push pass waits on the stalled gateway: the pass's intents are
+    // still there when it comes back, and the push goes out again.
+    server.kill_and_restart().await;
+    until("the push sent again after the restart", || {
+        f.hook.notifications().len() == 2
+    })
+    .await;
+    assert_eq!(pushkeys(&f.hook.notifications()[1]), [BOB_HOOK]);
+}
