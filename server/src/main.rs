@@ -31,6 +31,8 @@ enum Command {
     Token(TokenArgs),
     /// Apply pending PostgreSQL migrations (cluster mode) and exit.
     Migrate(MigrateArgs),
+    /// Send a cluster's push notifications (the jobs on chat.push); takes the serve settings.
+    PushWorker(Box<ServeArgs>),
 }
 
 #[derive(Args)]
@@ -85,8 +87,16 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(
             *args,
             matches.subcommand_matches("serve").unwrap_or(&matches),
+            Role::Node,
         ),
-        None => serve(cli.serve, &matches),
+        Some(Command::PushWorker(args)) => serve(
+            *args,
+            matches
+                .subcommand_matches("push-worker")
+                .unwrap_or(&matches),
+            Role::PushWorker,
+        ),
+        None => serve(cli.serve, &matches, Role::Node),
     }
 }
 
@@ -193,7 +203,14 @@ fn block_on<T>(fut: impl std::future::Future<Output = T>) -> Result<T, String> {
 /// `matches` are those of `serve` (or of `chatd` alone): clap filled the settings from flags and
 /// variables alike, but flags outrank the environment, which outranks the config file, so only
 /// the flags are taken from there.
-fn serve(args: ServeArgs, matches: &ArgMatches) -> ExitCode {
+/// What `serve` runs: a chat node, or a cluster's push worker.
+#[derive(Clone, Copy)]
+enum Role {
+    Node,
+    PushWorker,
+}
+
+fn serve(args: ServeArgs, matches: &ArgMatches, role: Role) -> ExitCode {
     let config = match Overrides::from_flags(matches)
         .map_err(|e| e.to_string())
         .and_then(|flags| resolve(args.config.as_ref(), flags))
@@ -225,7 +242,11 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> ExitCode {
             let _ = writeln!(out, "chatd listening on {addr}");
             let _ = out.flush();
         };
-        match node::run(config, shutdown, on_listen).await {
+        let ran = match role {
+            Role::Node => node::run(config, shutdown, on_listen).await,
+            Role::PushWorker => node::push_worker::run(config, shutdown, on_listen).await,
+        };
+        match ran {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("chatd: {e}")),
         }

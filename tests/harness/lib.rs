@@ -31,6 +31,7 @@ pub mod backend;
 pub mod cluster;
 pub mod http;
 pub mod proxy;
+pub mod push;
 pub mod realtime;
 pub mod resilient;
 pub mod sdk;

@@ -70,6 +70,8 @@ pub struct ServerOptions {
     pub args: Vec<String>,
     /// TOML written to a file and passed as `--config FILE`.
     pub config_toml: Option<String>,
+    /// The subcommand: `serve`, or `push-worker` for a cluster's push sender.
+    pub command: &'static str,
 }
 
 impl Default for ServerOptions {
@@ -80,6 +82,7 @@ impl Default for ServerOptions {
             env: Vec::new(),
             args: Vec::new(),
             config_toml: None,
+            command: "serve",
         }
     }
 }
@@ -235,7 +238,7 @@ impl TestServer {
     /// Start the process of a prepared node (first start; see [`Self::start_again`]).
     pub(crate) async fn spawn(&mut self) {
         let mut cmd = base_command(&self.opts, &self.backend, self.node_id.as_deref());
-        cmd.arg("serve")
+        cmd.arg(self.opts.command)
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")

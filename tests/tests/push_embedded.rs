@@ -5,157 +5,25 @@
 //! a burst is gathered into fewer pushes; dead tokens are dropped; encrypted content never
 //! leaves in a push; Retry-After is honoured.
 //!
-//! The cluster's push worker (reading `chat.push`) is not built yet, so scripts/test leaves this
-//! suite out of its full-stack step.
+//! On a cluster the pushes come from `chatd push-worker` instead: tests/tests/push_cluster.rs.
 
-use chat_tests::pb::{PushProvider, RegisterPushTokenRequest};
+use chat_tests::pb::PushProvider;
+use chat_tests::push::*;
 use chat_tests::*;
-use push_fakes::apns::{self, FakeApns};
-use push_fakes::fcm::FakeFcm;
-use push_fakes::tls::TestPki;
-use push_fakes::webhook::FakeWebhook;
-use push_fakes::webpush::{FakeWebPush, WebPushAnswer};
-use serde_json::Value;
+use push_fakes::webpush::WebPushAnswer;
 use std::time::{Duration, Instant};
-use tempfile::TempDir;
 
-const BOB_FCM: &str = "bob-fcm:APA91b-token";
-const BOB_HOOK: &str = "bob-pushkey";
-const ALICE_HOOK: &str = "alice-pushkey";
-
-fn bob_apns() -> String {
-    "ab".repeat(32)
-}
-
-struct Fakes {
-    fcm: FakeFcm,
-    apns: FakeApns,
-    web: FakeWebPush,
-    hook: FakeWebhook,
-    /// Credentials and the CA, as files for chatd.
-    _dir: TempDir,
-    env: Vec<(String, String)>,
-}
-
-async fn fakes() -> Fakes {
+async fn embedded_fakes() -> Fakes {
     assert!(
         Backend::from_env() != Backend::FullStack,
-        "push_embedded runs on the embedded backend only: the cluster's push worker is not built yet"
+        "push_embedded runs on the embedded backend only (push_cluster is the cluster's suite)"
     );
-    let pki = TestPki::shared();
-    let (fcm, apns, web, hook) = (
-        FakeFcm::start(pki).await,
-        FakeApns::start(pki).await,
-        FakeWebPush::start(pki).await,
-        FakeWebhook::start(pki, None).await,
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let path = |name: &str| dir.path().join(name).display().to_string();
-    pki.write_ca_pem(dir.path().join("ca.pem").as_path())
-        .unwrap();
-    fcm.write_service_account(dir.path().join("fcm.json").as_path())
-        .unwrap();
-    apns.write_key(dir.path().join("apns.p8").as_path())
-        .unwrap();
-    // Any P-256 key serves as a VAPID key: the fake APNs key is one.
-    std::fs::write(dir.path().join("vapid.pem"), apns.key_pem()).unwrap();
-    let env = [
-        ("CHATD_PUSH_CA_FILE", path("ca.pem")),
-        ("CHATD_PUSH_FCM_CREDENTIALS", path("fcm.json")),
-        ("CHATD_PUSH_FCM_URL", fcm.url()),
-        ("CHATD_PUSH_APNS_KEY", path("apns.p8")),
-        ("CHATD_PUSH_APNS_KEY_ID", apns::KEY_ID.to_string()),
-        ("CHATD_PUSH_APNS_TEAM_ID", apns::TEAM_ID.to_string()),
-        ("CHATD_PUSH_APNS_TOPIC", apns::TOPIC.to_string()),
-        ("CHATD_PUSH_APNS_URL", apns.url()),
-        ("CHATD_PUSH_VAPID_KEY", path("vapid.pem")),
-        (
-            "CHATD_PUSH_VAPID_SUBJECT",
-            "mailto:ops@example.com".to_string(),
-        ),
-        ("CHATD_PUSH_WEBPUSH_HOSTS", web.host_port()),
-        ("CHATD_PUSH_WEBHOOK_URL", hook.url()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    Fakes {
-        fcm,
-        apns,
-        web,
-        hook,
-        _dir: dir,
-        env,
-    }
-}
-
-impl Fakes {
-    async fn server(&self) -> TestServer {
-        let env: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        TestServer::start_opts(ServerOptions::new().envs(&env).envs(NO_RATE_LIMIT)).await
-    }
-
-    /// Pushes each fake has taken so far (FCM, APNs, Web Push, webhook).
-    fn counts(&self) -> [usize; 4] {
-        [
-            self.fcm.delivered().len(),
-            self.apns.delivered().len(),
-            self.web.delivered().len(),
-            self.hook.notifications().len(),
-        ]
-    }
-}
-
-async fn register(c: &mut Client, provider: PushProvider, token: &str) {
-    c.register_push_token(RegisterPushTokenRequest {
-        provider: provider as i32,
-        token: token.to_string(),
-        app_id: String::new(),
-    })
-    .await
-    .unwrap_or_else(|s| panic!("register {provider:?}: {s:?}"));
-}
-
-/// Waits (up to 15 s) until `done`.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Bob with a token at every provider (one device), alice with a webhook token, and their chat.
-async fn bob_and_alice(f: &Fakes, server: &TestServer) -> (Client, String, String) {
-    let mut bob = server.client("bob", "phone").await;
-    let web_token = f.web.new_subscription();
-    register(&mut bob, PushProvider::Fcm, BOB_FCM).await;
-    register(&mut bob, PushProvider::Apns, &bob_apns()).await;
-    register(&mut bob, PushProvider::Webpush, &web_token).await;
-    register(&mut bob, PushProvider::Webhook, BOB_HOOK).await;
-    let mut alice = server.client("alice", "laptop").await;
-    register(&mut alice, PushProvider::Webhook, ALICE_HOOK).await;
-    let chat = open_direct(&mut alice, "bob").await.chat_id;
-    (alice, chat, web_token)
-}
-
-/// The pushkeys of a webhook notification (the fake records its `notification` object).
-fn pushkeys(notification: &Value) -> Vec<String> {
-    notification["devices"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|d| d["pushkey"].as_str().map(str::to_string))
-        .collect()
+    fakes().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_member_gets_one_push_per_provider_and_the_sender_none() {
-    let f = fakes().await;
+    let f = embedded_fakes().await;
     let server = f.server().await;
     let (mut alice, chat, _) = bob_and_alice(&f, &server).await;
     send_text(&mut alice, &chat, "m1", "see you at 8").await;
@@ -192,7 +60,7 @@ async fn an_offline_member_gets_one_push_per_provider_and_the_sender_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_push_while_connected_and_a_burst_is_gathered() {
-    let f = fakes().await;
+    let f = embedded_fakes().await;
     let server = f.server().await;
     let (mut alice, chat, _) = bob_and_alice(&f, &server).await;
 
@@ -226,7 +94,7 @@ async fn no_push_while_connected_and_a_burst_is_gathered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_tokens_are_dropped_and_encrypted_content_stays_private() {
-    let f = fakes().await;
+    let f = embedded_fakes().await;
     let server = f.server().await;
     let (mut alice, chat, _) = bob_and_alice(&f, &server).await;
     f.hook.reject(BOB_HOOK);
@@ -268,7 +136,7 @@ async fn dead_tokens_are_dropped_and_encrypted_content_stays_private() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
-    let f = fakes().await;
+    let f = embedded_fakes().await;
     let server = f.server().await;
     let (mut alice, chat, _) = bob_and_alice(&f, &server).await;
     f.web.answer_next(WebPushAnswer::TooManyRequests {
@@ -303,7 +171,7 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_provider_holds_up_no_other_and_a_killed_worker_loses_no_push() {
-    let f = fakes().await;
+    let f = embedded_fakes().await;
     let mut server = f.server().await;
     let (mut alice, chat, _) = bob_and_alice(&f, &server).await;
     f.hook.answer_next(push_fakes::server::Answer::stall());
@@ -344,7 +212,7 @@ async fn a_stalled_provider_holds_up_no_other_and_a_killed_worker_loses_no_push(
 async fn bench_push_fan_out_per_provider() {
     const MEMBERS: usize = 300;
     const ROUNDS: usize = 3;
-    let f = fakes().await;
+    let f = embedded_fakes().await;
     let server = f.server().await;
     let mut alice = server.client("alice", "laptop").await;
     let names: Vec<String> = (0..MEMBERS).map(|i| format!("m{i}")).collect();

@@ -35,7 +35,14 @@ pub(super) fn start(config: &Config, w: Wiring) -> Result<Backends, StartError> 
             text: config.push.text,
             ..Default::default()
         };
-        let worker = push::worker::Worker::new(sqlite.clone(), registry.clone(), senders, settings);
+        let queue = Arc::new(push::queue::SqliteQueue(sqlite.clone()));
+        let worker = push::worker::Worker::new(
+            queue,
+            sqlite.clone(),
+            Some(registry.clone()),
+            senders,
+            settings,
+        );
         tasks.push(tokio::spawn(worker.run(w.shutdown.clone())));
     }
     let queue = sqlite.clone();

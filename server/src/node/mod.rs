@@ -3,6 +3,7 @@
 
 mod cluster;
 mod embedded;
+pub mod push_worker;
 
 use crate::auth::Authenticator;
 use crate::config::Config;

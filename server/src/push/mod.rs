@@ -8,6 +8,8 @@ pub mod apns;
 pub mod ece;
 pub mod fcm;
 pub mod http;
+pub mod kafka;
+pub mod queue;
 pub mod setup;
 pub mod vapid;
 pub mod webhook;

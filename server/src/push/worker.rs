@@ -1,20 +1,21 @@
-//! The push worker of the embedded default. Each pass takes the oldest push intents (written
-//! with their messages, in the same transaction), gathers them per recipient and chat
-//! ([`Digests`]), leaves out recipients with a connected device, and sends one push per chat to
-//! each token of the others, through every configured provider at once. A provider that says
+//! The push worker. Each pass takes what its [`PushQueue`] holds (the embedded default's
+//! intents, written with their messages; the cluster's `chat.push` jobs), gathers it per
+//! recipient and chat ([`Digests`]), leaves out recipients with a connected device, and sends
+//! one push per chat to each token of the others, through every configured provider at once. A provider that says
 //! "later" is tried again with a jittered backoff (its Retry-After honoured, up to a cap), a
-//! dead token is deleted, and what fails for good is dead-lettered. Only then are the pass's
-//! intents removed: a worker stopped midway sends those pushes again rather than losing them.
+//! dead token is deleted, and what fails for good is dead-lettered. Only then is the pass's take
+//! acknowledged: a worker stopped midway sends those pushes again rather than losing them.
 
+use super::queue::{PushQueue, Taken};
 use super::setup::Senders;
 use super::{Notice, Outcome, Sender, Target};
 use crate::clock::now_ms;
-use crate::domain::model::{Message, PushToken};
+use crate::domain::model::PushToken;
 use crate::domain::push::{self as rule, ChatDigest, Digests, PushText};
 use crate::metrics::METRICS;
 use crate::registry::Registry;
-use crate::store::sqlite::{DeadLetter, SqliteStore};
-use crate::store::{ChatStore, PushTokenStore};
+use crate::store::sqlite::DeadLetter;
+use crate::store::PushTokenStore;
 use crate::Result;
 use futures_util::stream::{self, StreamExt};
 use std::collections::{HashMap, HashSet};
@@ -56,21 +57,26 @@ impl Default for Settings {
 }
 
 pub struct Worker {
-    store: Arc<SqliteStore>,
-    registry: Arc<dyn Registry>,
+    queue: Arc<dyn PushQueue>,
+    tokens: Arc<dyn PushTokenStore>,
+    /// Checked again when a push is due; `None` where the queue's producer already left out
+    /// everyone with a live device (the cluster's fan-out).
+    registry: Option<Arc<dyn Registry>>,
     senders: Senders,
     settings: Settings,
 }
 
 impl Worker {
     pub fn new(
-        store: Arc<SqliteStore>,
-        registry: Arc<dyn Registry>,
+        queue: Arc<dyn PushQueue>,
+        tokens: Arc<dyn PushTokenStore>,
+        registry: Option<Arc<dyn Registry>>,
         senders: Senders,
         settings: Settings,
     ) -> Self {
         Worker {
-            store,
+            queue,
+            tokens,
             registry,
             senders,
             settings,
@@ -101,46 +107,32 @@ impl Worker {
         }
     }
 
-    /// One pass; how many intents it took.
+    /// One pass; how many entries it took.
     async fn pass(&self) -> Result<usize> {
-        let intents = self.store.push_intents(self.settings.batch).await?;
-        let Some(&(last, _)) = intents.last() else {
-            return Ok(0);
-        };
-        let digests = self
-            .gather(intents.iter().filter_map(|(_, m)| m.as_ref()))
-            .await?;
+        let Taken { jobs, entries, ack } = self.queue.take(self.settings.batch).await?;
+        let mut digests = Digests::default();
+        for job in &jobs {
+            digests.add(&job.message, &job.recipients);
+        }
         if !digests.is_empty() {
             self.send_all(digests).await?;
         }
-        self.store.push_intents_done(last).await?;
-        Ok(intents.len())
-    }
-
-    async fn gather(&self, messages: impl Iterator<Item = &Message>) -> Result<Digests> {
-        let mut digests = Digests::default();
-        let mut members: HashMap<String, Vec<String>> = HashMap::new();
-        for m in messages {
-            if !members.contains_key(&m.chat_id) {
-                let list = self.store.chat_members(&m.chat_id).await?;
-                members.insert(m.chat_id.clone(), list);
-            }
-            if let Some(list) = members.get(&m.chat_id) {
-                digests.add(m, list);
-            }
-        }
-        Ok(digests)
+        self.queue.done(ack).await?;
+        Ok(entries)
     }
 
     async fn send_all(&self, digests: Digests) -> Result<()> {
         let users = digests.users();
-        let presence = self.registry.snapshot(&users).await?;
-        let online: HashSet<&String> = users
-            .iter()
-            .zip(&presence)
-            .filter(|(_, p)| p.as_ref().is_some_and(|p| p.devices_online > 0))
-            .map(|(u, _)| u)
-            .collect();
+        let mut online: HashSet<&String> = HashSet::new();
+        if let Some(registry) = &self.registry {
+            let presence = registry.snapshot(&users).await?;
+            online = users
+                .iter()
+                .zip(&presence)
+                .filter(|(_, p)| p.as_ref().is_some_and(|p| p.devices_online > 0))
+                .map(|(u, _)| u)
+                .collect();
+        }
         let away: Vec<String> = users
             .iter()
             .filter(|u| !online.contains(u))
@@ -150,7 +142,7 @@ impl Worker {
             return Ok(());
         }
         let mut tokens: HashMap<String, Vec<PushToken>> = HashMap::new();
-        for t in self.store.push_tokens(away).await? {
+        for t in self.tokens.push_tokens(away).await? {
             tokens.entry(t.user_id.clone()).or_default().push(t);
         }
         let mut pushes = Vec::new();
@@ -199,7 +191,7 @@ impl Worker {
                 Outcome::DeadToken => {
                     counters.dead_tokens.fetch_add(1, Relaxed);
                     if let Err(e) = self
-                        .store
+                        .tokens
                         .drop_push_token(token.provider, &token.token)
                         .await
                     {
@@ -235,7 +227,7 @@ impl Worker {
             reason,
             at: now_ms(),
         };
-        if let Err(e) = self.store.push_dead_letter(letter).await {
+        if let Err(e) = self.queue.dead_letter(letter).await {
             tracing::warn!(error = %e, "cannot record a dead letter");
         }
     }

@@ -35,6 +35,9 @@ pub(super) struct Names {
     pub(super) dlq: String,
     /// The consumer group every node's fan-out joins.
     pub(super) group: String,
+    /// The push workers' group, and where their failed pushes go.
+    pub(super) push_group: String,
+    pub(super) push_dlq: String,
 }
 
 impl Names {
@@ -48,11 +51,13 @@ impl Names {
             push: format!("{p}chat.push"),
             dlq: format!("{p}chat.messages.dlq"),
             group: format!("{p}fanout"),
+            push_group: format!("{p}push"),
+            push_dlq: format!("{p}chat.push.dlq"),
         }
     }
 
-    fn topics(&self) -> [&String; 3] {
-        [&self.messages, &self.push, &self.dlq]
+    fn topics(&self) -> [&String; 4] {
+        [&self.messages, &self.push, &self.dlq, &self.push_dlq]
     }
 }
 
@@ -211,6 +216,32 @@ pub(super) fn fanout_consumer(
     consumer
         .subscribe(&[&names.messages])
         .map_err(|e| kafka_error("subscribing the fan-out consumer", e))?;
+    Ok(consumer)
+}
+
+/// A member of the `push` group on `chat.push`, committing only when told (a job is done once
+/// its pushes are).
+pub(super) fn push_consumer(
+    s: &KafkaSettings,
+    names: &Names,
+) -> Result<StreamConsumer<FanoutContext>> {
+    let mut config = base_config(s);
+    config
+        .set("group.id", &names.push_group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    let consumer: StreamConsumer<FanoutContext> = config
+        .create_with_context(FanoutContext {
+            rebalances: super::push::no_counter(),
+        })
+        .map_err(|e| kafka_error("creating the push consumer", e))?;
+    consumer
+        .subscribe(&[&names.push])
+        .map_err(|e| kafka_error("subscribing the push consumer", e))?;
     Ok(consumer)
 }
 

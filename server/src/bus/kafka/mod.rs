@@ -14,6 +14,7 @@
 
 mod client;
 mod fanout;
+pub mod push;
 #[cfg(test)]
 mod tests;
 

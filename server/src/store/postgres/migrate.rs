@@ -29,7 +29,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
 /// The advisory lock key of migrations ("chatd" + 1).
 const MIGRATION_LOCK: i64 = 0x6368_6174_6400_0001;
 
-fn latest() -> i32 {
+pub(super) fn latest() -> i32 {
     MIGRATIONS.last().map(|(v, _)| *v).unwrap_or(0)
 }
 

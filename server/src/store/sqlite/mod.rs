@@ -45,7 +45,7 @@ const MESSAGE_COLUMNS: &str =
     "message_id, chat_id, seq, sender_user_id, sender_device_id, client_msg_id, text, ciphertext, attributes, created_at";
 
 /// A push that failed for good, kept for the operator.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct DeadLetter {
     pub user_id: String,
     pub device_id: String,

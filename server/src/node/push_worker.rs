@@ -1,0 +1,85 @@
+//! `chatd push-worker`: a cluster's push sender, as its own process (as many as wanted: they
+//! share the `push` consumer group). It reads the jobs the fan-out puts on `chat.push`, sends
+//! them through the configured providers, and serves `/healthz`, `/readyz` and `/metrics` on
+//! `--listen` (the `chatd_push_*` counters live here).
+
+use super::StartError;
+use crate::bus::kafka::{push::PushJobs, KafkaSettings};
+use crate::config::Config;
+use crate::push::{self, kafka::KafkaQueue, worker::Worker};
+use crate::store::postgres::{PgOptions, PgStore};
+use crate::store::Store;
+use crate::transport::http;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    on_listen: impl FnOnce(SocketAddr),
+) -> Result<(), StartError> {
+    let Some(cluster) = config.cluster()? else {
+        return Err(StartError::Push(push::setup::SetupError::Provider(
+            "push-worker serves a cluster: set CHATD_DATABASE_URL, CHATD_REDIS_URL and \
+             CHATD_KAFKA_BROKERS (the embedded default sends pushes in process)"
+                .into(),
+        )));
+    };
+    let senders = push::setup::senders(&config.push)?;
+    if senders.is_empty() {
+        return Err(StartError::Push(push::setup::SetupError::Provider(
+            "push-worker has no provider configured (see --push-* in the README)".into(),
+        )));
+    }
+    let (pg, _commits) = PgStore::connect(&PgOptions {
+        url: cluster.database_url.clone(),
+        pool: config.database_pool,
+        migrate: config.migrate_auto,
+    })
+    .await
+    .map_err(StartError::Store)?;
+    let node_id = config
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("push-{}", super::node_id()));
+    let jobs = PushJobs::connect(&KafkaSettings {
+        brokers: cluster.kafka_brokers.clone(),
+        namespace: config.namespace.clone(),
+        partitions: config.kafka_partitions as i32,
+        node_id,
+        live_receipts_max_members: config.live_receipts_max_members as usize,
+    })
+    .await
+    .map_err(StartError::Backend)?;
+    let store: Arc<dyn Store> = pg.clone();
+    let queue = Arc::new(KafkaQueue::new(jobs, pg.clone()));
+    let settings = push::worker::Settings {
+        text: config.push.text,
+        ..Default::default()
+    };
+    // The fan-out put a job only for members with no live device: no second look.
+    let worker = Worker::new(queue, pg.clone(), None, senders, settings);
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let no_gauges: http::GaugeSource = Arc::new(Vec::new);
+    let router = http::routes(store, no_gauges);
+    let probes =
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    on_listen(addr);
+    tracing::info!(%addr, "push worker listening");
+    let work = tokio::spawn(worker.run(shutdown.clone()));
+    let served = probes.await;
+    let _ = work.await;
+    pg.close().await;
+    served.map_err(|source| StartError::Listen { addr, source })
+}

@@ -1,0 +1,63 @@
+//! Push notifications from a cluster: a chatd node on PostgreSQL, Redis and Kafka puts a job on
+//! `chat.push` for each member with no live device, and `chatd push-worker` (its own process)
+//! sends them through the providers, here the local fakes over TLS. Needs the full stack, so
+//! the suite is `#[ignore]`d; scripts/test runs it with the cluster suite.
+
+use chat_tests::push::*;
+use chat_tests::*;
+use std::time::Duration;
+
+/// The chat node, and a push worker on the same database, Redis and Kafka namespace.
+async fn node_and_worker(f: &Fakes) -> (TestServer, TestServer) {
+    require_full_stack("push_cluster");
+    let node = f.server().await;
+    let mut opts = f.options();
+    opts.command = "push-worker";
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let worker = TestServer::start_node(
+        opts,
+        node.backend().clone(),
+        Some("push-1".to_string()),
+        scratch,
+    )
+    .await;
+    (node, worker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full); scripts/test runs it"]
+async fn the_push_worker_sends_the_clusters_jobs_and_a_killed_one_loses_none() {
+    let f = fakes().await;
+    let (node, mut worker) = node_and_worker(&f).await;
+    let (mut alice, chat, _) = bob_and_alice(&f, &node).await;
+    send_text(&mut alice, &chat, "m1", "from the cluster").await;
+    until("a push at every provider", || f.counts() == [1, 1, 1, 1]).await;
+    let web = f.web.delivered()[0].json().expect("JSON payload");
+    assert_eq!(web["body"], "from the cluster", "{web}");
+    assert_eq!(pushkeys(&f.hook.notifications()[0]), [BOB_HOOK]);
+
+    // A connected device means no job at all.
+    let mut laptop = node.connect("bob", "laptop").await;
+    send_text(&mut alice, &chat, "m2", "you're here").await;
+    laptop.expect_message().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(f.counts(), [1, 1, 1, 1], "bob is connected: no push");
+    laptop.close();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The worker dies while the gateway stalls: its jobs are not committed, and the worker
+    // that comes back sends them again.
+    f.hook.answer_next(push_fakes::server::Answer::stall());
+    send_text(&mut alice, &chat, "m3", "are you there").await;
+    until("the stalled webhook push", || {
+        f.hook.notifications().len() == 2
+    })
+    .await;
+    worker.kill_and_restart().await;
+    until("the push sent again by the restarted worker", || {
+        f.hook.notifications().len() == 3
+    })
+    .await;
+    let last = &f.hook.notifications()[2];
+    assert_eq!(pushkeys(last), [BOB_HOOK], "{last}");
+}
