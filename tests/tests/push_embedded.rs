@@ -260,3 +260,33 @@ async fn bench_push_fan_out_per_provider() {
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_refused_every_time_is_dead_lettered_after_five_tries() {
+    let f = embedded_fakes().await;
+    let server = f.server().await;
+    let (mut alice, chat, _) = bob_and_alice(&f, &server).await;
+    for _ in 0..6 {
+        f.hook.answer_next(push_fakes::server::Answer::status(503));
+    }
+    send_text(&mut alice, &chat, "m", "never delivered").await;
+    let failed = || async {
+        let r = chat_tests::http::http_get(server.addr, "/metrics")
+            .await
+            .expect("GET /metrics");
+        String::from_utf8_lossy(&r.body)
+            .lines()
+            .any(|l| l == "chatd_push_failed_total{provider=\"webhook\"} 1")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !failed().await {
+        assert!(Instant::now() < deadline, "no dead letter within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Five tries (the first and four retries after a backoff), then no more.
+    assert_eq!(f.hook.notifications().len(), 5);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(f.hook.notifications().len(), 5);
+    // The other providers were not held back.
+    assert_eq!(f.counts()[..3], [1, 1, 1]);
+}
