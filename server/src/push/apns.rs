@@ -416,6 +416,7 @@ mod tests {
             provider: Provider::Apns,
             token: token.into(),
             app_id: String::new(),
+            created_at: 0,
         }
     }
 

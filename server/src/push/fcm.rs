@@ -573,6 +573,7 @@ mod tests {
             provider: Provider::Fcm,
             token: token.into(),
             app_id: String::new(),
+            created_at: 0,
         }
     }
 

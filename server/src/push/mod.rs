@@ -24,19 +24,9 @@ use std::time::Duration;
 /// tokens by it).
 pub use crate::domain::model::PushProvider as Provider;
 
-/// One registered device token: where a push for `user_id`'s `device_id` goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub user_id: String,
-    pub device_id: String,
-    pub provider: Provider,
-    /// FCM registration token; APNs device token (hex); Web Push subscription JSON
-    /// (`{"endpoint", "keys": {"p256dh", "auth"}}`); webhook pushkey.
-    pub token: String,
-    /// The app the token belongs to (APNs topic / bundle id, FCM or webhook app id); empty
-    /// for the server's default.
-    pub app_id: String,
-}
+/// Where one push goes: a registered token (the stores' type, so the worker hands a token
+/// over as it read it).
+pub use crate::domain::model::PushToken as Target;
 
 /// What one push says. Never message content when the chat's content is end-to-end encrypted:
 /// then `body` is generic and `data_only` is set.

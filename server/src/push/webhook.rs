@@ -233,6 +233,7 @@ mod tests {
             provider: Provider::Webhook,
             token: pushkey.into(),
             app_id: "org.example.chat.android".into(),
+            created_at: 0,
         }
     }
 

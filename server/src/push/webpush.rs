@@ -453,6 +453,7 @@ mod tests {
             provider: Provider::WebPush,
             token,
             app_id: String::new(),
+            created_at: 0,
         }
     }
 

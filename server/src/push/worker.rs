@@ -8,7 +8,7 @@
 
 use super::queue::{PushQueue, Taken};
 use super::setup::Senders;
-use super::{Notice, Outcome, Sender, Target};
+use super::{Notice, Outcome, Sender};
 use crate::clock::now_ms;
 use crate::domain::model::PushToken;
 use crate::domain::push::{self as rule, ChatDigest, Digests, PushText};
@@ -173,17 +173,10 @@ impl Worker {
     async fn deliver(&self, sender: Arc<dyn Sender>, token: PushToken, chat: ChatDigest) {
         let counters = METRICS.push(token.provider);
         let notice = notice(&chat, self.settings.text);
-        let target = Target {
-            user_id: token.user_id.clone(),
-            device_id: token.device_id.clone(),
-            provider: token.provider,
-            token: token.token.clone(),
-            app_id: token.app_id.clone(),
-        };
         let mut attempt = 0;
         let reason = loop {
             attempt += 1;
-            match sender.send(&target, &notice).await {
+            match sender.send(&token, &notice).await {
                 Outcome::Sent => {
                     counters.sent.fetch_add(1, Relaxed);
                     return;
