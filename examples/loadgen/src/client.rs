@@ -10,6 +10,7 @@
 //! positions for a later resume.
 
 use crate::stats::{inc, now_ns, Stats};
+use crate::ws::Ended;
 use chat_proto::v1::chat_service_client::ChatServiceClient;
 use chat_proto::v1::{
     client_frame, server_frame::Frame, Ack, ClientFrame, Content, Hello, Ping, Read, Send,
@@ -52,12 +53,6 @@ enum Inbound {
     Ws(crate::ws::Reader),
 }
 
-/// How a session's stream ended other than cleanly: a status code name and what was said.
-struct Ended {
-    code: &'static str,
-    message: String,
-}
-
 impl Inbound {
     async fn message(&mut self) -> Result<Option<ServerFrame>, Ended> {
         match self {
@@ -65,10 +60,7 @@ impl Inbound {
                 code: crate::stats::code_name(s.code() as i32),
                 message: s.message().to_string(),
             }),
-            Inbound::Ws(r) => r.message().await.map_err(|e| Ended {
-                code: e.code,
-                message: e.message,
-            }),
+            Inbound::Ws(r) => r.message().await,
         }
     }
 }

@@ -86,8 +86,8 @@ async fn write(
         .await;
 }
 
-/// How a WebSocket session ended other than cleanly: the gRPC code name its close code
-/// carries (4000 + code), or what went wrong.
+/// How a session's stream ended other than cleanly: the gRPC code name (a WebSocket close
+/// code carries it as 4000 + code), or what went wrong.
 pub struct Ended {
     pub code: &'static str,
     pub message: String,
