@@ -359,10 +359,10 @@ impl Overrides {
     fn apply(&self, layer: Layer, cfg: &mut Config) -> Result<(), ConfigError> {
         // `set!(key => field, check)`: when the layer has `key`, `check` turns it into the value.
         macro_rules! set {
-            ($key:ident => $field:ident, $check:expr) => {
+            ($key:ident => $($field:ident).+, $check:expr) => {
                 if let Some(Text(text)) = &self.$key {
                     let key = stringify!($key);
-                    cfg.$field = Raw { layer, key, text, secret: false }.check($check)?;
+                    cfg.$($field).+ = Raw { layer, key, text, secret: false }.check($check)?;
                 }
             };
             ($key:ident, $check:expr) => {
@@ -419,43 +419,29 @@ impl Overrides {
         set!(kafka_partitions, |r| r.range(1, 10_000));
         set!(database_pool, |r| r.range(2, 1_000));
         set!(cors_origins, |r| r.origins());
-        macro_rules! push {
-            ($key:ident => $field:ident, $check:expr) => {
-                if let Some(Text(text)) = &self.$key {
-                    let key = stringify!($key);
-                    cfg.push.$field = Raw {
-                        layer,
-                        key,
-                        text,
-                        secret: false,
-                    }
-                    .check($check)?;
-                }
-            };
-        }
-        push!(push_fcm_credentials => fcm_credentials, Raw::file);
-        push!(push_fcm_url => fcm_url, |r| r.url(&["https://", "http://"], "must be an http(s) URL"));
-        push!(push_fcm_token_url => fcm_token_url, |r| r.url(&["https://", "http://"], "must be an http(s) URL"));
-        push!(push_apns_key => apns_key, Raw::file);
-        push!(push_apns_key_id => apns_key_id, |r| r.word());
-        push!(push_apns_team_id => apns_team_id, |r| r.word());
-        push!(push_apns_topic => apns_topic, |r| r.word());
-        push!(push_apns_url => apns_url, |r| r.url(&["https://", "http://"], "must be an http(s) URL"));
-        push!(push_vapid_key => vapid_key, Raw::file);
-        push!(push_vapid_subject => vapid_subject, |r| r.url(&["mailto:", "https://"], "must start with mailto: or https://"));
-        push!(push_webpush_hosts => webpush_hosts, |r| {
+        set!(push_fcm_credentials => push.fcm_credentials, Raw::file);
+        set!(push_fcm_url => push.fcm_url, |r| r.url(&["https://", "http://"], "must be an http(s) URL"));
+        set!(push_fcm_token_url => push.fcm_token_url, |r| r.url(&["https://", "http://"], "must be an http(s) URL"));
+        set!(push_apns_key => push.apns_key, Raw::file);
+        set!(push_apns_key_id => push.apns_key_id, |r| r.word());
+        set!(push_apns_team_id => push.apns_team_id, |r| r.word());
+        set!(push_apns_topic => push.apns_topic, |r| r.word());
+        set!(push_apns_url => push.apns_url, |r| r.url(&["https://", "http://"], "must be an http(s) URL"));
+        set!(push_vapid_key => push.vapid_key, Raw::file);
+        set!(push_vapid_subject => push.vapid_subject, |r| r.url(&["mailto:", "https://"], "must start with mailto: or https://"));
+        set!(push_webpush_hosts => push.webpush_hosts, |r| {
             let hosts: Vec<String> = r.text.split(',').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect();
             let ok = hosts.iter().all(|h| !h.contains(['/', ' ', '@']));
             r.ensure(ok, "must be host[:port] names, comma-separated (*.domain allowed)").map(|_| Some(hosts))
         });
-        push!(push_webhook_url => webhook_url, |r| r.url(&["https://", "http://"], "must be an http(s) URL"));
-        push!(push_webhook_secret => webhook_secret, |r| {
+        set!(push_webhook_url => push.webhook_url, |r| r.url(&["https://", "http://"], "must be an http(s) URL"));
+        set!(push_webhook_secret => push.webhook_secret, |r| {
             let r = r.secret();
             let ok = r.text.is_empty() || r.text.bytes().all(|b| b.is_ascii_graphic());
             r.ensure(ok, "must be printable ASCII without spaces").map(|t| Some(t.to_string()).filter(|t| !t.is_empty()))
         });
-        push!(push_ca_file => ca_file, Raw::file);
-        push!(push_text => text, |r| {
+        set!(push_ca_file => push.ca_file, Raw::file);
+        set!(push_text => push.text, |r| {
             let reason = format!("must be one of {}", crate::domain::push::PushText::NAMES);
             crate::domain::push::PushText::from_name(r.text.trim()).ok_or_else(|| r.invalid(reason))
         });
