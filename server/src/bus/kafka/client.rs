@@ -235,8 +235,9 @@ pub(super) fn push_consumer(
         .set("heartbeat.interval.ms", "1000")
         .set("partition.assignment.strategy", "cooperative-sticky");
     let consumer: StreamConsumer<FanoutContext> = config
+        // The push group's rebalances are not counted: a worker only commits what it sent.
         .create_with_context(FanoutContext {
-            rebalances: super::push::no_counter(),
+            rebalances: Arc::default(),
         })
         .map_err(|e| kafka_error("creating the push consumer", e))?;
     consumer

@@ -8,7 +8,6 @@ use crate::bus::wire::PushJob;
 use crate::{Error, Result};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::Message as _;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -58,8 +57,7 @@ impl PushJobs {
 
     /// Commits everything taken so far: those jobs are done.
     pub async fn commit(&self) -> Result<()> {
-        let consumer = &self.consumer;
-        match consumer.commit_consumer_state(CommitMode::Sync) {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => Ok(()),
             // Nothing taken since the last commit.
             Err(rdkafka::error::KafkaError::ConsumerCommit(
@@ -80,9 +78,4 @@ impl PushJobs {
             .produce(&self.names.push_dlq, vec![record])
             .await
     }
-}
-
-/// Unused: the push group's rebalances are not counted.
-pub(super) fn no_counter() -> Arc<std::sync::atomic::AtomicU64> {
-    Arc::default()
 }
