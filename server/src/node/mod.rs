@@ -59,6 +59,14 @@ pub enum StartError {
     Reflection(String),
 }
 
+/// The node's listening socket and the address it got (`--listen` may ask for port 0).
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let failed = |source| StartError::Listen { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
+    Ok((listener, local))
+}
+
 /// A random node id for `Welcome.node_id` and session ids.
 fn node_id() -> String {
     format!("node-{}", &crate::domain::ids::new_id()[24..])
@@ -207,16 +215,7 @@ pub async fn run(
         router = web::static_files(router, root);
     }
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let (listener, local) = bind(config.listen).await?;
     on_listen(local);
     tracing::info!(%local, node_id, "chatd serving");
 

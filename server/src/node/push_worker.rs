@@ -61,16 +61,7 @@ pub async fn run(
     // The fan-out put a job only for members with no live device: no second look.
     let worker = Worker::new(queue, pg.clone(), None, senders, settings);
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let (listener, addr) = super::bind(config.listen).await?;
     let no_gauges: http::GaugeSource = Arc::new(Vec::new);
     let router = http::routes(store, no_gauges);
     let probes =
