@@ -24,14 +24,20 @@ fn unregister(provider: PushProvider, token: &str) -> UnregisterPushTokenRequest
     }
 }
 
+/// The user agent's public key of RFC 8291's example: a point on P-256.
+const UA_PUBLIC: &str =
+    "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
+
 /// A browser's `PushSubscription.toJSON()`.
 fn subscription(endpoint: &str) -> String {
-    let mut p256dh = vec![4u8];
-    p256dh.extend([9u8; 64]);
+    subscription_with_key(endpoint, UA_PUBLIC)
+}
+
+fn subscription_with_key(endpoint: &str, p256dh: &str) -> String {
     serde_json::json!({
         "endpoint": endpoint,
         "expirationTime": null,
-        "keys": { "p256dh": B64URL.encode(&p256dh), "auth": B64URL.encode([3u8; 16]) },
+        "keys": { "p256dh": p256dh, "auth": B64URL.encode([3u8; 16]) },
     })
     .to_string()
 }
@@ -40,7 +46,8 @@ fn subscription(endpoint: &str) -> String {
 async fn every_provider_registers_and_unregisters() {
     let server = TestServer::start().await;
     let mut alice = server.client("alice", "phone").await;
-    let web_push = subscription("https://push.example/send/abc");
+    // The default push services a subscription may name are the browsers' own.
+    let web_push = subscription("https://fcm.googleapis.com/fcm/send/abc");
     let tokens = [
         (PushProvider::Fcm, "dGVzdA:APA91bH-x_y.z", ""),
         (PushProvider::Apns, &*"0a".repeat(32), "com.example.chat"),
@@ -78,13 +85,24 @@ async fn bad_registrations_are_refused_naming_the_field() {
     let server = TestServer::start().await;
     let mut alice = server.client("alice", "phone").await;
     let bad_endpoint = subscription("http://push.example/send/abc");
-    let cases: [(PushProvider, &str, &str, &str); 8] = [
+    // Well-formed, but never sendable: an endpoint off the allowed push services, and a key
+    // that is not a point on the curve.
+    let other_service = subscription("https://push.example/send/abc");
+    let mut off_curve = vec![4u8];
+    off_curve.extend([9u8; 64]);
+    let off_curve = subscription_with_key(
+        "https://fcm.googleapis.com/fcm/send/abc",
+        &B64URL.encode(&off_curve),
+    );
+    let cases: [(PushProvider, &str, &str, &str); 10] = [
         (PushProvider::Unspecified, "abc", "", "provider"),
         (PushProvider::Fcm, "", "", "token"),
         (PushProvider::Fcm, "has spaces in it", "", "token"),
         (PushProvider::Apns, "not-hex", "", "token"),
         (PushProvider::Webpush, "{not json", "", "token"),
         (PushProvider::Webpush, &bad_endpoint, "", "token.endpoint"),
+        (PushProvider::Webpush, &other_service, "", "endpoint"),
+        (PushProvider::Webpush, &off_curve, "", "p256dh"),
         (
             PushProvider::Webhook,
             "https://evil.example/ok",

@@ -16,13 +16,19 @@ pub const MAX_APP_ID_CHARS: usize = 255;
 /// The longest Web Push endpoint URL accepted.
 const MAX_ENDPOINT_BYTES: usize = 2048;
 
+/// A provider's own check of a token in its canonical spelling (a Web Push key on the curve,
+/// its endpoint on an allowed push service), so that a token that could never be sent to is
+/// refused when it is registered rather than failing at every push.
+pub type TokenCheck = Arc<dyn Fn(PushProvider, &str) -> Result<()> + Send + Sync>;
+
 pub struct PushTokens {
     store: Arc<dyn PushTokenStore>,
+    check: Option<TokenCheck>,
 }
 
 impl PushTokens {
-    pub fn new(store: Arc<dyn PushTokenStore>) -> Self {
-        PushTokens { store }
+    pub fn new(store: Arc<dyn PushTokenStore>, check: Option<TokenCheck>) -> Self {
+        PushTokens { store, check }
     }
 
     /// Stores `token` for `user_id`'s `device_id`, replacing the device's earlier token of that
@@ -38,6 +44,9 @@ impl PushTokens {
     ) -> Result<()> {
         let provider = provider.ok_or_else(|| Error::invalid("provider", "is required"))?;
         let token = canonical(provider, token)?;
+        if let Some(check) = &self.check {
+            check(provider, &token)?;
+        }
         check_app_id(app_id)?;
         self.store
             .register_push_token(PushToken {

@@ -176,6 +176,7 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    let token_check = crate::push::setup::token_check(&config.push)?;
     let websockets = WebSockets::new(
         authenticator.clone(),
         sessions.clone(),
@@ -185,7 +186,7 @@ pub async fn run(
         authenticator,
         chats,
         messaging,
-        Arc::new(PushTokens::new(store.clone())),
+        Arc::new(PushTokens::new(store.clone(), Some(token_check))),
         sessions,
     ))
     .max_decoding_message_size(config.max_frame_bytes());

@@ -6,9 +6,10 @@ use super::apns::{ApnsConfig, ApnsSender};
 use super::fcm::{FcmConfig, FcmSender};
 use super::http::{HttpClient, HttpConfig};
 use super::webhook::{WebhookConfig, WebhookSender};
-use super::webpush::{WebPushConfig, WebPushSender};
+use super::webpush::{self, WebPushConfig, WebPushSender};
 use super::{Provider, Sender};
 use crate::config::PushConfig;
+use crate::domain::push_tokens::TokenCheck;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +59,25 @@ pub enum SetupError {
 
 fn provider_err(e: impl std::fmt::Display) -> SetupError {
     SetupError::Provider(e.to_string())
+}
+
+/// The providers' checks of a token at registration: a Web Push subscription must have valid
+/// keys and point at an allowed push service (whether or not Web Push is on, so a token never
+/// waits in the store for a push it could not get).
+pub fn token_check(cfg: &PushConfig) -> Result<TokenCheck, SetupError> {
+    let hosts = cfg
+        .webpush_hosts
+        .clone()
+        .unwrap_or_else(webpush::default_allowed_hosts);
+    let allowed = webpush::AllowedHosts::new(&hosts).map_err(provider_err)?;
+    Ok(Arc::new(move |provider, token| {
+        if provider != Provider::WebPush {
+            return Ok(());
+        }
+        let refused = |e: webpush::WebPushError| crate::Error::invalid("token", e.to_string());
+        let subscription = webpush::parse_subscription(token).map_err(refused)?;
+        allowed.check(&subscription).map_err(refused)
+    }))
 }
 
 /// Builds every provider `cfg` configures.
