@@ -115,7 +115,7 @@ impl Digests {
 
 /// What the push for `digest` says under `style`.
 pub fn content(digest: &ChatDigest, style: PushText) -> PushContent {
-    let data = BTreeMap::from([
+    let mut data = BTreeMap::from([
         ("chat_id".to_string(), digest.chat_id.clone()),
         ("seq".to_string(), digest.last_seq.to_string()),
         ("message_id".to_string(), digest.last_message_id.clone()),
@@ -143,7 +143,6 @@ pub fn content(digest: &ChatDigest, style: PushText) -> PushContent {
         }
         PushText::SenderAndText => (Some(digest.last_sender.clone()), preview(&digest.last_text)),
     };
-    let mut data = data;
     if title.is_some() {
         // Only where the sender is shown anyway (a webhook gateway passes it on).
         data.insert("sender_id".to_string(), digest.last_sender.clone());

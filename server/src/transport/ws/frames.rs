@@ -836,12 +836,12 @@ mod tests {
         assert!(!e.message.contains("SELECT"));
     }
 
-    #[test]
-    fn messages_encode_flat_with_the_sender() {
-        let m = Arc::new(d::Message {
+    /// alice's "hi" from her phone, seq `seq`, in chat "c".
+    fn hi(seq: u64) -> Arc<d::Message> {
+        Arc::new(d::Message {
             message_id: "m".into(),
             chat_id: "c".into(),
-            seq: 3,
+            seq,
             sender_user_id: "alice".into(),
             sender_device_id: "phone".into(),
             client_msg_id: "k".into(),
@@ -851,7 +851,12 @@ mod tests {
             },
             created_at: 9,
             wire: Default::default(),
-        });
+        })
+    }
+
+    #[test]
+    fn messages_encode_flat_with_the_sender() {
+        let m = hi(3);
         let peer = Peer {
             user_id: "bob",
             device_id: "web",
@@ -874,20 +879,7 @@ mod tests {
 
     #[test]
     fn a_message_event_is_encoded_once_for_every_recipient() {
-        let m = std::sync::Arc::new(d::Message {
-            message_id: "m".into(),
-            chat_id: "c".into(),
-            seq: 1,
-            sender_user_id: "alice".into(),
-            sender_device_id: "phone".into(),
-            client_msg_id: "k".into(),
-            content: d::Content {
-                text: "hi".into(),
-                ..Default::default()
-            },
-            created_at: 9,
-            wire: Default::default(),
-        });
+        let m = hi(1);
         let out = Output::Event(d::Event::Message(m));
         let text = |user_id| {
             let peer = Peer {
