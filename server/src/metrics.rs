@@ -4,7 +4,7 @@
 //! path; gauges (sessions, queue depths) are read from their owners when scraped.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -79,6 +79,9 @@ pub struct Metrics {
     pub websockets_total: AtomicU64,
     /// Pushes by provider (FCM, APNs, Web Push, webhook) and what became of them.
     pub push: [PushCounters; 4],
+    /// Dead letters kept now for every provider together, where the queue cannot count them
+    /// per provider (the cluster's `chat.push.dlq`); negative until counted.
+    pub push_dlq_depth_all: AtomicI64,
     /// Errors returned to clients, by gRPC code.
     pub errors: [AtomicU64; CODES],
     /// Time from a send's arrival to its commit.
@@ -97,6 +100,7 @@ pub static METRICS: Metrics = Metrics {
     websockets_open: AtomicU64::new(0),
     websockets_total: AtomicU64::new(0),
     push: [const { PushCounters::new() }; 4],
+    push_dlq_depth_all: AtomicI64::new(-1),
     errors: [const { AtomicU64::new(0) }; CODES],
     send_latency: Histogram::new(LATENCY_BUCKETS),
     commit_batch: Histogram::new(BATCH_BUCKETS),
@@ -111,6 +115,8 @@ pub struct PushCounters {
     pub dead_tokens: AtomicU64,
     /// Pushes that failed for good (dead-lettered).
     pub failed: AtomicU64,
+    /// Dead letters kept for this provider now; negative until a worker counted them.
+    pub dlq_depth: AtomicI64,
 }
 
 impl PushCounters {
@@ -120,6 +126,7 @@ impl PushCounters {
             retries: AtomicU64::new(0),
             dead_tokens: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            dlq_depth: AtomicI64::new(-1),
         }
     }
 }
@@ -244,6 +251,19 @@ pub fn render(gauges: &[Gauge]) -> String {
                 provider.name(),
                 read(c).load(Relaxed)
             );
+        }
+    }
+    let depths = crate::domain::model::PushProvider::ALL
+        .iter()
+        .zip(&m.push)
+        .map(|(p, c)| (p.name(), c.dlq_depth.load(Relaxed)))
+        .chain([("all", m.push_dlq_depth_all.load(Relaxed))])
+        .filter(|(_, n)| *n >= 0)
+        .collect::<Vec<_>>();
+    if !depths.is_empty() {
+        let _ = writeln!(out, "# HELP chatd_push_dlq_depth Dead-lettered pushes kept now (provider=\"all\" where the queue holds every provider's together).\n# TYPE chatd_push_dlq_depth gauge");
+        for (provider, n) in depths {
+            let _ = writeln!(out, "chatd_push_dlq_depth{{provider=\"{provider}\"}} {n}");
         }
     }
     let _ = writeln!(out, "# HELP chatd_errors_total Errors returned to clients, by gRPC code.\n# TYPE chatd_errors_total counter");

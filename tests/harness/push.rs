@@ -123,6 +123,18 @@ pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// [`until`] for a check that has to await (an HTTP probe).
+pub async fn until_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Bob with a token at every provider (one device), alice with a webhook token, and their chat.
 pub async fn bob_and_alice(f: &Fakes, server: &TestServer) -> (Client, String, String) {
     let mut bob = server.client("bob", "phone").await;

@@ -45,14 +45,22 @@ async fn the_push_worker_sends_the_clusters_jobs_and_a_killed_one_loses_none() {
     laptop.close();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // The worker dies while the gateway stalls: its jobs are not committed, and the worker
-    // that comes back sends them again.
+    // Each provider reads chat.push in its own group: a stalled gateway holds back only the
+    // webhook's pushes.
     f.hook.answer_next(push_fakes::server::Answer::stall());
     send_text(&mut alice, &chat, "m3", "are you there").await;
     until("the stalled webhook push", || {
         f.hook.notifications().len() == 2
     })
     .await;
+    send_text(&mut alice, &chat, "m4", "hello?").await;
+    until("the other providers' pushes of m3 and m4", || {
+        f.counts()[..3] == [3, 3, 3]
+    })
+    .await;
+
+    // The worker dies while the gateway stalls: the webhook's jobs are not committed, and the
+    // worker that comes back sends them again; the other groups committed theirs.
     worker.kill_and_restart().await;
     until("the push sent again by the restarted worker", || {
         f.hook.notifications().len() == 3
@@ -60,4 +68,20 @@ async fn the_push_worker_sends_the_clusters_jobs_and_a_killed_one_loses_none() {
     .await;
     let last = &f.hook.notifications()[2];
     assert_eq!(pushkeys(last), [BOB_HOOK], "{last}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        f.counts()[..3],
+        [3, 3, 3],
+        "a group sent again what it had committed"
+    );
+
+    // chat.push.dlq's depth, all providers together.
+    let metrics = chat_tests::http::http_get(worker.addr, "/metrics")
+        .await
+        .expect("GET /metrics");
+    let metrics = String::from_utf8_lossy(&metrics.body).to_string();
+    assert!(
+        metrics.contains("chatd_push_dlq_depth{provider=\"all\"} 0"),
+        "{metrics}"
+    );
 }

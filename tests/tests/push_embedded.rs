@@ -73,7 +73,13 @@ async fn no_push_while_connected_and_a_burst_is_gathered() {
     // The registry forgets the session when its stream ends.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    send_many(&mut alice, &chat, "burst", 5).await;
+    // Five at once (a pass that takes the first of them waits for the rest to settle).
+    let burst = (1..=5).map(|i| {
+        let mut alice = alice.clone();
+        let chat = chat.clone();
+        async move { send_text(&mut alice, &chat, &format!("burst-{i}"), "burst").await }
+    });
+    futures_util::future::join_all(burst).await;
     let counted = || -> u64 {
         f.hook
             .notifications()
@@ -85,11 +91,10 @@ async fn no_push_while_connected_and_a_burst_is_gathered() {
         counted() == 5
     })
     .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let pushes = f.hook.notifications().len();
-    assert!(
-        (1..5).contains(&pushes),
-        "five messages sent at once make fewer than five pushes, got {pushes}"
-    );
+    assert_eq!(pushes, 1, "five messages sent at once make one push");
+    assert_eq!(f.counts(), [1, 1, 1, 1], "one push per provider");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,15 +196,36 @@ async fn a_stalled_provider_holds_up_no_other_and_a_killed_worker_loses_no_push(
         f.hook.notifications().len() == 1
     })
     .await;
+    // Each provider keeps its own place in the queue: while the webhook's lane still waits on
+    // its first push, the next message goes out at the others.
+    let sent = Instant::now();
+    send_text(&mut alice, &chat, "m2", "hello?").await;
+    until("the others' pushes of the next message", || {
+        f.counts()[..3] == [2, 2, 2]
+    })
+    .await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "the stalled webhook held the next message's pushes up for {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(f.hook.notifications().len(), 1);
 
-    // The node dies while its push pass waits on the stalled gateway: the pass's intents are
-    // still there when it comes back, and the push goes out again.
+    // The node dies while the webhook's pass waits on the stalled gateway: its intents are
+    // still there when it comes back, and the push goes out again (both messages in one); the
+    // other lanes had recorded their place and send nothing twice.
     server.kill_and_restart().await;
     until("the push sent again after the restart", || {
         f.hook.notifications().len() == 2
     })
     .await;
     assert_eq!(pushkeys(&f.hook.notifications()[1]), [BOB_HOOK]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        f.counts()[..3],
+        [2, 2, 2],
+        "a lane sent again what it had done"
+    );
 }
 
 /// Figures, not a check: `CHATD_BIN=target/release/chatd cargo test -p chat-tests --test
@@ -270,19 +296,27 @@ async fn a_push_refused_every_time_is_dead_lettered_after_five_tries() {
         f.hook.answer_next(push_fakes::server::Answer::status(503));
     }
     send_text(&mut alice, &chat, "m", "never delivered").await;
-    let failed = || async {
+    let metric = |line: &'static str| async move {
         let r = chat_tests::http::http_get(server.addr, "/metrics")
             .await
             .expect("GET /metrics");
-        String::from_utf8_lossy(&r.body)
-            .lines()
-            .any(|l| l == "chatd_push_failed_total{provider=\"webhook\"} 1")
+        String::from_utf8_lossy(&r.body).lines().any(|l| l == line)
     };
+    // The depth gauge starts at what the table holds.
+    until_async("the dead-letter depth gauge at 0", || {
+        metric("chatd_push_dlq_depth{provider=\"webhook\"} 0")
+    })
+    .await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !failed().await {
+    while !metric("chatd_push_failed_total{provider=\"webhook\"} 1").await {
         assert!(Instant::now() < deadline, "no dead letter within 30 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    until_async("the dead-letter depth gauge at 1", || {
+        metric("chatd_push_dlq_depth{provider=\"webhook\"} 1")
+    })
+    .await;
+    assert!(metric("chatd_push_dlq_depth{provider=\"fcm\"} 0").await);
     // Five tries (the first and four retries after a backoff), then no more.
     assert_eq!(f.hook.notifications().len(), 5);
     tokio::time::sleep(Duration::from_millis(1500)).await;

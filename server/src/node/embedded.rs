@@ -30,18 +30,20 @@ pub(super) fn start(config: &Config, w: Wiring) -> Result<Backends, StartError> 
     let fanout = tokio::spawn(fanout.run(outbox, w.ephemeral));
     let registry: Arc<dyn Registry> = Arc::new(LocalRegistry::default());
     let mut tasks = vec![fanout];
-    if !senders.is_empty() {
-        let settings = push::worker::Settings {
-            text: config.push.text,
-            ..Default::default()
-        };
-        let queue = Arc::new(push::queue::SqliteQueue(sqlite.clone()));
+    let settings = push::worker::Settings {
+        text: config.push.text,
+        ..Default::default()
+    };
+    // A lane per provider, each with its own position in the intents.
+    for sender in senders.iter() {
+        let queue =
+            push::queue::SqliteQueue::new(sqlite.clone(), sender.provider(), senders.providers());
         let worker = push::worker::Worker::new(
-            queue,
+            sender.clone(),
+            Arc::new(queue),
             sqlite.clone(),
             Some(registry.clone()),
-            senders,
-            settings,
+            settings.clone(),
         );
         tasks.push(tokio::spawn(worker.run(w.shutdown.clone())));
     }

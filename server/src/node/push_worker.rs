@@ -1,5 +1,5 @@
 //! `chatd push-worker`: a cluster's push sender, as its own process (as many as wanted: they
-//! share the `push` consumer group). It reads the jobs the fan-out puts on `chat.push`, sends
+//! share the `push.<provider>` consumer groups, one per provider). It reads the jobs the fan-out puts on `chat.push`, sends
 //! them through the configured providers, and serves `/healthz`, `/readyz` and `/metrics` on
 //! `--listen` (the `chatd_push_*` counters live here).
 
@@ -53,13 +53,23 @@ pub async fn run(
     .await
     .map_err(StartError::Backend)?;
     let store: Arc<dyn Store> = pg.clone();
-    let queue = Arc::new(KafkaQueue::new(jobs, pg.clone()));
     let settings = push::worker::Settings {
         text: config.push.text,
         ..Default::default()
     };
     // The fan-out put a job only for members with no live device: no second look.
-    let worker = Worker::new(queue, pg.clone(), None, senders, settings);
+    let mut workers = Vec::new();
+    for sender in senders.iter() {
+        let lane = jobs.lane(sender.provider()).map_err(StartError::Backend)?;
+        let queue = Arc::new(KafkaQueue::new(lane, pg.clone()));
+        workers.push(Worker::new(
+            sender.clone(),
+            queue,
+            pg.clone(),
+            None,
+            settings.clone(),
+        ));
+    }
 
     let (listener, addr) = super::bind(config.listen).await?;
     let no_gauges: http::GaugeSource = Arc::new(Vec::new);
@@ -68,9 +78,14 @@ pub async fn run(
         axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     on_listen(addr);
     tracing::info!(%addr, "push worker listening");
-    let work = tokio::spawn(worker.run(shutdown.clone()));
+    let lanes: Vec<_> = workers
+        .into_iter()
+        .map(|w| tokio::spawn(w.run(shutdown.clone())))
+        .collect();
     let served = probes.await;
-    let _ = work.await;
+    for lane in lanes {
+        let _ = lane.await;
+    }
     pg.close().await;
     served.map_err(|source| StartError::Listen { addr, source })
 }

@@ -1,8 +1,9 @@
 //! The cluster's push queue: the jobs the fan-out put on `chat.push` (one per member with no
-//! live device), their messages read from the store, committed once their pushes are done.
+//! live device), their messages read from the store, committed once their pushes are done;
+//! one [`PushLane`] (consumer group) per provider.
 
-use super::queue::{Ack, Job, PushQueue, Taken};
-use crate::bus::kafka::push::PushJobs;
+use super::queue::{Ack, DlqDepth, Job, PushQueue, Taken};
+use crate::bus::kafka::push::PushLane;
 use crate::store::sqlite::DeadLetter;
 use crate::store::{MessageStore, SeqRange};
 use crate::{Error, Result};
@@ -15,12 +16,12 @@ use std::time::Duration;
 const TAKE_WAIT: Duration = Duration::from_millis(200);
 
 pub struct KafkaQueue {
-    jobs: PushJobs,
+    jobs: PushLane,
     messages: Arc<dyn MessageStore>,
 }
 
 impl KafkaQueue {
-    pub fn new(jobs: PushJobs, messages: Arc<dyn MessageStore>) -> Self {
+    pub fn new(jobs: PushLane, messages: Arc<dyn MessageStore>) -> Self {
         KafkaQueue { jobs, messages }
     }
 }
@@ -73,6 +74,13 @@ impl PushQueue for KafkaQueue {
 
     async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
         let payload = serde_json::to_vec(&letter).map_err(Error::internal)?;
-        self.jobs.dead_letter(&letter.user_id, &payload).await
+        self.jobs
+            .jobs()
+            .dead_letter(&letter.user_id, &payload)
+            .await
+    }
+
+    async fn dead_letter_depth(&self) -> Result<DlqDepth> {
+        Ok(DlqDepth::All(self.jobs.jobs().dead_letter_depth().await?))
     }
 }

@@ -34,6 +34,10 @@ impl Senders {
         self.0.keys().copied().collect()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Sender>> {
+        self.0.values()
+    }
+
     /// For tests: any set of senders.
     pub fn of(senders: Vec<Arc<dyn Sender>>) -> Self {
         Senders(senders.into_iter().map(|s| (s.provider(), s)).collect())

@@ -3,6 +3,7 @@
 //! [`Error::Unavailable`].
 
 use super::KafkaSettings;
+use crate::domain::model::PushProvider;
 use crate::{Error, Result};
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -35,9 +36,10 @@ pub(super) struct Names {
     pub(super) dlq: String,
     /// The consumer group every node's fan-out joins.
     pub(super) group: String,
-    /// The push workers' group, and where their failed pushes go.
-    pub(super) push_group: String,
+    /// Where the push workers' failed pushes go.
     pub(super) push_dlq: String,
+    /// The prefix of the push workers' groups, one per provider.
+    push_groups: String,
 }
 
 impl Names {
@@ -51,9 +53,15 @@ impl Names {
             push: format!("{p}chat.push"),
             dlq: format!("{p}chat.messages.dlq"),
             group: format!("{p}fanout"),
-            push_group: format!("{p}push"),
             push_dlq: format!("{p}chat.push.dlq"),
+            push_groups: format!("{p}push"),
         }
+    }
+
+    /// The group of `provider`'s push lane: each provider keeps its own position in
+    /// `chat.push`, so one that stalls holds back only its own pushes.
+    pub(super) fn push_group(&self, provider: PushProvider) -> String {
+        format!("{}.{}", self.push_groups, provider.name())
     }
 
     fn topics(&self) -> [&String; 4] {
@@ -224,10 +232,11 @@ pub(super) fn fanout_consumer(
 pub(super) fn push_consumer(
     s: &KafkaSettings,
     names: &Names,
+    provider: PushProvider,
 ) -> Result<StreamConsumer<FanoutContext>> {
     let mut config = base_config(s);
     config
-        .set("group.id", &names.push_group)
+        .set("group.id", names.push_group(provider))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "100")
@@ -325,6 +334,28 @@ impl Producer {
             Ok(p) => *current = p,
             Err(e) => tracing::error!(error = %e, "cannot create a Kafka producer"),
         }
+    }
+
+    /// Records `topic` holds now, over all its partitions (high minus low watermark).
+    pub(super) async fn retained(&self, topic: &str) -> Result<u64> {
+        let producer = self.current();
+        let topic = topic.to_string();
+        let count = move || -> std::result::Result<u64, KafkaError> {
+            let client = producer.client();
+            let metadata = client.fetch_metadata(Some(&topic), CONNECT_TIMEOUT)?;
+            let mut total = 0;
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    let (low, high) = client.fetch_watermarks(&topic, p.id(), CONNECT_TIMEOUT)?;
+                    total += (high - low).max(0) as u64;
+                }
+            }
+            Ok(total)
+        };
+        tokio::task::spawn_blocking(count)
+            .await
+            .map_err(|e| kafka_error("counting records", e))?
+            .map_err(|e| kafka_error("counting records", e))
     }
 
     /// Produces `records` to `topic` in order and waits for all of them.

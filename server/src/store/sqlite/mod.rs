@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0002_realtime.sql"),
     include_str!("../../../../migrations/sqlite/0003_push_tokens.sql"),
     include_str!("../../../../migrations/sqlite/0004_push_intents.sql"),
+    include_str!("../../../../migrations/sqlite/0006_push_lanes.sql"),
 ];
 const WRITE_QUEUE: usize = 8192;
 const OUTBOX_QUEUE: usize = 8192;
@@ -119,17 +120,46 @@ impl SqliteStore {
         Ok((Arc::new(store), outbox_rx))
     }
 
-    /// The oldest push intents (id and message), at most `limit`; an intent whose message was
-    /// purged meanwhile comes with `None`.
-    pub async fn push_intents(&self, limit: u32) -> Result<Vec<(i64, Option<Message>)>> {
+    /// The oldest push intents after `after` (id and message), at most `limit`; an intent
+    /// whose message was purged meanwhile comes with `None`.
+    pub async fn push_intents(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Option<Message>)>> {
         self.readers
-            .run(move |c| reads::push_intents(c, limit))
+            .run(move |c| reads::push_intents(c, after, limit))
             .await
     }
 
-    /// Removes the push intents up to `id`: every push for them is done.
-    pub async fn push_intents_done(&self, up_to: i64) -> Result<()> {
-        self.write(|reply| WriteOp::PushIntentsDone { up_to, reply })
+    /// Where `lane` stands: the last intent it is done with (0 for a lane that never ran).
+    pub async fn push_position(&self, lane: PushProvider) -> Result<i64> {
+        self.readers
+            .run(move |c| reads::push_position(c, lane))
+            .await
+    }
+
+    /// `lane` is done with the intents up to `up_to`; those every one of `lanes` is done with
+    /// are removed.
+    pub async fn push_intents_done(
+        &self,
+        lane: PushProvider,
+        up_to: i64,
+        lanes: Vec<PushProvider>,
+    ) -> Result<()> {
+        self.write(|reply| WriteOp::PushIntentsDone {
+            lane,
+            up_to,
+            lanes,
+            reply,
+        })
+        .await
+    }
+
+    /// Dead letters kept for `provider`.
+    pub async fn push_dead_letters(&self, provider: PushProvider) -> Result<u64> {
+        self.readers
+            .run(move |c| reads::push_dead_letters(c, provider))
             .await
     }
 

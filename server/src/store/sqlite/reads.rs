@@ -425,11 +425,19 @@ pub(super) fn ping(c: &Connection) -> Result<()> {
     c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err)
 }
 
-pub(super) fn push_intents(c: &Connection, limit: u32) -> Result<Vec<(i64, Option<Message>)>> {
+pub(super) fn push_intents(
+    c: &Connection,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<(i64, Option<Message>)>> {
     let intents: Vec<(i64, String, i64)> = c
-        .prepare_cached("SELECT id, chat_id, seq FROM push_intents ORDER BY id LIMIT ?1")
+        .prepare_cached(
+            "SELECT id, chat_id, seq FROM push_intents WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )
         .map_err(db_err)?
-        .query_map(params![limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_map(params![after, limit], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .map_err(db_err)?
         .collect::<std::result::Result<_, _>>()
         .map_err(db_err)?;
@@ -448,4 +456,21 @@ pub(super) fn push_intents(c: &Connection, limit: u32) -> Result<Vec<(i64, Optio
             Ok((id, m))
         })
         .collect()
+}
+
+pub(super) fn push_position(c: &Connection, lane: PushProvider) -> Result<i64> {
+    c.prepare_cached("SELECT done_up_to FROM push_positions WHERE provider = ?1")
+        .map_err(db_err)?
+        .query_row(params![lane.name()], |r| r.get(0))
+        .optional()
+        .map_err(db_err)
+        .map(Option::unwrap_or_default)
+}
+
+pub(super) fn push_dead_letters(c: &Connection, provider: PushProvider) -> Result<u64> {
+    c.prepare_cached("SELECT COUNT(*) FROM push_dead_letters WHERE provider = ?1")
+        .map_err(db_err)?
+        .query_row(params![provider.name()], |r| r.get::<_, i64>(0))
+        .map_err(db_err)
+        .map(|n| n.max(0) as u64)
 }

@@ -211,8 +211,9 @@ async fn reopening_keeps_everything_and_a_newer_schema_is_refused() {
 }
 
 /// With push on, each message leaves an intent in its own transaction (so a crash cannot keep
-/// the message and lose its push); a refused append leaves none; "done" removes up to an id;
-/// an intent whose message was purged reads as `None`.
+/// the message and lose its push); a refused append leaves none; each lane keeps its own
+/// position, and an intent goes once every lane is past it; an intent whose message was
+/// purged reads as `None`.
 #[tokio::test]
 async fn push_intents_follow_their_messages() {
     let dir = tempfile::tempdir().unwrap();
@@ -233,19 +234,63 @@ async fn push_intents_follow_their_messages() {
         .append_message(new_message(&chat, "mallory", "m", 2_000))
         .await
         .is_err());
-    let intents = store.push_intents(10).await.unwrap();
+    let intents = store.push_intents(0, 10).await.unwrap();
     let seqs: Vec<u64> = intents
         .iter()
         .map(|(_, m)| m.as_ref().map_or(0, |m| m.seq))
         .collect();
     assert_eq!(seqs, [1, 2, 3]);
-    store.push_intents_done(intents[1].0).await.unwrap();
-    let left = store.push_intents(10).await.unwrap();
-    assert_eq!(left.len(), 1);
-    assert_eq!(left[0].1.as_ref().map(|m| m.seq), Some(3));
+    let seqs_after = |after| {
+        let store = store.clone();
+        async move {
+            let left = store.push_intents(after, 10).await.unwrap();
+            left.iter()
+                .map(|(_, m)| m.as_ref().map_or(0, |m| m.seq))
+                .collect::<Vec<u64>>()
+        }
+    };
+    use PushProvider::{Apns, Fcm};
+    let lanes = vec![Fcm, Apns];
+    assert_eq!(store.push_position(Fcm).await.unwrap(), 0);
+    // FCM moves on alone: nothing is removed while APNs has not passed it.
+    store
+        .push_intents_done(Fcm, intents[1].0, lanes.clone())
+        .await
+        .unwrap();
+    assert_eq!(store.push_position(Fcm).await.unwrap(), intents[1].0);
+    assert_eq!(store.push_position(Apns).await.unwrap(), 0);
+    assert_eq!(seqs_after(0).await, [1, 2, 3]);
+    assert_eq!(seqs_after(intents[1].0).await, [3]);
+    // APNs passes the first; a position never goes back.
+    store
+        .push_intents_done(Apns, intents[0].0, lanes.clone())
+        .await
+        .unwrap();
+    store
+        .push_intents_done(Fcm, intents[0].0, lanes.clone())
+        .await
+        .unwrap();
+    assert_eq!(store.push_position(Fcm).await.unwrap(), intents[1].0);
+    assert_eq!(seqs_after(0).await, [2, 3]);
+    store
+        .push_intents_done(Apns, intents[2].0, lanes.clone())
+        .await
+        .unwrap();
+    assert_eq!(seqs_after(0).await, [3]);
     // Purged by retention: the intent stays until done, without its message.
     store.purge_before(i64::MAX, 100).await.unwrap();
-    assert!(store.push_intents(10).await.unwrap()[0].1.is_none());
+    assert!(store.push_intents(0, 10).await.unwrap()[0].1.is_none());
+    store
+        .push_intents_done(Fcm, intents[2].0, lanes)
+        .await
+        .unwrap();
+    assert!(store.push_intents(0, 10).await.unwrap().is_empty());
+    // An id is never used twice (an empty table must not start again behind the lanes).
+    store
+        .append_message(new_message(&chat, "alice", "4", 3_000))
+        .await
+        .unwrap();
+    assert_eq!(seqs_after(intents[2].0).await, [4]);
 
     // Without push, nothing is recorded.
     let dir = tempfile::tempdir().unwrap();
@@ -255,5 +300,28 @@ async fn push_intents_follow_their_messages() {
         .append_message(new_message(&chat, "alice", "x", 1))
         .await
         .unwrap();
-    assert!(store.push_intents(10).await.unwrap().is_empty());
+    assert!(store.push_intents(0, 10).await.unwrap().is_empty());
+}
+
+/// The dead-letter depth gauge counts each provider's own letters.
+#[tokio::test]
+async fn dead_letters_are_counted_per_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _outbox) = SqliteStore::open_with(dir.path(), true).unwrap();
+    let letter = |provider| DeadLetter {
+        user_id: "bob".into(),
+        device_id: "d1".into(),
+        provider,
+        chat_id: "c".into(),
+        seq: 1,
+        reason: "refused".into(),
+        at: 1,
+    };
+    for p in [PushProvider::Fcm, PushProvider::Fcm, PushProvider::Webhook] {
+        store.push_dead_letter(letter(p)).await.unwrap();
+    }
+    let count = |p| store.push_dead_letters(p);
+    assert_eq!(count(PushProvider::Fcm).await.unwrap(), 2);
+    assert_eq!(count(PushProvider::Webhook).await.unwrap(), 1);
+    assert_eq!(count(PushProvider::Apns).await.unwrap(), 0);
 }

@@ -57,7 +57,9 @@ pub(super) enum WriteOp {
         reply: Reply<bool>,
     },
     PushIntentsDone {
+        lane: PushProvider,
         up_to: i64,
+        lanes: Vec<PushProvider>,
         reply: Reply<()>,
     },
     PushDeadLetter(DeadLetter, Reply<()>),
@@ -287,9 +289,12 @@ fn apply(
         } => run!(reply, |c| writes::unregister_push_token(
             c, None, provider, &token
         )),
-        WriteOp::PushIntentsDone { up_to, reply } => {
-            run!(reply, |c| writes::push_intents_done(c, up_to))
-        }
+        WriteOp::PushIntentsDone {
+            lane,
+            up_to,
+            lanes,
+            reply,
+        } => run!(reply, |c| writes::push_intents_done(c, lane, up_to, &lanes)),
         WriteOp::PushDeadLetter(letter, reply) => {
             run!(reply, |c| writes::push_dead_letter(c, &letter))
         }

@@ -374,10 +374,35 @@ pub(super) fn push_intents(c: &Connection, events: &[Event]) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn push_intents_done(c: &Connection, up_to: i64) -> Result<()> {
+/// Moves `lane` to `up_to` and removes the intents every one of `lanes` is past (none while a
+/// lane has no position yet: it has not started).
+pub(super) fn push_intents_done(
+    c: &Connection,
+    lane: PushProvider,
+    up_to: i64,
+    lanes: &[PushProvider],
+) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO push_positions (provider, done_up_to) VALUES (?1, ?2)
+         ON CONFLICT (provider) DO UPDATE SET done_up_to = MAX(done_up_to, excluded.done_up_to)",
+    )
+    .map_err(db_err)?
+    .execute(params![lane.name(), up_to])
+    .map_err(db_err)?;
+    let mut position = c
+        .prepare_cached("SELECT done_up_to FROM push_positions WHERE provider = ?1")
+        .map_err(db_err)?;
+    let mut all_past = i64::MAX;
+    for l in lanes {
+        let at: Option<i64> = position
+            .query_row(params![l.name()], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?;
+        all_past = all_past.min(at.unwrap_or(0));
+    }
     c.prepare_cached("DELETE FROM push_intents WHERE id <= ?1")
         .map_err(db_err)?
-        .execute(params![up_to])
+        .execute(params![all_past])
         .map_err(db_err)?;
     Ok(())
 }
