@@ -2,7 +2,9 @@
 //! and the `CHATD_PUSH_*` environment that points a chatd at them.
 
 use crate::pb::{PushProvider, RegisterPushTokenRequest};
-use crate::{open_direct, Client, ServerOptions, TestServer, NO_RATE_LIMIT};
+use crate::{
+    create_group, open_direct, send_text, Client, ServerOptions, TestServer, NO_RATE_LIMIT,
+};
 use push_fakes::apns::{self, FakeApns};
 use push_fakes::fcm::FakeFcm;
 use push_fakes::tls::TestPki;
@@ -86,6 +88,26 @@ impl Fakes {
     }
 
     /// Pushes each fake has taken so far (FCM, APNs, Web Push, webhook).
+    /// When each provider's fake got the pushes that arrived after `since`, in order
+    /// (FCM, APNs, Web Push, webhook; FCM's token exchanges left out).
+    pub fn push_times(&self, since: Instant) -> [Vec<Instant>; 4] {
+        let times = |requests: Vec<push_fakes::server::Recorded>, push: fn(&str) -> bool| {
+            let mut at: Vec<Instant> = requests
+                .into_iter()
+                .filter(|r| r.at >= since && push(&r.path))
+                .map(|r| r.at)
+                .collect();
+            at.sort();
+            at
+        };
+        [
+            times(self.fcm.requests(), |p| p.ends_with(":send")),
+            times(self.apns.requests(), |p| p.starts_with("/3/device/")),
+            times(self.web.requests(), |_| true),
+            times(self.hook.requests(), |_| true),
+        ]
+    }
+
     pub fn counts(&self) -> [usize; 4] {
         [
             self.fcm.delivered().len(),
@@ -157,4 +179,49 @@ pub fn pushkeys(notification: &Value) -> Vec<String> {
         .flatten()
         .filter_map(|d| d["pushkey"].as_str().map(str::to_string))
         .collect()
+}
+
+/// The push benchmark (embedded or cluster): a group of MEMBERS offline members, each with a
+/// token at every provider, and one message per round (one push per member per provider).
+/// Prints, per provider, the delay from the send to its first and last push and the pushes per
+/// second between them.
+pub async fn bench_fan_out(f: &Fakes, server: &TestServer) {
+    const MEMBERS: usize = 300;
+    const ROUNDS: usize = 3;
+    let mut alice = server.client("alice", "laptop").await;
+    let names: Vec<String> = (0..MEMBERS).map(|i| format!("m{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let mut c = server.client(name, "phone").await;
+        register(&mut c, PushProvider::Fcm, &format!("fcm-{i}")).await;
+        register(&mut c, PushProvider::Apns, &format!("{i:064x}")).await;
+        register(&mut c, PushProvider::Webpush, &f.web.new_subscription()).await;
+        register(&mut c, PushProvider::Webhook, &format!("key-{i}")).await;
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let group = create_group(&mut alice, "bench", &refs).await.chat_id;
+    let providers = ["fcm", "apns", "webpush", "webhook"];
+    for round in 1..=ROUNDS {
+        let before = f.counts();
+        let sent = Instant::now();
+        send_text(&mut alice, &group, &format!("r{round}"), "bench").await;
+        // Wait for every push, then time them by when each fake got them (a poll's own
+        // timing would be the test process's scheduling, which shares the cores).
+        while (0..4).any(|p| f.counts()[p] - before[p] < MEMBERS) {
+            assert!(sent.elapsed() < Duration::from_secs(120), "pushes stalled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (p, times) in f.push_times(sent).into_iter().enumerate() {
+            let first = times.first().map_or(Duration::ZERO, |t| *t - sent);
+            let last = times.last().map_or(Duration::ZERO, |t| *t - sent);
+            let rate = times.len() as f64 / (last - first).as_secs_f64().max(0.001);
+            println!(
+                "round {round} {:8} first push {:7.1} ms, last {:7.1} ms, {rate:8.0} pushes/s",
+                providers[p],
+                first.as_secs_f64() * 1e3,
+                last.as_secs_f64() * 1e3,
+            );
+        }
+        // Past the next pass, so rounds do not merge.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
 }

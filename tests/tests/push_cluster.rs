@@ -85,3 +85,15 @@ async fn the_push_worker_sends_the_clusters_jobs_and_a_killed_one_loses_none() {
         "{metrics}"
     );
 }
+
+/// Figures, not a check: `CHATD_BIN=target/release/chatd` with the full stack's variables,
+/// `cargo test -p chat-tests --test push_cluster bench_ -- --ignored --nocapture`. The
+/// embedded benchmark's rounds (see `bench_fan_out`), sent by a node and pushed by
+/// `chatd push-worker` through Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: prints figures (see its doc comment)"]
+async fn bench_push_fan_out_per_provider() {
+    let f = fakes().await;
+    let (node, _worker) = node_and_worker(&f).await;
+    bench_fan_out(&f, &node).await;
+}

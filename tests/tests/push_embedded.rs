@@ -7,7 +7,6 @@
 //!
 //! On a cluster the pushes come from `chatd push-worker` instead: tests/tests/push_cluster.rs.
 
-use chat_tests::pb::PushProvider;
 use chat_tests::push::*;
 use chat_tests::*;
 use push_fakes::webpush::WebPushAnswer;
@@ -236,55 +235,9 @@ async fn a_stalled_provider_holds_up_no_other_and_a_killed_worker_loses_no_push(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: prints figures (see its doc comment)"]
 async fn bench_push_fan_out_per_provider() {
-    const MEMBERS: usize = 300;
-    const ROUNDS: usize = 3;
     let f = embedded_fakes().await;
     let server = f.server().await;
-    let mut alice = server.client("alice", "laptop").await;
-    let names: Vec<String> = (0..MEMBERS).map(|i| format!("m{i}")).collect();
-    for (i, name) in names.iter().enumerate() {
-        let mut c = server.client(name, "phone").await;
-        register(&mut c, PushProvider::Fcm, &format!("fcm-{i}")).await;
-        register(&mut c, PushProvider::Apns, &format!("{i:064x}")).await;
-        register(&mut c, PushProvider::Webpush, &f.web.new_subscription()).await;
-        register(&mut c, PushProvider::Webhook, &format!("key-{i}")).await;
-    }
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let group = create_group(&mut alice, "bench", &refs).await.chat_id;
-    let providers = ["fcm", "apns", "webpush", "webhook"];
-    for round in 1..=ROUNDS {
-        let before = f.counts();
-        let sent = Instant::now();
-        send_text(&mut alice, &group, &format!("r{round}"), "bench").await;
-        let mut first = [None; 4];
-        let mut last = [None; 4];
-        while last.iter().any(Option::is_none) {
-            assert!(sent.elapsed() < Duration::from_secs(120), "pushes stalled");
-            let now = f.counts();
-            for p in 0..4 {
-                let got = now[p] - before[p];
-                if got > 0 && first[p].is_none() {
-                    first[p] = Some(sent.elapsed());
-                }
-                if got >= MEMBERS && last[p].is_none() {
-                    last[p] = Some(sent.elapsed());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        for p in 0..4 {
-            let (a, b) = (first[p].unwrap_or_default(), last[p].unwrap_or_default());
-            let rate = MEMBERS as f64 / (b - a).as_secs_f64().max(0.001);
-            println!(
-                "round {round} {:8} first push {:7.1} ms, last {:7.1} ms, {rate:8.0} pushes/s",
-                providers[p],
-                a.as_secs_f64() * 1e3,
-                b.as_secs_f64() * 1e3,
-            );
-        }
-        // Past the next pass, so rounds do not merge.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-    }
+    bench_fan_out(&f, &server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

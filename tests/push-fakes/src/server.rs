@@ -40,6 +40,8 @@ pub struct Recorded {
     pub version: Version,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When its body had arrived (benchmarks time pushes by it).
+    pub at: std::time::Instant,
 }
 
 impl Recorded {
@@ -312,6 +314,7 @@ async fn serve(
         version: head.version,
         headers: head.headers,
         body,
+        at: std::time::Instant::now(),
     };
     recorded.lock().push(request.clone());
     let answer = handler.handle(&request);
