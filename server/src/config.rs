@@ -65,6 +65,16 @@ pub struct Config {
     pub web_root: Option<PathBuf>,
     /// Push providers; a provider without its settings is off (no push at all with none).
     pub push: PushConfig,
+    /// How log lines are written to stderr.
+    pub log_format: LogFormat,
+}
+
+/// Log lines as text for people, or one JSON object per line for collectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// The push providers' settings (README, "Push notifications"). Secrets are read from files.
@@ -132,6 +142,7 @@ impl Default for Config {
             cors_origins: Vec::new(),
             web_root: None,
             push: PushConfig::default(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -240,6 +251,9 @@ pub struct Overrides {
     /// Directory of a built web client to serve at / [default: none]
     #[arg(long, env = "CHATD_WEB_ROOT")]
     pub web_root: Option<Text>,
+    /// Log lines as `text` or `json` (one object per line) [default: text]
+    #[arg(long, env = "CHATD_LOG_FORMAT")]
+    pub log_format: Option<Text>,
     /// FCM service-account JSON file [default: FCM off]
     #[arg(long, env = "CHATD_PUSH_FCM_CREDENTIALS")]
     pub push_fcm_credentials: Option<Text>,
@@ -444,6 +458,11 @@ impl Overrides {
         set!(push_text => push.text, |r| {
             let reason = format!("must be one of {}", crate::domain::push::PushText::NAMES);
             crate::domain::push::PushText::from_name(r.text.trim()).ok_or_else(|| r.invalid(reason))
+        });
+        set!(log_format, |r| match r.text.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(r.invalid("must be `text` or `json`")),
         });
         set!(web_root, |r| {
             let dir = PathBuf::from(r.text.trim());
@@ -724,7 +743,7 @@ mod tests {
     #[test]
     fn every_setting_has_its_flag_variable_and_key() {
         let args = Overrides::args();
-        assert_eq!(args.len(), 38);
+        assert_eq!(args.len(), 39);
         for arg in &args {
             let id = arg.get_id().as_str();
             assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()));
@@ -883,6 +902,7 @@ mod tests {
             ("cors_origins", "*, https://a.example", "`*` stands alone: any origin".into()),
             ("web_root", "/no/such/dir", "must be an existing directory".into()),
             ("web_root", "", "must be an existing directory".into()),
+            ("log_format", "xml", "must be `text` or `json`".into()),
             ("database_pool", "1", range(2, 1_000)),
             ("push_fcm_credentials", "/no/such/file.json", "must be an existing file".into()),
             ("push_apns_key", "/tmp", "must be an existing file".into()),

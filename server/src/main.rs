@@ -2,7 +2,7 @@
 
 use chatd::{
     auth,
-    config::{Config, Overrides, Text},
+    config::{Config, LogFormat, Overrides, Text},
     node,
 };
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -218,14 +218,7 @@ fn serve(args: ServeArgs, matches: &ArgMatches, role: Role) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&format!("chatd: {e}")),
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logs(config.log_format);
     raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -251,6 +244,27 @@ fn serve(args: ServeArgs, matches: &ArgMatches, role: Role) -> ExitCode {
             Err(e) => fail(&format!("chatd: {e}")),
         }
     })
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). JSON lines carry the event's
+/// fields at the top level and the spans it happened in (session, message) under `spans`.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
 }
 
 /// Each session is a socket: lift the soft limit on open files to the hard one, so a node can

@@ -11,6 +11,7 @@ use crate::store::{
 };
 use crate::{Error, Result};
 use std::sync::{atomic::Ordering::Relaxed, Arc};
+use tracing::Instrument;
 
 /// What a client asks to send.
 #[derive(Debug, Clone)]
@@ -95,6 +96,14 @@ impl Messaging {
         now: i64,
     ) -> Result<PendingAppend> {
         let started = std::time::Instant::now();
+        // Debug level: at tens of thousands of messages a second a span each is for debugging,
+        // and a disabled one costs a branch. Ids and seq only, never content.
+        let span = tracing::debug_span!(
+            "message",
+            chat_id = %req.chat_id,
+            client_msg_id = %req.client_msg_id,
+            seq = tracing::field::Empty,
+        );
         ids::check_client_msg_id(&req.client_msg_id)?;
         ids::check_chat_id(&req.chat_id)?;
         check_content(req.content.as_ref(), self.max_message_bytes)?;
@@ -116,16 +125,21 @@ impl Messaging {
                 created_at: now,
             })
             .await?;
-        Ok(Box::pin(async move {
-            let appended = pending.await?;
-            if !appended.duplicate {
-                METRICS.messages_received.fetch_add(1, Relaxed);
-                METRICS
-                    .send_latency
-                    .observe(started.elapsed().as_secs_f64());
+        Ok(Box::pin(
+            async move {
+                let appended = pending.await?;
+                tracing::Span::current().record("seq", appended.message.seq);
+                tracing::debug!(duplicate = appended.duplicate, "message committed");
+                if !appended.duplicate {
+                    METRICS.messages_received.fetch_add(1, Relaxed);
+                    METRICS
+                        .send_latency
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                Ok(appended)
             }
-            Ok(appended)
-        }))
+            .instrument(span),
+        ))
     }
 
     /// One page of a chat's history as the member sees it (only messages after they joined).

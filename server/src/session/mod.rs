@@ -33,6 +33,7 @@ use std::{future::Future, pin::Pin};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Sends one session may have waiting for their commit; they share commits with each other.
 const MAX_SENDS_IN_FLIGHT: usize = 64;
@@ -141,7 +142,29 @@ fn end(outlet: Outlet, error: Error) {
     let _ = outlet.abort.send(error);
 }
 
+/// Runs a session inside its span (user and device; never a token): every log line of the
+/// session, and of the messages it sends, names them.
 async fn run<S>(
+    svc: Arc<Services>,
+    user_id: String,
+    hello: Hello,
+    inbound: Option<S>,
+    outlet: Outlet,
+) where
+    S: Stream<Item = Result<Command, Error>> + Unpin + Send,
+{
+    let span = tracing::info_span!(
+        "session",
+        user = %user_id,
+        device = %hello.device_id,
+        session_id = tracing::field::Empty,
+    );
+    run_session(svc, user_id, hello, inbound, outlet)
+        .instrument(span)
+        .await
+}
+
+async fn run_session<S>(
     svc: Arc<Services>,
     user_id: String,
     hello: Hello,
@@ -163,6 +186,7 @@ async fn run<S>(
     let registration = svc
         .directory
         .register(&user_id, &hello.device_id, svc.settings.queue);
+    tracing::Span::current().record("session_id", registration.session_id);
     let key = SessionKey {
         user_id: user_id.clone(),
         device_id: hello.device_id.clone(),
