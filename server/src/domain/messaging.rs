@@ -48,11 +48,33 @@ pub struct Messaging {
 }
 
 #[derive(Clone, Copy)]
-enum Direction {
+pub enum Direction {
     /// Newest first: messages before `seq`.
     Older = 0,
     /// Oldest first: messages after `seq`.
     Newer = 1,
+}
+
+/// A send's own checks, before the rate limit and the store: its key, its chat id, its content.
+pub fn check_send(req: &SendRequest, max_message_bytes: u32) -> Result<()> {
+    ids::check_client_msg_id(&req.client_msg_id)?;
+    ids::check_chat_id(&req.chat_id)?;
+    check_content(req.content.as_ref(), max_message_bytes)
+}
+
+/// The position a history page token holds (after its MAC was checked): a direction byte and
+/// a big-endian seq.
+pub fn history_position(position: &[u8]) -> Result<(Direction, u64)> {
+    let malformed = || Error::invalid("page_token", "is malformed");
+    let [d, rest @ ..] = position else {
+        return Err(malformed());
+    };
+    let seq: [u8; 8] = rest.try_into().map_err(|_| malformed())?;
+    let direction = match d {
+        1 => Direction::Newer,
+        _ => Direction::Older,
+    };
+    Ok((direction, u64::from_be_bytes(seq)))
 }
 
 impl Messaging {
@@ -104,9 +126,7 @@ impl Messaging {
             client_msg_id = %req.client_msg_id,
             seq = tracing::field::Empty,
         );
-        ids::check_client_msg_id(&req.client_msg_id)?;
-        ids::check_chat_id(&req.chat_id)?;
-        check_content(req.content.as_ref(), self.max_message_bytes)?;
+        check_send(&req, self.max_message_bytes)?;
         self.limiter
             .check(user_id, device_id)
             .map_err(|retry_after_ms| {
@@ -159,24 +179,7 @@ impl Messaging {
         } else if page_token.is_empty() {
             (Direction::Older, u64::MAX)
         } else {
-            let pos = self.tokens.open(&scope, page_token)?;
-            match pos.as_slice() {
-                [d, rest @ ..] if rest.len() == 8 => {
-                    let seq = u64::from_be_bytes(
-                        rest.try_into()
-                            .map_err(|_| Error::invalid("page_token", "is malformed"))?,
-                    );
-                    (
-                        if *d == 1 {
-                            Direction::Newer
-                        } else {
-                            Direction::Older
-                        },
-                        seq,
-                    )
-                }
-                _ => return Err(Error::invalid("page_token", "is malformed")),
-            }
+            history_position(&self.tokens.open(&scope, page_token)?)?
         };
         let range = match direction {
             Direction::Older => SeqRange {
@@ -244,6 +247,19 @@ mod tests {
     use crate::domain::fakes::{FakeChats, FakeCursors, FakeMessages};
     use crate::domain::model::{ChatKind, Role};
     use crate::store::{ChatStore, NewChat};
+
+    #[test]
+    fn a_history_position_is_a_direction_and_eight_bytes_of_seq() {
+        let mut pos = vec![1];
+        pos.extend_from_slice(&42u64.to_be_bytes());
+        assert!(matches!(history_position(&pos), Ok((Direction::Newer, 42))));
+        pos[0] = 0;
+        assert!(matches!(history_position(&pos), Ok((Direction::Older, 42))));
+        for bad in [&[][..], &[1][..], &pos[..8], &[pos.clone(), vec![0]].concat()[..]] {
+            let err = history_position(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("page_token"), "{bad:?}: {err}");
+        }
+    }
 
     struct Setup {
         messaging: Messaging,

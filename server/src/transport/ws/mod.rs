@@ -9,7 +9,7 @@
 //! tonic's server does not upgrade HTTP/1.1 connections, so the connections that open with
 //! `GET /ws` are served beside it by axum's server on the same router (`upgrades.rs`).
 
-mod frames;
+pub mod frames;
 mod socket;
 mod upgrades;
 
