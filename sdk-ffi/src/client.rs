@@ -292,6 +292,19 @@ impl ChatClient {
         Ok(c.into())
     }
 
+    /// Holds back push notifications of `chat_id` from all this user's devices until
+    /// `until_ms` (unix ms, in the future) or, left out, until `unmute_chat`. Messages,
+    /// receipts and unread counts are unchanged.
+    #[uniffi::method(default(until_ms = None))]
+    pub async fn mute_chat(&self, chat_id: String, until_ms: Option<i64>) -> Result<()> {
+        Ok(self.client.api().mute_chat(&chat_id, until_ms).await?)
+    }
+
+    /// Ends this user's mute of `chat_id` (succeeds when there was none).
+    pub async fn unmute_chat(&self, chat_id: String) -> Result<()> {
+        Ok(self.client.api().unmute_chat(&chat_id).await?)
+    }
+
     /// Older messages, newest first; `page_token` empty to start at the newest.
     pub async fn get_history(
         &self,

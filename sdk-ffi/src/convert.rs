@@ -136,6 +136,8 @@ impl From<sdk::Chat> for Chat {
             unread_count: c.unread_count,
             last_message: c.last_message.map(Message::from),
             last_activity_at: c.last_activity_at,
+            muted: c.muted,
+            muted_until: c.muted_until,
         }
     }
 }

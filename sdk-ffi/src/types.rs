@@ -87,6 +87,11 @@ pub struct Chat {
     /// The newest message, for previews.
     pub last_message: Option<Message>,
     pub last_activity_at: i64,
+    /// The caller's pushes of this chat are held back (`mute_chat`), as of the call that
+    /// returned this chat.
+    pub muted: bool,
+    /// Until when (unix ms) while `muted`; 0 while muted means until unmuted.
+    pub muted_until: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, uniffi::Enum)]

@@ -238,6 +238,35 @@ impl Api {
         Ok(r.into_inner().into())
     }
 
+    /// Holds back push notifications of `chat_id` from all the caller's devices, until
+    /// `until` (unix ms, in the future) or, with `None`, until [`Api::unmute_chat`]. Muting
+    /// again replaces the earlier mute. Messages, receipts and unread counts are unchanged.
+    pub async fn mute_chat(&self, chat_id: &str, until: Option<i64>) -> Result<()> {
+        // On the wire 0 means "until unmuted": a `Some(0)` must not turn into that.
+        if until.is_some_and(|t| t <= 0) {
+            return Err(SdkError::InvalidArgument(
+                "until must be a unix time in ms (None: until unmuted)".into(),
+            ));
+        }
+        self.set_chat_muted(chat_id, true, until.unwrap_or(0)).await
+    }
+
+    /// Ends the caller's mute of `chat_id` (succeeds when there was none).
+    pub async fn unmute_chat(&self, chat_id: &str) -> Result<()> {
+        self.set_chat_muted(chat_id, false, 0).await
+    }
+
+    async fn set_chat_muted(&self, chat_id: &str, muted: bool, until: i64) -> Result<()> {
+        self.grpc()
+            .set_chat_muted(self.req(pb::SetChatMutedRequest {
+                chat_id: chat_id.to_string(),
+                muted,
+                until,
+            }))
+            .await?;
+        Ok(())
+    }
+
     /// Older messages, newest first; `page_token` empty to start at the newest.
     pub async fn get_history(
         &self,

@@ -78,6 +78,12 @@ pub struct Chat {
     /// The newest message, for previews.
     pub last_message: Option<Message>,
     pub last_activity_at: i64,
+    /// The caller's pushes of this chat are held back (`Api::mute_chat`), as of the call that
+    /// returned this chat.
+    pub muted: bool,
+    /// Until when (unix ms) while `muted`; 0 while muted means until unmuted (and 0 when not
+    /// muted).
+    pub muted_until: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -247,6 +253,8 @@ impl From<pb::Chat> for Chat {
             unread_count: c.unread_count,
             last_message: c.last_message.map(Message::from),
             last_activity_at: c.last_activity_at,
+            muted: c.muted,
+            muted_until: c.muted_until,
         }
     }
 }

@@ -147,6 +147,8 @@ pub(crate) mod tests {
             unread_count: 0,
             last_message: None,
             last_activity_at: 0,
+            muted: false,
+            muted_until: 0,
         }
     }
 

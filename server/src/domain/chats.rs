@@ -1,8 +1,8 @@
 //! Chats and membership: opening direct chats, creating groups, adding and removing members,
-//! and reading a chat as one of its members sees it.
+//! muting a chat's pushes, and reading a chat as one of its members sees it.
 
 use super::membership::{adding, removing};
-use super::{ids, model::*, page_size, page_token::PageTokens};
+use super::{ids, model::*, mute, page_size, page_token::PageTokens};
 use crate::auth::check_user_id;
 use crate::store::{ActivityKey, ChatStore, NewChat};
 use crate::{Error, Result};
@@ -60,7 +60,7 @@ impl Chats {
                 created_at: now,
             })
             .await?;
-        self.view(&chat.chat_id, user_id).await
+        self.view(&chat.chat_id, user_id, now).await
     }
 
     pub async fn create_group(
@@ -96,12 +96,12 @@ impl Chats {
                 created_at: now,
             })
             .await?;
-        self.view(&chat.chat_id, user_id).await
+        self.view(&chat.chat_id, user_id, now).await
     }
 
-    pub async fn get(&self, user_id: &str, chat_id: &str) -> Result<ChatView> {
+    pub async fn get(&self, user_id: &str, chat_id: &str, now: i64) -> Result<ChatView> {
         member_access(self.store.as_ref(), chat_id, user_id).await?;
-        self.view(chat_id, user_id).await
+        self.view(chat_id, user_id, now).await
     }
 
     /// The caller's chats, most recently active first.
@@ -110,6 +110,7 @@ impl Chats {
         user_id: &str,
         requested_page_size: u32,
         page_token: &str,
+        now: i64,
     ) -> Result<(Vec<ChatView>, String)> {
         let limit = page_size(requested_page_size)?;
         let scope = format!("chats:{user_id}");
@@ -132,6 +133,9 @@ impl Chats {
             })
         };
         let mut views = self.store.list_chats(user_id, after, limit + 1).await?;
+        for v in &mut views {
+            v.muted_until = mute::as_of(v.muted_until, now);
+        }
         let next = if views.len() > limit as usize {
             views.truncate(limit as usize);
             let last = &views[views.len() - 1].chat;
@@ -158,7 +162,7 @@ impl Chats {
         }
         let rule = adding(user_id.to_string(), users, self.max_group_size);
         self.store.change_members(chat_id, rule, now).await?;
-        self.view(chat_id, user_id).await
+        self.view(chat_id, user_id, now).await
     }
 
     /// Admins remove anyone; anyone removes themselves. Returns the chat after the change.
@@ -175,11 +179,33 @@ impl Chats {
         self.store.change_members(chat_id, rule, now).await
     }
 
-    async fn view(&self, chat_id: &str, user_id: &str) -> Result<ChatView> {
-        self.store
+    /// Mutes (`muted`, until `until` in unix ms or, with 0, until unmuted) or unmutes the
+    /// chat's pushes for the caller. Returns the mute as it now stands (see [`mute`]).
+    pub async fn set_muted(
+        &self,
+        user_id: &str,
+        chat_id: &str,
+        muted: bool,
+        until: i64,
+        now: i64,
+    ) -> Result<Option<i64>> {
+        ids::check_chat_id(chat_id)?;
+        let until = mute::requested(muted, until, now)?;
+        // The store checks membership inside its write: unknown chat → NOT_FOUND, not a member
+        // → PERMISSION_DENIED, as `member_access` answers.
+        self.store.set_muted(chat_id, user_id, until).await?;
+        Ok(until)
+    }
+
+    /// The chat as `user_id` sees it at `now`.
+    async fn view(&self, chat_id: &str, user_id: &str, now: i64) -> Result<ChatView> {
+        let mut view = self
+            .store
             .chat_view(chat_id, user_id)
             .await?
-            .ok_or_else(|| Error::not_member(chat_id))
+            .ok_or_else(|| Error::not_member(chat_id))?;
+        view.muted_until = mute::as_of(view.muted_until, now);
+        Ok(view)
     }
 }
 
@@ -285,11 +311,69 @@ mod tests {
             c.remove_member("ann", &id, "bo", 2).await,
             Err(Error::FailedPrecondition(_))
         ));
-        assert_eq!(c.get("cy", &id).await.unwrap_err(), Error::not_member(&id));
+        assert_eq!(
+            c.get("cy", &id, 2).await.unwrap_err(),
+            Error::not_member(&id)
+        );
         let unknown = ids::new_id();
         assert_eq!(
-            c.get("ann", &unknown).await.unwrap_err(),
+            c.get("ann", &unknown, 2).await.unwrap_err(),
             Error::chat_not_found(&unknown)
         );
+    }
+
+    #[tokio::test]
+    async fn a_mute_is_the_callers_own_and_reads_as_of_now() {
+        let store = Arc::new(FakeChats::default());
+        let c = chats(&store, 10);
+        let id = c
+            .create_group("ann", "t", &users(&["bo"]), 1)
+            .await
+            .unwrap()
+            .chat
+            .chat_id;
+        assert_eq!(c.set_muted("ann", &id, true, 100, 10).await, Ok(Some(100)));
+        assert_eq!(c.get("ann", &id, 99).await.unwrap().muted_until, Some(100));
+        assert_eq!(c.get("ann", &id, 100).await.unwrap().muted_until, None);
+        assert_eq!(c.get("bo", &id, 10).await.unwrap().muted_until, None);
+        assert_eq!(
+            c.set_muted("bo", &id, true, 0, 10).await,
+            Ok(Some(mute::INDEFINITELY))
+        );
+        assert_eq!(
+            c.get("bo", &id, i64::MAX - 1).await.unwrap().muted_until,
+            Some(mute::INDEFINITELY)
+        );
+        assert_eq!(c.set_muted("bo", &id, false, 0, 10).await, Ok(None));
+        assert_eq!(c.get("bo", &id, 10).await.unwrap().muted_until, None);
+    }
+
+    #[tokio::test]
+    async fn only_members_mute_and_bad_requests_name_their_field() {
+        let store = Arc::new(FakeChats::default());
+        let c = chats(&store, 10);
+        let id = c.open_direct("ann", "bo", 1).await.unwrap().chat.chat_id;
+        assert_eq!(
+            c.set_muted("cy", &id, true, 0, 10).await,
+            Err(Error::not_member(&id))
+        );
+        let unknown = ids::new_id();
+        assert_eq!(
+            c.set_muted("ann", &unknown, true, 0, 10).await,
+            Err(Error::chat_not_found(&unknown))
+        );
+        for (chat_id, muted, until, field) in [
+            ("", true, 0, "chat_id"),
+            ("not-a-chat", true, 0, "chat_id"),
+            (id.as_str(), true, 5, "until"),
+            (id.as_str(), true, -1, "until"),
+            (id.as_str(), false, 20, "until"),
+        ] {
+            match c.set_muted("ann", chat_id, muted, until, 10).await {
+                Err(Error::InvalidArgument { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{chat_id:?} {muted} {until}: {other:?}"),
+            }
+        }
+        assert!(store.mutes.lock().is_empty(), "refusals stored nothing");
     }
 }

@@ -24,11 +24,18 @@ fn not_kept<T>(what: &str) -> Result<T> {
 #[derive(Default)]
 pub struct FakeChats {
     pub chats: Mutex<HashMap<String, Chat>>,
+    /// Mutes by (chat, user), as stored; a member who leaves loses theirs.
+    pub mutes: Mutex<HashMap<(String, String), i64>>,
 }
 
 impl FakeChats {
     pub fn get(&self, chat_id: &str) -> Chat {
         self.chats.lock()[chat_id].clone()
+    }
+
+    fn mute(&self, chat_id: &str, user_id: &str) -> Option<i64> {
+        let key = (chat_id.to_string(), user_id.to_string());
+        self.mutes.lock().get(&key).copied()
     }
 }
 
@@ -64,6 +71,9 @@ impl ChatStore for FakeChats {
             .ok_or_else(|| Error::chat_not_found(chat_id))?;
         let plan = rule(chat)?;
         chat.members.retain(|m| !plan.remove.contains(&m.user_id));
+        self.mutes
+            .lock()
+            .retain(|(c, u), _| c != chat_id || !plan.remove.contains(u));
         for user_id in plan.add {
             chat.members.push(Member {
                 user_id,
@@ -109,6 +119,7 @@ impl ChatStore for FakeChats {
 
     async fn chat_view(&self, chat_id: &str, user_id: &str) -> Result<Option<ChatView>> {
         let chat = self.chats.lock().get(chat_id).cloned();
+        let muted_until = self.mute(chat_id, user_id);
         Ok(chat
             .filter(|c| c.member(user_id).is_some())
             .map(|chat| ChatView {
@@ -116,11 +127,36 @@ impl ChatStore for FakeChats {
                 read_seq: 0,
                 unread_count: 0,
                 last_message: None,
+                muted_until,
             }))
     }
 
     async fn list_chats(&self, _: &str, _: Option<ActivityKey>, _: u32) -> Result<Vec<ChatView>> {
         not_kept("chat lists")
+    }
+
+    async fn set_muted(&self, chat_id: &str, user_id: &str, until: Option<i64>) -> Result<()> {
+        self.membership(chat_id, user_id).await?.require(chat_id)?;
+        let key = (chat_id.to_string(), user_id.to_string());
+        let mut mutes = self.mutes.lock();
+        match until {
+            Some(until) => mutes.insert(key, until),
+            None => mutes.remove(&key),
+        };
+        Ok(())
+    }
+
+    async fn muted_members(
+        &self,
+        chat_id: &str,
+        users: &[String],
+        now: i64,
+    ) -> Result<Vec<String>> {
+        Ok(users
+            .iter()
+            .filter(|u| self.mute(chat_id, u).is_some_and(|until| until > now))
+            .cloned()
+            .collect())
     }
 }
 

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod membership;
 pub mod messaging;
 pub mod model;
+pub mod mute;
 pub mod page_token;
 pub mod presence;
 pub mod push;

@@ -115,6 +115,9 @@ pub struct ChatView {
     pub read_seq: u64,
     pub unread_count: u64,
     pub last_message: Option<Message>,
+    /// The member's mute of the chat's pushes (see `domain::mute`): as stored when a store
+    /// returns it, as of now once `domain::chats` hands it on (an expired one is `None`).
+    pub muted_until: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -75,6 +75,8 @@ macro_rules! conformance_suite {
             push_tokens_belong_to_one_device_and_a_device_has_one_per_provider,
             push_tokens_are_removed_only_by_their_holder_or_as_dead,
             racing_registrations_of_one_device_leave_one_token,
+            mutes_are_each_members_own_until_they_end_or_are_cleared,
+            only_members_mute_and_a_member_who_leaves_loses_the_mute,
         );
     };
     (@tests $attrs:tt $open:tt $cleanup:tt; $($name:ident),* $(,)?) => {
@@ -1076,6 +1078,123 @@ pub(crate) async fn a_member_who_leaves_and_returns_starts_afresh_at_the_end(b: 
         bobs(s.receipts(&chat, 1).await.unwrap()),
         [(ReceiptKind::Delivered, "phone".into(), 8)]
     );
+    s.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mutes
+
+/// Whom of alice, bob, carol and dave `chat` has muted at `now`.
+async fn muted_at(s: &dyn Store, chat: &str, now: i64) -> Vec<String> {
+    s.muted_members(chat, &names(&["alice", "bob", "carol", "dave"]), now)
+        .await
+        .unwrap()
+}
+
+async fn stored_mute(s: &dyn Store, chat: &str, user: &str) -> Option<i64> {
+    s.chat_view(chat, user)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{user} is a member"))
+        .muted_until
+}
+
+pub(crate) async fn mutes_are_each_members_own_until_they_end_or_are_cleared(mut b: Backend) {
+    let store = b.store.clone();
+    let s = &*store;
+    let chat = group(s, "g", &["alice", "bob", "carol"]).await.chat_id;
+    let other = group(s, "h", &["alice", "bob"]).await.chat_id;
+    b.committed();
+    assert!(muted_at(s, &chat, 0).await.is_empty());
+    assert_eq!(stored_mute(s, &chat, "bob").await, None);
+
+    s.set_muted(&chat, "bob", Some(5_000)).await.unwrap();
+    s.set_muted(&chat, "carol", Some(i64::MAX)).await.unwrap();
+    assert_eq!(muted_at(s, &chat, 4_999).await, names(&["bob", "carol"]));
+    // A mute ends at its time; "until unmuted" never does.
+    assert_eq!(muted_at(s, &chat, 5_000).await, names(&["carol"]));
+    assert_eq!(muted_at(s, &chat, i64::MAX - 1).await, names(&["carol"]));
+    // Asked about in another order, or about fewer users: those, in that order.
+    assert_eq!(
+        s.muted_members(&chat, &names(&["carol", "dave", "bob"]), 0)
+            .await
+            .unwrap(),
+        names(&["carol", "bob"])
+    );
+    assert!(s.muted_members(&chat, &[], 0).await.unwrap().is_empty());
+    // The views carry each member's own mute as stored (expired or not); other chats have none.
+    assert_eq!(stored_mute(s, &chat, "bob").await, Some(5_000));
+    assert_eq!(stored_mute(s, &chat, "carol").await, Some(i64::MAX));
+    assert_eq!(stored_mute(s, &chat, "alice").await, None);
+    assert_eq!(stored_mute(s, &other, "bob").await, None);
+    assert!(muted_at(s, &other, 0).await.is_empty());
+    let listed: Vec<(String, Option<i64>)> = s
+        .list_chats("bob", None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.chat.chat_id, v.muted_until))
+        .collect();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.contains(&(chat.clone(), Some(5_000))), "{listed:?}");
+    assert!(listed.contains(&(other.clone(), None)), "{listed:?}");
+
+    // A new mute replaces the old; clearing ends it now, and clearing again changes nothing.
+    s.set_muted(&chat, "bob", Some(9_000)).await.unwrap();
+    assert_eq!(muted_at(s, &chat, 6_000).await, names(&["bob", "carol"]));
+    s.set_muted(&chat, "bob", None).await.unwrap();
+    s.set_muted(&chat, "bob", None).await.unwrap();
+    assert_eq!(muted_at(s, &chat, 6_000).await, names(&["carol"]));
+    assert_eq!(stored_mute(s, &chat, "bob").await, None);
+    // Nobody else hears of a mute.
+    assert!(b.committed().is_empty());
+    s.close().await;
+}
+
+pub(crate) async fn only_members_mute_and_a_member_who_leaves_loses_the_mute(b: Backend) {
+    let s = &*b.store;
+    let chat = group(s, "g", &["alice", "bob", "carol"]).await.chat_id;
+    assert_eq!(
+        s.set_muted(&chat, "dave", Some(i64::MAX)).await,
+        Err(Error::not_member(&chat))
+    );
+    assert_eq!(
+        s.set_muted(&chat, "dave", None).await,
+        Err(Error::not_member(&chat))
+    );
+    let unknown = crate::domain::ids::new_id();
+    assert_eq!(
+        s.set_muted(&unknown, "alice", Some(i64::MAX)).await,
+        Err(Error::chat_not_found(&unknown))
+    );
+    assert!(muted_at(s, &chat, 0).await.is_empty());
+    assert!(muted_at(s, &unknown, 0).await.is_empty());
+
+    // Removed, and leaving on one's own: the mute goes with the membership ...
+    s.set_muted(&chat, "bob", Some(i64::MAX)).await.unwrap();
+    s.set_muted(&chat, "carol", Some(i64::MAX)).await.unwrap();
+    s.change_members(&chat, removing("alice".into(), "bob".into()), 2_000)
+        .await
+        .unwrap();
+    s.change_members(&chat, removing("carol".into(), "carol".into()), 2_000)
+        .await
+        .unwrap();
+    assert!(muted_at(s, &chat, 0).await.is_empty());
+    assert_eq!(
+        s.set_muted(&chat, "bob", None).await,
+        Err(Error::not_member(&chat))
+    );
+    // ... and does not come back with it.
+    s.change_members(
+        &chat,
+        adding("alice".into(), names(&["bob", "carol"]), 10),
+        3_000,
+    )
+    .await
+    .unwrap();
+    assert!(muted_at(s, &chat, 0).await.is_empty());
+    assert_eq!(stored_mute(s, &chat, "bob").await, None);
+    assert_eq!(stored_mute(s, &chat, "carol").await, None);
     s.close().await;
 }
 

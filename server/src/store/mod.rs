@@ -133,6 +133,8 @@ pub trait ChatStore: Send + Sync + 'static {
     async fn chat(&self, chat_id: &str) -> Result<Option<Chat>>;
     async fn membership(&self, chat_id: &str, user_id: &str) -> Result<Membership>;
     async fn chat_members(&self, chat_id: &str) -> Result<Vec<String>>;
+    /// The chat as `user_id` sees it; `None` unless a member. Its mute is as stored, expired
+    /// or not: the store keeps no clock, `domain::chats` reads it as of now.
     async fn chat_view(&self, chat_id: &str, user_id: &str) -> Result<Option<ChatView>>;
     async fn list_chats(
         &self,
@@ -140,6 +142,14 @@ pub trait ChatStore: Send + Sync + 'static {
         after: Option<ActivityKey>,
         limit: u32,
     ) -> Result<Vec<ChatView>>;
+
+    /// Sets (Some(until_ms), i64::MAX = indefinitely) or clears (None) `user_id`'s mute of
+    /// `chat_id`; a non-member gets the same error membership checks give elsewhere.
+    async fn set_muted(&self, chat_id: &str, user_id: &str, until: Option<i64>) -> Result<()>;
+
+    /// Those of `users` who have `chat_id` muted at `now` (ms).
+    async fn muted_members(&self, chat_id: &str, users: &[String], now: i64)
+        -> Result<Vec<String>>;
 }
 
 /// Devices and their positions: where each device stands in each chat, and the receipts.

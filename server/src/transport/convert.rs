@@ -1,6 +1,6 @@
 //! Protobuf ⇄ domain conversions.
 
-use crate::domain::{messaging::SendRequest, model as d};
+use crate::domain::{messaging::SendRequest, model as d, mute};
 use crate::session::{Command, Hello, Output};
 use chat_proto::v1 as pb;
 use pb::{client_frame::Frame as In, server_frame::Frame as Out};
@@ -67,15 +67,29 @@ pub fn chat(c: &d::Chat) -> pb::Chat {
         unread_count: 0,
         last_message: None,
         last_activity_at: c.last_activity_at,
+        muted: false,
+        muted_until: 0,
     }
 }
 
 pub fn chat_view(v: &d::ChatView) -> pb::Chat {
+    let (muted, muted_until) = mute(v.muted_until);
     pb::Chat {
         read_seq: v.read_seq,
         unread_count: v.unread_count,
         last_message: v.last_message.as_ref().map(message),
+        muted,
+        muted_until,
         ..chat(&v.chat)
+    }
+}
+
+/// A mute (as of now) as the wire has it: (muted, until), until 0 for "until unmuted".
+pub fn mute(until: Option<i64>) -> (bool, i64) {
+    match until {
+        None => (false, 0),
+        Some(mute::INDEFINITELY) => (true, 0),
+        Some(until) => (true, until),
     }
 }
 

@@ -329,7 +329,7 @@ impl ChatService for ChatApi {
         let caller = self.caller(&req)?;
         let view = self
             .chats
-            .get(&caller.user_id, &req.into_inner().chat_id)
+            .get(&caller.user_id, &req.into_inner().chat_id, now_ms())
             .await?;
         Ok(Response::new(convert::chat_view(&view)))
     }
@@ -342,7 +342,7 @@ impl ChatService for ChatApi {
         let r = req.into_inner();
         let (views, next) = self
             .chats
-            .list(&caller.user_id, r.page_size, &r.page_token)
+            .list(&caller.user_id, r.page_size, &r.page_token, now_ms())
             .await?;
         Ok(Response::new(pb::ListChatsResponse {
             chats: views.iter().map(convert::chat_view).collect(),
@@ -374,6 +374,20 @@ impl ChatService for ChatApi {
             .remove_member(&caller.user_id, &r.chat_id, &r.user_id, now_ms())
             .await?;
         Ok(Response::new(convert::chat(&chat)))
+    }
+
+    async fn set_chat_muted(
+        &self,
+        req: Request<pb::SetChatMutedRequest>,
+    ) -> Result<Response<pb::SetChatMutedResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let mute = self
+            .chats
+            .set_muted(&caller.user_id, &r.chat_id, r.muted, r.until, now_ms())
+            .await?;
+        let (muted, until) = convert::mute(mute);
+        Ok(Response::new(pb::SetChatMutedResponse { muted, until }))
     }
 
     async fn get_presence(

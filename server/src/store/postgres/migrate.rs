@@ -24,6 +24,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         4,
         include_str!("../../../../migrations/postgres/0004_push_tokens.sql"),
     ),
+    (
+        5,
+        include_str!("../../../../migrations/postgres/0005_chat_mute.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations ("chatd" + 1).

@@ -497,7 +497,7 @@ async fn chat_views(pool: &PgPool, ids: &[String], user_id: &str) -> Result<Vec<
         "SELECT q.chat_id, GREATEST(m.read_seq, q.joined_seq),
                 (SELECT count(*) FROM messages x WHERE x.chat_id = q.chat_id
                     AND x.seq > GREATEST(m.read_seq, q.joined_seq) AND x.sender_user_id <> $4),
-                {}
+                m.muted_until, {}
          FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS q(chat_id, last_seq, joined_seq)
          JOIN members m ON m.chat_id = q.chat_id AND m.user_id = $4
          LEFT JOIN messages lm ON lm.chat_id = q.chat_id AND lm.seq = q.last_seq
@@ -515,10 +515,11 @@ async fn chat_views(pool: &PgPool, ids: &[String], user_id: &str) -> Result<Vec<
     .fetch_all(pool)
     .await
     .map_err(pg_err)?;
-    let mut extras: HashMap<String, (u64, u64, Option<Message>)> = HashMap::new();
+    // Per chat: read position, unread count, mute, preview.
+    let mut extras: HashMap<String, (u64, u64, Option<i64>, Option<Message>)> = HashMap::new();
     for row in rows {
-        let last_message = match get::<Option<String>>(&row, 3)? {
-            Some(_) => Some(message_at(&row, 3)?),
+        let last_message = match get::<Option<String>>(&row, 4)? {
+            Some(_) => Some(message_at(&row, 4)?),
             None => None,
         };
         extras.insert(
@@ -526,6 +527,7 @@ async fn chat_views(pool: &PgPool, ids: &[String], user_id: &str) -> Result<Vec<
             (
                 get::<i64>(&row, 1)? as u64,
                 get::<i64>(&row, 2)? as u64,
+                get(&row, 3)?,
                 last_message,
             ),
         );
@@ -533,12 +535,14 @@ async fn chat_views(pool: &PgPool, ids: &[String], user_id: &str) -> Result<Vec<
     Ok(wanted
         .into_iter()
         .filter_map(|chat| {
-            let (read_seq, unread_count, last_message) = extras.remove(&chat.chat_id)?;
+            let (read_seq, unread_count, muted_until, last_message) =
+                extras.remove(&chat.chat_id)?;
             Some(ChatView {
                 chat,
                 read_seq,
                 unread_count,
                 last_message,
+                muted_until,
             })
         })
         .collect())
@@ -773,6 +777,52 @@ impl ChatStore for PgStore {
         .await
         .map_err(pg_err)?;
         chat_views(&self.pool, &ids, user_id).await
+    }
+
+    async fn set_muted(&self, chat_id: &str, user_id: &str, until: Option<i64>) -> Result<()> {
+        // One statement: the change where the member row is, and otherwise what tells the two
+        // refusals apart (no such chat, not a member), as the same snapshot saw them.
+        let row = sqlx::query(
+            "WITH u AS (UPDATE members SET muted_until = $3 WHERE chat_id = $1 AND user_id = $2
+                        RETURNING 1)
+             SELECT EXISTS (SELECT 1 FROM u), EXISTS (SELECT 1 FROM chats WHERE chat_id = $1)",
+        )
+        .bind(chat_id)
+        .bind(user_id)
+        .bind(until)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(pg_err)?;
+        let membership = match (get::<bool>(&row, 0)?, get::<bool>(&row, 1)?) {
+            (true, _) => return Ok(()),
+            (false, true) => Membership::NotMember,
+            (false, false) => Membership::NoSuchChat,
+        };
+        membership.require(chat_id).map(|_| ())
+    }
+
+    async fn muted_members(
+        &self,
+        chat_id: &str,
+        users: &[String],
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let muted: Vec<String> = sqlx::query_scalar(
+            "SELECT user_id FROM members
+             WHERE chat_id = $1 AND user_id = ANY($2) AND muted_until > $3",
+        )
+        .bind(chat_id)
+        .bind(users)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_err)?;
+        let muted: HashSet<String> = muted.into_iter().collect();
+        Ok(users
+            .iter()
+            .filter(|u| muted.contains(*u))
+            .cloned()
+            .collect())
     }
 }
 

@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0002_realtime.sql"),
     include_str!("../../../../migrations/sqlite/0003_push_tokens.sql"),
     include_str!("../../../../migrations/sqlite/0004_push_intents.sql"),
+    include_str!("../../../../migrations/sqlite/0005_chat_mute.sql"),
     include_str!("../../../../migrations/sqlite/0006_push_lanes.sql"),
 ];
 const WRITE_QUEUE: usize = 8192;
@@ -322,6 +323,29 @@ impl ChatStore for SqliteStore {
         let user_id = user_id.to_string();
         self.readers
             .run(move |c| reads::list_chats(c, &user_id, after, limit))
+            .await
+    }
+
+    async fn set_muted(&self, chat_id: &str, user_id: &str, until: Option<i64>) -> Result<()> {
+        let (chat_id, user_id) = (chat_id.to_string(), user_id.to_string());
+        self.write(|reply| WriteOp::SetMuted {
+            chat_id,
+            user_id,
+            until,
+            reply,
+        })
+        .await
+    }
+
+    async fn muted_members(
+        &self,
+        chat_id: &str,
+        users: &[String],
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let (chat_id, users) = (chat_id.to_string(), users.to_vec());
+        self.readers
+            .run(move |c| reads::muted_members(c, &chat_id, users, now))
             .await
     }
 }

@@ -11,7 +11,7 @@ use crate::store::{Access, ActivityKey, Membership, ResumeChat, ResumePlan, SeqR
 use crate::{Error, Result};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use tokio::sync::Semaphore;
 
 fn kind_from(code: i64) -> ChatKind {
@@ -130,10 +130,12 @@ pub(super) fn chat_view(c: &Connection, chat_id: &str, user_id: &str) -> Result<
         return Ok(None);
     };
     let joined_seq = member.joined_seq;
-    let read_seq: i64 = c
-        .prepare_cached("SELECT read_seq FROM members WHERE chat_id = ?1 AND user_id = ?2")
+    let (read_seq, muted_until): (i64, Option<i64>) = c
+        .prepare_cached(
+            "SELECT read_seq, muted_until FROM members WHERE chat_id = ?1 AND user_id = ?2",
+        )
         .map_err(db_err)?
-        .query_row(params![chat_id, user_id], |r| r.get(0))
+        .query_row(params![chat_id, user_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(db_err)?;
     let read_seq = (read_seq as u64).max(joined_seq);
     let unread_count: i64 = c
@@ -157,6 +159,7 @@ pub(super) fn chat_view(c: &Connection, chat_id: &str, user_id: &str) -> Result<
         read_seq,
         unread_count: unread_count as u64,
         last_message,
+        muted_until,
     }))
 }
 
@@ -266,6 +269,25 @@ pub(super) fn chat_members(c: &Connection, chat_id: &str) -> Result<Vec<String>>
     let rows = stmt.query_map([chat_id], |r| r.get(0)).map_err(db_err)?;
     rows.collect::<rusqlite::Result<Vec<String>>>()
         .map_err(db_err)
+}
+
+/// Those of `users` who have the chat muted at `now`, in the order asked. One read of the
+/// chat's mutes (few members mute), not one per user asked about (a group may have thousands).
+pub(super) fn muted_members(
+    c: &Connection,
+    chat_id: &str,
+    users: Vec<String>,
+    now: i64,
+) -> Result<Vec<String>> {
+    let mut stmt = c
+        .prepare_cached("SELECT user_id FROM members WHERE chat_id = ?1 AND muted_until > ?2")
+        .map_err(db_err)?;
+    let muted = stmt
+        .query_map(params![chat_id, now], |r| r.get::<_, String>(0))
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<HashSet<_>>>()
+        .map_err(db_err)?;
+    Ok(users.into_iter().filter(|u| muted.contains(u)).collect())
 }
 
 pub(super) fn list_chats(

@@ -35,6 +35,12 @@ pub(super) enum WriteOp {
         reply: Reply<bool>,
     },
     Cursor(CursorMove, Reply<()>),
+    SetMuted {
+        chat_id: String,
+        user_id: String,
+        until: Option<i64>,
+        reply: Reply<()>,
+    },
     Purge {
         before: i64,
         limit: u32,
@@ -206,6 +212,7 @@ fn fail(op: WriteOp, err: &Error) {
         WriteOp::ChangeMembers { reply, .. } => reject(reply, err),
         WriteOp::RegisterDevice { reply, .. } => reject(reply, err),
         WriteOp::Cursor(_, reply) => reject(reply, err),
+        WriteOp::SetMuted { reply, .. } => reject(reply, err),
         WriteOp::Purge { reply, .. } => reject(reply, err),
         WriteOp::RegisterPushToken(_, reply) => reject(reply, err),
         WriteOp::UnregisterPushToken { reply, .. } => reject(reply, err),
@@ -263,6 +270,12 @@ fn apply(
             ))
         }
         WriteOp::Cursor(m, reply) => run!(reply, |c| writes::move_cursor(c, m, events)),
+        WriteOp::SetMuted {
+            chat_id,
+            user_id,
+            until,
+            reply,
+        } => run!(reply, |c| writes::set_muted(c, &chat_id, &user_id, until)),
         WriteOp::Purge {
             before,
             limit,

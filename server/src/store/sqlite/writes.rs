@@ -320,6 +320,22 @@ pub(super) fn move_cursor(c: &Connection, m: CursorMove, events: &mut Vec<Event>
     Ok(())
 }
 
+/// Sets or clears a member's mute; a non-member is refused as everywhere else (the membership
+/// check and the change are in one transaction of the one writer, so nothing comes between).
+pub(super) fn set_muted(
+    c: &Connection,
+    chat_id: &str,
+    user_id: &str,
+    until: Option<i64>,
+) -> Result<()> {
+    membership(c, chat_id, user_id)?.require(chat_id)?;
+    c.prepare_cached("UPDATE members SET muted_until = ?3 WHERE chat_id = ?1 AND user_id = ?2")
+        .map_err(db_err)?
+        .execute(params![chat_id, user_id, until])
+        .map_err(db_err)?;
+    Ok(())
+}
+
 pub(super) fn purge(c: &Connection, before: i64, limit: u32) -> Result<u64> {
     let n = c
         .prepare_cached(
