@@ -145,6 +145,17 @@ pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// `user`'s SetChatMuted: `muted` with no end, or unmuted.
+pub async fn set_muted(c: &mut Client, chat_id: &str, muted: bool) {
+    c.set_chat_muted(crate::pb::SetChatMutedRequest {
+        chat_id: chat_id.to_string(),
+        muted,
+        until: 0,
+    })
+    .await
+    .unwrap_or_else(|s| panic!("SetChatMuted({chat_id}, {muted}): {s:?}"));
+}
+
 /// [`until`] for a check that has to await (an HTTP probe).
 pub async fn until_async<F: std::future::Future<Output = bool>>(
     what: &str,

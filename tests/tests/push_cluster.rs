@@ -36,6 +36,14 @@ async fn the_push_worker_sends_the_clusters_jobs_and_a_killed_one_loses_none() {
     assert_eq!(web["body"], "from the cluster", "{web}");
     assert_eq!(pushkeys(&f.hook.notifications()[0]), [BOB_HOOK]);
 
+    // A muted chat: the worker leaves it out.
+    let mut bob = node.client("bob", "phone").await;
+    set_muted(&mut bob, &chat, true).await;
+    send_text(&mut alice, &chat, "muted", "shh").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(f.counts(), [1, 1, 1, 1], "bob muted the chat: no push");
+    set_muted(&mut bob, &chat, false).await;
+
     // A connected device means no job at all.
     let mut laptop = node.connect("bob", "laptop").await;
     send_text(&mut alice, &chat, "m2", "you're here").await;

@@ -2,8 +2,9 @@
 //! providers pointed at local fakes over TLS (FCM with its token endpoint, APNs over HTTP/2
 //! only, a Web Push service that decrypts the payload, a webhook gateway), clients over gRPC.
 //! Offline members get one push per provider and chat, the sender none, a connected user none;
-//! a burst is gathered into fewer pushes; dead tokens are dropped; encrypted content never
-//! leaves in a push; Retry-After is honoured.
+//! a burst is gathered into one push; a muted chat makes none; dead tokens are dropped;
+//! encrypted content never leaves in a push; Retry-After is honoured; a stalled provider
+//! holds back no other; the dead-letter depth is on /metrics.
 //!
 //! On a cluster the pushes come from `chatd push-worker` instead: tests/tests/push_cluster.rs.
 
@@ -94,6 +95,27 @@ async fn no_push_while_connected_and_a_burst_is_gathered() {
     let pushes = f.hook.notifications().len();
     assert_eq!(pushes, 1, "five messages sent at once make one push");
     assert_eq!(f.counts(), [1, 1, 1, 1], "one push per provider");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_muted_chat_makes_no_push_until_unmuted() {
+    let f = embedded_fakes().await;
+    let server = f.server().await;
+    let (mut alice, chat, _) = bob_and_alice(&f, &server).await;
+    let mut bob = server.client("bob", "phone").await;
+    set_muted(&mut bob, &chat, true).await;
+    send_text(&mut alice, &chat, "quiet", "you muted me").await;
+    // Past two passes and a settle: nothing went out.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(f.counts(), [0, 0, 0, 0], "bob muted the chat");
+    set_muted(&mut bob, &chat, false).await;
+    send_text(&mut alice, &chat, "loud", "and now?").await;
+    until("a push at every provider after unmuting", || {
+        f.counts() == [1, 1, 1, 1]
+    })
+    .await;
+    let web = f.web.delivered()[0].json().expect("JSON payload");
+    assert_eq!(web["body"], "and now?", "only the unmuted message: {web}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

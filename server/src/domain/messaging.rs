@@ -255,8 +255,16 @@ mod tests {
         assert!(matches!(history_position(&pos), Ok((Direction::Newer, 42))));
         pos[0] = 0;
         assert!(matches!(history_position(&pos), Ok((Direction::Older, 42))));
-        for bad in [&[][..], &[1][..], &pos[..8], &[pos.clone(), vec![0]].concat()[..]] {
-            let err = history_position(bad).err().map(|e| e.to_string()).unwrap_or_default();
+        for bad in [
+            &[][..],
+            &[1][..],
+            &pos[..8],
+            &[pos.clone(), vec![0]].concat()[..],
+        ] {
+            let err = history_position(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(err.contains("page_token"), "{bad:?}: {err}");
         }
     }

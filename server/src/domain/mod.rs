@@ -6,7 +6,7 @@ pub mod chats;
 pub mod content;
 pub mod cursors;
 #[cfg(test)]
-mod fakes;
+pub(crate) mod fakes;
 pub mod idempotency;
 pub mod ids;
 pub mod limits;

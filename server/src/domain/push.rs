@@ -1,7 +1,7 @@
 //! The push rule: who is told about new messages while away, and what one push says.
 //!
-//! A member gets a push for a message when they did not send it and none of their devices is
-//! connected when the push is due; a user's messages of one pass are gathered per chat (one
+//! A member gets a push for a message when they did not send it, have not muted the chat, and
+//! none of their devices is connected when the push is due; a user's messages of one pass are gathered per chat (one
 //! push per chat: "alice: hi", or "3 new messages"). Content never leaves in a push when the
 //! message is end-to-end encrypted, and otherwise only as much as the operator's [`PushText`]
 //! allows.
@@ -99,6 +99,29 @@ impl Digests {
 
     pub fn is_empty(&self) -> bool {
         self.by_user.is_empty()
+    }
+
+    /// Each chat with the users it has a digest for (to ask who muted it).
+    pub fn chats(&self) -> BTreeMap<String, Vec<String>> {
+        let mut chats: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (user, digests) in &self.by_user {
+            for chat in digests.keys() {
+                chats.entry(chat.clone()).or_default().push(user.clone());
+            }
+        }
+        chats
+    }
+
+    /// Leaves out `chat` for `users`, who muted it: a muted chat makes no push.
+    pub fn mute(&mut self, chat: &str, users: &[String]) {
+        for user in users {
+            if let Some(digests) = self.by_user.get_mut(user) {
+                digests.remove(chat);
+                if digests.is_empty() {
+                    self.by_user.remove(user);
+                }
+            }
+        }
     }
 
     pub fn users(&self) -> Vec<String> {
@@ -210,6 +233,31 @@ mod tests {
         assert_eq!(carol.len(), 2);
         let g = carol.iter().find(|c| c.chat_id == "g").unwrap();
         assert_eq!((g.count, g.last_seq, g.last_sender.as_str()), (2, 2, "bob"));
+    }
+
+    #[test]
+    fn a_muted_chat_makes_no_push_and_other_chats_still_do() {
+        let mut d = Digests::default();
+        let group = members(&["alice", "bob", "carol"]);
+        d.add(&message("g", 1, "alice", "one", &[]), &group);
+        d.add(
+            &message("dm", 1, "alice", "hi", &[]),
+            &members(&["alice", "bob"]),
+        );
+        let chats = d.chats();
+        assert_eq!(chats["g"], ["bob", "carol"]);
+        assert_eq!(chats["dm"], ["bob"]);
+        d.mute("g", &members(&["bob"]));
+        d.mute("dm", &members(&["carol"])); // not a digest of hers: nothing changes
+        let users: BTreeMap<_, _> = d.into_users().collect();
+        let bob: Vec<&str> = users["bob"].iter().map(|c| c.chat_id.as_str()).collect();
+        assert_eq!(bob, ["dm"]);
+        assert_eq!(users["carol"].len(), 1);
+
+        let mut d = Digests::default();
+        d.add(&message("g", 1, "alice", "one", &[]), &group);
+        d.mute("g", &members(&["bob", "carol"]));
+        assert!(d.is_empty(), "everyone muted it: no push at all");
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub(super) fn start(config: &Config, w: Wiring) -> Result<Backends, StartError> 
             sender.clone(),
             Arc::new(queue),
             sqlite.clone(),
+            sqlite.clone(),
             Some(registry.clone()),
             settings.clone(),
         );

@@ -66,6 +66,7 @@ pub async fn run(
             sender.clone(),
             queue,
             pg.clone(),
+            pg.clone(),
             None,
             settings.clone(),
         ));

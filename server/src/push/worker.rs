@@ -16,7 +16,7 @@ use crate::domain::push::{self as rule, ChatDigest, Digests, PushText};
 use crate::metrics::METRICS;
 use crate::registry::Registry;
 use crate::store::sqlite::DeadLetter;
-use crate::store::PushTokenStore;
+use crate::store::{ChatStore, PushTokenStore};
 use crate::Result;
 use futures_util::stream::{self, StreamExt};
 use parking_lot::Mutex;
@@ -76,6 +76,8 @@ pub struct Worker {
     /// This lane's queue.
     queue: Arc<dyn PushQueue>,
     tokens: Arc<dyn PushTokenStore>,
+    /// Who muted which chat.
+    chats: Arc<dyn ChatStore>,
     /// Checked again when a push is due; `None` where the queue's producer already left out
     /// everyone with a live device (the cluster's fan-out).
     registry: Option<Arc<dyn Registry>>,
@@ -99,6 +101,7 @@ impl Worker {
         sender: Arc<dyn Sender>,
         queue: Arc<dyn PushQueue>,
         tokens: Arc<dyn PushTokenStore>,
+        chats: Arc<dyn ChatStore>,
         registry: Option<Arc<dyn Registry>>,
         settings: Settings,
     ) -> Self {
@@ -107,6 +110,7 @@ impl Worker {
             sender,
             queue,
             tokens,
+            chats,
             registry,
             settings,
             lettered: AtomicBool::new(false),
@@ -209,7 +213,15 @@ impl Worker {
         Ok(taken)
     }
 
-    async fn send_all(&self, digests: Digests) -> Result<()> {
+    async fn send_all(&self, mut digests: Digests) -> Result<()> {
+        let now = now_ms();
+        for (chat, users) in digests.chats() {
+            let muted = self.chats.muted_members(&chat, &users, now).await?;
+            digests.mute(&chat, &muted);
+        }
+        if digests.is_empty() {
+            return Ok(());
+        }
         let users = digests.users();
         let mut online: HashSet<&String> = HashSet::new();
         if let Some(registry) = &self.registry {
@@ -344,6 +356,7 @@ fn notice(chat: &ChatDigest, style: PushText) -> Notice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::fakes::FakeChats;
     use crate::domain::model::{Content, Message, PushProvider};
     use crate::push::queue::{Ack, Job};
     use crate::Error;
@@ -471,12 +484,27 @@ mod tests {
     }
 
     fn worker(queue: Arc<Takes>, tokens: Tokens) -> (Worker, Arc<Recorder>) {
+        worker_with(queue, tokens, Arc::new(FakeChats::default()))
+    }
+
+    fn worker_with(
+        queue: Arc<Takes>,
+        tokens: Tokens,
+        chats: Arc<FakeChats>,
+    ) -> (Worker, Arc<Recorder>) {
         let sender = Arc::new(Recorder::default());
         let settings = Settings {
             settle: Duration::from_millis(100),
             ..Default::default()
         };
-        let w = Worker::new(sender.clone(), queue, Arc::new(tokens), None, settings);
+        let w = Worker::new(
+            sender.clone(),
+            queue,
+            Arc::new(tokens),
+            chats,
+            None,
+            settings,
+        );
         (w, sender)
     }
 
@@ -493,6 +521,29 @@ mod tests {
         assert_eq!(w.pass().await.unwrap(), 3);
         assert_eq!(*sent.0.lock(), [("c".to_string(), 3)]);
         assert_eq!(*queue.acked.lock(), [3]);
+    }
+
+    #[tokio::test]
+    async fn a_recipient_who_muted_the_chat_gets_no_push_until_it_expires() {
+        let chats = Arc::new(FakeChats::default());
+        let queue = Arc::new(Takes::default());
+        chats
+            .mutes
+            .lock()
+            .insert(("c".into(), "bob".into()), now_ms() + 60_000);
+        queue.takes.lock().push_back(vec![job(1, 0)]);
+        let (w, sent) = worker_with(queue.clone(), Tokens::default(), chats.clone());
+        assert_eq!(w.pass().await.unwrap(), 1);
+        assert!(sent.0.lock().is_empty(), "bob muted the chat");
+        assert_eq!(*queue.acked.lock(), [1], "a muted push is done, not kept");
+        // The mute ran out.
+        chats
+            .mutes
+            .lock()
+            .insert(("c".into(), "bob".into()), now_ms() - 1);
+        queue.takes.lock().push_back(vec![job(2, 0)]);
+        assert_eq!(w.pass().await.unwrap(), 1);
+        assert_eq!(sent.0.lock().len(), 1);
     }
 
     #[tokio::test]
