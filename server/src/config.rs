@@ -22,6 +22,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HS256 secret; when unset, one is generated in `data_dir` on first start.
     pub jwt_secret: Option<String>,
+    /// Clock skew allowed on a token's `exp` and `nbf`, HS256 and identity provider tokens alike.
+    pub jwt_leeway_secs: u32,
+    /// Tokens signed by an OpenID Connect identity provider (RS256 / ES256 against its JWKS),
+    /// accepted besides the node's own HS256 tokens; off without a `jwks_url`.
+    pub oidc: OidcConfig,
     /// Largest number of members a group may have, the creator included.
     pub max_group_size: u32,
     /// Largest message content (text + ciphertext + attributes) in bytes.
@@ -107,6 +112,79 @@ pub struct PushConfig {
     pub text: crate::domain::push::PushText,
 }
 
+/// The identity provider's settings (README, "Tokens from an identity provider"). Every one but
+/// `jwks_url` only refines it, so setting one without the URL is refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OidcConfig {
+    /// Where the provider publishes its key set: https, or http to a loopback address (tests).
+    pub jwks_url: Option<String>,
+    /// The `iss` a token must carry, when set.
+    pub issuer: Option<String>,
+    /// The audiences a token's `aud` must name one of, when any.
+    pub audience: Vec<String>,
+    /// An extra CA certificate (PEM) trusted for the key set's server (a private IdP, tests).
+    pub ca_file: Option<PathBuf>,
+    /// The claim that is the user id.
+    pub user_claim: String,
+    /// The claim that makes a caller an admin (`NAME`: a boolean; `NAME=VALUE`: a string, a
+    /// space-separated list or an array holding VALUE); no provider token is admin without it.
+    pub admin_claim: Option<crate::auth::idp::AdminRule>,
+}
+
+impl OidcConfig {
+    /// The settings that refine the provider's tokens are refused without its `jwks_url`: an
+    /// issuer set alone would look checked while nothing checks it (the node's own HS256
+    /// tokens carry none).
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.jwks_url.is_some() {
+            return Ok(());
+        }
+        let refinements = [
+            ("jwt_issuer", self.issuer.clone()),
+            (
+                "jwt_audience",
+                Some(self.audience.join(",")).filter(|a| !a.is_empty()),
+            ),
+            (
+                "jwks_ca_file",
+                self.ca_file.as_ref().map(|p| p.display().to_string()),
+            ),
+            (
+                "jwt_user_claim",
+                Some(self.user_claim.clone()).filter(|c| c != "sub"),
+            ),
+            (
+                "jwt_admin_claim",
+                self.admin_claim.as_ref().map(|r| r.to_string()),
+            ),
+        ];
+        match refinements
+            .into_iter()
+            .find_map(|(key, value)| Some((key, value?)))
+        {
+            None => Ok(()),
+            Some((key, value)) => Err(ConfigError::Invalid {
+                source_name: key.into(),
+                value,
+                reason: "applies to identity provider tokens only: set jwks_url too".into(),
+            }),
+        }
+    }
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        OidcConfig {
+            jwks_url: None,
+            issuer: None,
+            audience: Vec::new(),
+            ca_file: None,
+            user_claim: "sub".to_string(),
+            admin_claim: None,
+        }
+    }
+}
+
 /// The three engines of a cluster node, all set (see [`Config::cluster`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
@@ -121,6 +199,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from("./chatd-data"),
             jwt_secret: None,
+            jwt_leeway_secs: 5,
+            oidc: OidcConfig::default(),
             max_group_size: 1000,
             max_message_bytes: 16 * 1024,
             rate_limit_per_sec: 50,
@@ -191,6 +271,27 @@ pub struct Overrides {
     /// HS256 JWT secret, at least 16 bytes [default: generated in the data dir]
     #[arg(long, env = "CHATD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Text>,
+    /// Clock skew allowed on a token's exp and nbf, in seconds [default: 5]
+    #[arg(long, env = "CHATD_JWT_LEEWAY_SECS")]
+    pub jwt_leeway_secs: Option<Text>,
+    /// JWKS URL of an OpenID Connect provider whose RS256/ES256 tokens are accepted too [default: none]
+    #[arg(long, env = "CHATD_JWKS_URL")]
+    pub jwks_url: Option<Text>,
+    /// The `iss` provider tokens must carry [default: not checked]
+    #[arg(long, env = "CHATD_JWT_ISSUER")]
+    pub jwt_issuer: Option<Text>,
+    /// Audiences a provider token's `aud` must name one of, comma-separated [default: not checked]
+    #[arg(long, env = "CHATD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<Text>,
+    /// Extra CA certificate (PEM) trusted for the JWKS server [default: none]
+    #[arg(long, env = "CHATD_JWKS_CA_FILE")]
+    pub jwks_ca_file: Option<Text>,
+    /// The provider token claim that is the user id [default: sub]
+    #[arg(long, env = "CHATD_JWT_USER_CLAIM")]
+    pub jwt_user_claim: Option<Text>,
+    /// The provider token claim that makes an admin: NAME (boolean) or NAME=VALUE [default: none]
+    #[arg(long, env = "CHATD_JWT_ADMIN_CLAIM")]
+    pub jwt_admin_claim: Option<Text>,
     /// Maximum members of a group [default: 1000]
     #[arg(long, env = "CHATD_MAX_GROUP_SIZE")]
     pub max_group_size: Option<Text>,
@@ -391,6 +492,31 @@ impl Overrides {
             let r = r.secret();
             r.ensure(r.text.len() >= 16, "must be at least 16 bytes")
                 .map(|s| Some(s.into()))
+        });
+        set!(jwt_leeway_secs, |r| r.range(0, 600));
+        set!(jwks_url => oidc.jwks_url, |r| r.jwks_url());
+        set!(jwt_issuer => oidc.issuer, |r| {
+            let text = r.text.trim();
+            r.ensure(!text.contains(char::is_control), "must not contain control characters")
+                .map(|_| Some(text.to_string()).filter(|t| !t.is_empty()))
+        });
+        set!(jwt_audience => oidc.audience, |r| {
+            let list: Vec<String> = r.text.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+            let ok = list.iter().all(|a| !a.contains(char::is_control));
+            r.ensure(ok, "must be audiences, comma-separated, without control characters").map(|_| list)
+        });
+        set!(jwks_ca_file => oidc.ca_file, Raw::file);
+        set!(jwt_user_claim => oidc.user_claim, |r| {
+            r.word().map(|w| w.unwrap_or_else(|| "sub".to_string()))
+        });
+        set!(jwt_admin_claim => oidc.admin_claim, |r| {
+            let text = r.text.trim();
+            if text.is_empty() {
+                return Ok(None);
+            }
+            crate::auth::idp::AdminRule::parse(text)
+                .map(Some)
+                .ok_or_else(|| r.invalid("must be CLAIM (a boolean claim) or CLAIM=VALUE, printable ASCII without spaces"))
         });
         set!(max_group_size, |r| r.range(2, 100_000));
         set!(max_message_bytes, |r| r.range(1, 4 * 1024 * 1024));
@@ -600,6 +726,26 @@ impl<'a> Raw<'a> {
         Ok(list)
     }
 
+    /// The identity provider's key set URL: https, or http to a loopback address (a test IdP on
+    /// the same machine: nothing on the way can swap the keys); empty means unset.
+    fn jwks_url(self) -> Result<Option<String>, ConfigError> {
+        let text = self.text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let reason = "must be an https:// URL (http:// only to a loopback address)";
+        let url = url::Url::parse(text).map_err(|_| self.invalid(reason))?;
+        let loopback = match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        };
+        let ok =
+            url.has_host() && (url.scheme() == "https" || (url.scheme() == "http" && loopback));
+        self.ensure(ok, reason).map(|_| Some(text.to_string()))
+    }
+
     /// An existing file; empty means unset.
     fn file(self) -> Result<Option<PathBuf>, ConfigError> {
         let text = self.text.trim();
@@ -653,6 +799,7 @@ impl Config {
         if layers.iter().all(|(_, l)| l.rate_limit_burst.is_none()) {
             cfg.rate_limit_burst = cfg.rate_limit_per_sec;
         }
+        cfg.oidc.check()?;
         if cfg.heartbeat_timeout_ms <= cfg.heartbeat_interval_ms {
             return Err(ConfigError::Invalid {
                 source_name: "heartbeat_timeout_ms".into(),
@@ -743,7 +890,7 @@ mod tests {
     #[test]
     fn every_setting_has_its_flag_variable_and_key() {
         let args = Overrides::args();
-        assert_eq!(args.len(), 39);
+        assert_eq!(args.len(), 46);
         for arg in &args {
             let id = arg.get_id().as_str();
             assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()));
@@ -849,6 +996,11 @@ mod tests {
         let name =
             |min: u32| format!("must be {min} to 64 characters of A-Z, a-z, 0-9, '-' and '_'");
         let days = || "must be a number of days between 0 (exclusive) and 36500".to_string();
+        let jwks = || "must be an https:// URL (http:// only to a loopback address)".to_string();
+        let admin = || {
+            "must be CLAIM (a boolean claim) or CLAIM=VALUE, printable ASCII without spaces"
+                .to_string()
+        };
         let long = "n".repeat(65);
         let cases: Vec<(&str, &str, String)> = vec![
             ("listen", "nowhere", "invalid socket address syntax".into()),
@@ -912,6 +1064,14 @@ mod tests {
             ("push_webpush_hosts", "https://push.example/x", "must be host[:port] names, comma-separated (*.domain allowed)".into()),
             ("push_webhook_secret", "a secret", "must be printable ASCII without spaces".into()),
             ("push_text", "everything", "must be one of sender-text, sender, generic".into()),
+            ("jwt_leeway_secs", "601", range(0, 600)),
+            ("jwks_url", "ftp://idp.example/jwks", jwks()),
+            ("jwks_url", "http://idp.example/jwks", jwks()),
+            ("jwks_url", "idp.example/jwks", jwks()),
+            ("jwks_ca_file", "/no/such/ca.pem", "must be an existing file".into()),
+            ("jwt_user_claim", "user id", "must be printable ASCII without spaces, at most 255 characters".into()),
+            ("jwt_admin_claim", "roles=", admin()),
+            ("jwt_admin_claim", "=admin", admin()),
         ];
         for (key, value, reason) in cases {
             let secret = ["jwt_secret", "database_url", "push_webhook_secret"].contains(&key);
@@ -938,6 +1098,65 @@ mod tests {
                 assert_eq!(result.unwrap_err().to_string(), want);
             }
         }
+    }
+
+    #[test]
+    fn identity_provider_settings_are_read_and_need_the_jwks_url() {
+        let cfg = Config::resolve(
+            Some(file("jwks_url = \"https://idp.example/jwks\"\njwt_leeway_secs = 30\n").unwrap()),
+            env(&[
+                ("CHATD_JWT_ISSUER", " https://idp.example/ "),
+                ("CHATD_JWT_AUDIENCE", "chat, chat-web ,"),
+                ("CHATD_JWT_USER_CLAIM", "preferred_username"),
+                ("CHATD_JWT_ADMIN_CLAIM", "realm_access.roles=chat-admin"),
+            ]),
+            none(),
+        )
+        .unwrap();
+        assert_eq!(cfg.jwt_leeway_secs, 30);
+        let oidc = &cfg.oidc;
+        assert_eq!(oidc.jwks_url.as_deref(), Some("https://idp.example/jwks"));
+        assert_eq!(oidc.issuer.as_deref(), Some("https://idp.example/"));
+        assert_eq!(oidc.audience, ["chat", "chat-web"]);
+        assert_eq!(oidc.user_claim, "preferred_username");
+        assert_eq!(
+            oidc.admin_claim
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
+            Some("realm_access.roles=chat-admin")
+        );
+        for url in [
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/jwks",
+            "http://[::1]:1/k",
+        ] {
+            let cfg = Config::resolve(None, env(&[("CHATD_JWKS_URL", url)]), none()).unwrap();
+            assert_eq!(
+                cfg.oidc.jwks_url.as_deref(),
+                Some(url),
+                "loopback http is allowed"
+            );
+        }
+
+        let err = Config::resolve(None, env(&[("CHATD_JWT_ISSUER", "https://idp/")]), none());
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "jwt_issuer: invalid value \"https://idp/\": applies to identity provider tokens \
+             only: set jwks_url too"
+        );
+        let err = Config::resolve(
+            None,
+            none(),
+            flags(&["chatd", "--jwt-admin-claim", "admin"]),
+        );
+        assert!(err
+            .unwrap_err()
+            .to_string()
+            .starts_with("jwt_admin_claim: "));
+        // The leeway is the HS256 tokens' too: it needs no URL.
+        let cfg = Config::resolve(None, env(&[("CHATD_JWT_LEEWAY_SECS", "0")]), none()).unwrap();
+        assert_eq!(cfg.jwt_leeway_secs, 0);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! - [`session`]: one connected device: hello, resume, live events, heartbeats, bounded queue.
 //! - [`transport`]: gRPC (and plain HTTP health) on one port; frames in, domain calls, frames out.
 //! - [`push`]: push notifications to offline devices: the providers behind one `Sender` seam.
+//! - [`https`]: the outbound HTTPS client (push providers, the identity provider's key set).
 //! - [`node`]: the composition root that builds all of the above from a [`config::Config`].
 
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod https;
 pub mod metrics;
 pub mod node;
 pub mod push;

@@ -48,7 +48,7 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
     (
         "protobuf and tonic stay in transport, the composition root and the metrics of gRPC codes",
         &[
-            "auth.rs",
+            "auth",
             "bus",
             "clock.rs",
             "config.rs",
@@ -64,7 +64,7 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
     (
         "PostgreSQL's client stays in store/postgres",
         &[
-            "auth.rs",
+            "auth",
             "bus",
             "config.rs",
             "domain",
@@ -81,7 +81,7 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
     (
         "SQLite's client stays in store/sqlite",
         &[
-            "auth.rs",
+            "auth",
             "bus",
             "config.rs",
             "domain",
@@ -98,7 +98,7 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
     (
         "Kafka's client stays in bus/kafka",
         &[
-            "auth.rs",
+            "auth",
             "bus/audience.rs",
             "bus/cluster.rs",
             "bus/local.rs",
@@ -118,7 +118,7 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
     (
         "Redis's client stays in redis/ and registry/redis.rs",
         &[
-            "auth.rs",
+            "auth",
             "bus",
             "config.rs",
             "domain",

@@ -30,6 +30,7 @@ pub mod auth;
 pub mod backend;
 pub mod cluster;
 pub mod http;
+pub mod idp;
 pub mod proxy;
 pub mod push;
 pub mod realtime;

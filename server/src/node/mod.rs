@@ -5,6 +5,7 @@ mod cluster;
 mod embedded;
 pub mod push_worker;
 
+use crate::auth::idp::{Idp, IdpSettings, FETCH_TIMEOUT};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::domain::{
@@ -57,6 +58,8 @@ pub enum StartError {
     Push(#[from] crate::push::setup::SetupError),
     #[error("cannot start gRPC reflection: {0}")]
     Reflection(String),
+    #[error("cannot set up the client of the identity provider's key set: {0}")]
+    Jwks(crate::https::HttpError),
 }
 
 /// The node's listening socket and the address it got (`--listen` may ask for port 0).
@@ -119,7 +122,7 @@ pub async fn run(
         gauges: backend_gauges,
         tasks,
     } = backends;
-    let authenticator = Authenticator::new(&secret);
+    let (authenticator, key_fetcher) = authenticator(&config, &secret, &shutdown)?;
     let tokens = PageTokens::new(&secret);
     let gauges: http::GaugeSource = {
         let (directory, registry) = (directory.clone(), registry.clone());
@@ -257,6 +260,9 @@ pub async fn run(
     };
     shutdown.cancel();
     housekeeping.abort();
+    if let Some(task) = key_fetcher {
+        task.abort();
+    }
     // Sessions ended with the server: record their devices going away before the store closes.
     presence.settle(DRAIN_TIMEOUT).await;
     // Every acknowledged write is already committed; this finishes whatever is still queued.
@@ -271,6 +277,39 @@ pub async fn run(
         }
     }
     result.map_err(StartError::from)
+}
+
+/// The node's token checks: its own HS256 tokens, and the identity provider's when a JWKS URL
+/// is set, with the task that fetches the provider's key set. The node starts without waiting
+/// for that set: until it is fetched (retried with a backoff, logged) the provider's tokens are
+/// refused and the node's own work.
+fn authenticator(
+    config: &Config,
+    secret: &[u8],
+    shutdown: &CancellationToken,
+) -> Result<(Authenticator, Option<tokio::task::JoinHandle<()>>), StartError> {
+    let leeway = u64::from(config.jwt_leeway_secs);
+    let authenticator = Authenticator::new(secret).with_leeway(leeway);
+    let oidc = &config.oidc;
+    let Some(url) = &oidc.jwks_url else {
+        return Ok((authenticator, None));
+    };
+    let client = crate::https::HttpClient::new(&crate::https::HttpConfig {
+        extra_ca_pem: oidc.ca_file.clone(),
+        timeout: FETCH_TIMEOUT,
+    })
+    .map_err(StartError::Jwks)?;
+    let idp = Idp::new(IdpSettings {
+        jwks_url: url.clone(),
+        issuer: oidc.issuer.clone(),
+        audience: oidc.audience.clone(),
+        leeway_secs: leeway,
+        user_claim: oidc.user_claim.clone(),
+        admin: oidc.admin_claim.clone(),
+    });
+    tracing::info!(jwks_url = %url, issuer = ?oidc.issuer, audience = ?oidc.audience, "accepting the identity provider's tokens");
+    let task = tokio::spawn(idp.clone().run(client, shutdown.clone()));
+    Ok((authenticator.with_idp(idp), Some(task)))
 }
 
 /// Periodic chores: the retention purge, and forgetting rate-limit buckets and typing

@@ -4,8 +4,8 @@
 //! every 20 minutes (TooManyProviderTokenUpdates), so one token is made and reused for
 //! `token_ttl`, and remade early only when APNs says it expired or is invalid.
 
-use super::http::{HttpClient, HttpConfig, HttpError, Reply};
 use super::{Notice, Outcome, Provider, Sender, Target};
+use crate::https::{HttpClient, HttpConfig, HttpError, Reply};
 use async_trait::async_trait;
 use bytes::Bytes;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};

@@ -6,8 +6,8 @@
 //! flight instead of each starting their own. A 401/403 drops the cached token and the push is
 //! tried once more with a fresh one.
 
-use super::http::{HttpClient, Reply};
 use super::{Notice, Outcome, Provider, Sender, Target};
+use crate::https::{HttpClient, Reply};
 use async_trait::async_trait;
 use bytes::Bytes;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -498,7 +498,7 @@ fn classify(reply: &Reply, error: &FcmErrorBody) -> Outcome {
 }
 
 /// A transport failure is worth a retry; a request this node cannot make is not.
-fn transport(e: &super::http::HttpError) -> Outcome {
+fn transport(e: &crate::https::HttpError) -> Outcome {
     if e.is_transient() {
         tracing::debug!(error = %e, "FCM unreachable");
         Outcome::Retry { after: None }
@@ -528,7 +528,7 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::push::http::HttpConfig;
+    use crate::https::HttpConfig;
     use push_fakes::fcm::{FakeFcm, FcmAnswer, CLIENT_EMAIL};
     use push_fakes::server::Answer;
     use push_fakes::tls::TestPki;

@@ -7,7 +7,6 @@
 pub mod apns;
 pub mod ece;
 pub mod fcm;
-pub mod http;
 pub mod kafka;
 pub mod queue;
 pub mod setup;
@@ -74,6 +73,21 @@ pub trait Sender: Send + Sync + 'static {
     async fn send(&self, target: &Target, notice: &Notice) -> Outcome;
 }
 
+/// The longest wait a provider's `Retry-After` is believed for: a longer one (or a date far
+/// ahead) would park a job for good, while the queue's own backoff still applies.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
+
+impl crate::https::Reply {
+    /// The answer's `Retry-After`, capped at [`MAX_RETRY_AFTER`].
+    pub fn retry_after(&self) -> Option<Duration> {
+        let value = self
+            .headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok());
+        retry_after(value, std::time::SystemTime::now(), MAX_RETRY_AFTER)
+    }
+}
+
 /// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3), capped at `max`.
 pub fn retry_after(
     value: Option<&str>,
@@ -89,4 +103,34 @@ pub fn retry_after(
             .unwrap_or(Duration::ZERO),
     };
     Some(wait.min(max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::https::Reply;
+
+    #[test]
+    fn retry_after_is_read_from_seconds_or_a_date_and_capped() {
+        let reply = |value: Option<&str>| {
+            let mut headers = http::HeaderMap::new();
+            if let Some(v) = value {
+                headers.insert(http::header::RETRY_AFTER, v.parse().unwrap());
+            }
+            Reply {
+                status: http::StatusCode::TOO_MANY_REQUESTS,
+                headers,
+                body: bytes::Bytes::new(),
+            }
+        };
+        assert_eq!(reply(Some("2")).retry_after(), Some(Duration::from_secs(2)));
+        assert_eq!(reply(None).retry_after(), None);
+        assert_eq!(reply(Some("999999")).retry_after(), Some(MAX_RETRY_AFTER));
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            retry_after(Some(&date), now, MAX_RETRY_AFTER),
+            Some(Duration::from_secs(30))
+        );
+    }
 }

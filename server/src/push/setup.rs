@@ -4,12 +4,12 @@
 
 use super::apns::{ApnsConfig, ApnsSender};
 use super::fcm::{FcmConfig, FcmSender};
-use super::http::{HttpClient, HttpConfig};
 use super::webhook::{WebhookConfig, WebhookSender};
 use super::webpush::{self, WebPushConfig, WebPushSender};
 use super::{Provider, Sender};
 use crate::config::PushConfig;
 use crate::domain::push_tokens::TokenCheck;
+use crate::https::{HttpClient, HttpConfig};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,8 +5,8 @@
 //! configured, naming the device by its pushkey. The token is only a pushkey, never a URL: a
 //! client must not choose where the server sends requests.
 
-use super::http::{HttpClient, Reply};
 use super::{Notice, Outcome, Provider, Sender, Target};
+use crate::https::{HttpClient, Reply};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::json;
@@ -189,7 +189,7 @@ fn classify(reply: &Reply, pushkey: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::push::http::HttpConfig;
+    use crate::https::HttpConfig;
     use push_fakes::server::Answer;
     use push_fakes::tls::TestPki;
     use push_fakes::webhook::FakeWebhook;

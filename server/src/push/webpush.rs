@@ -7,9 +7,9 @@
 //! and the request signed with our VAPID key (RFC 8292).
 
 use super::ece::{self, EceError, UaKeys};
-use super::http::{HttpClient, Reply};
 use super::vapid::{self, VapidError, VapidKey};
 use super::{Notice, Outcome, Provider, Sender, Target};
+use crate::https::{HttpClient, Reply};
 use async_trait::async_trait;
 use base64::Engine;
 use bytes::Bytes;
@@ -395,7 +395,7 @@ fn body_text(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::push::http::HttpConfig;
+    use crate::https::HttpConfig;
     use p256::pkcs8::{EncodePrivateKey, LineEnding};
     use push_fakes::tls::TestPki;
     use push_fakes::webpush::{FakeWebPush, WebPushAnswer};

@@ -52,15 +52,20 @@ impl ChatApi {
         }
     }
 
-    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+    /// Who calls, from the `authorization` header. The header is read at once: the future
+    /// holds no reference to the request (a streaming request is not `Sync`).
+    fn caller<T>(
+        &self,
+        req: &Request<T>,
+    ) -> impl std::future::Future<Output = Result<Caller, Status>> + Send + '_ {
         let header = match req.metadata().get("authorization") {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .map_err(|_| Status::unauthenticated("authorization header is not ASCII"))?,
-            ),
+            None => Ok(None),
+            Some(v) => v
+                .to_str()
+                .map(|v| Some(v.to_string()))
+                .map_err(|_| Status::unauthenticated("authorization header is not ASCII")),
         };
-        Ok(self.auth.verify_header(header)?)
+        async move { Ok(self.auth.authenticate_header(header?.as_deref()).await?) }
     }
 
     fn session_outlet(&self) -> (Outlet, OutStream) {
@@ -148,7 +153,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<Streaming<pb::ClientFrame>>,
     ) -> Result<Response<OutStream>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let device = device_header(&req)?;
         let inbound = req
             .into_inner()
@@ -168,7 +173,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<OutStream>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let device = device_header(&req)?;
         let r = req.into_inner();
         if let Some(d) = device.filter(|d| *d != r.device_id) {
@@ -198,7 +203,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let device = device_header(&req)?.unwrap_or_default();
         let r = req.into_inner();
         let send = SendRequest {
@@ -220,7 +225,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let r = req.into_inner();
         let (messages, next) = self
             .messaging
@@ -242,7 +247,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::AckDeliveredRequest>,
     ) -> Result<Response<pb::AckDeliveredResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let device = require_device(&req)?;
         let r = req.into_inner();
         let kind = ReceiptKind::Delivered;
@@ -256,7 +261,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::MarkReadRequest>,
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let device = require_device(&req)?;
         let r = req.into_inner();
         let kind = ReceiptKind::Read;
@@ -270,7 +275,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::GetReceiptsRequest>,
     ) -> Result<Response<pb::GetReceiptsResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let r = req.into_inner();
         let receipts = self
             .messaging
@@ -285,7 +290,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::SetTypingRequest>,
     ) -> Result<Response<pb::SetTypingResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let device = device_header(&req)?.unwrap_or_default();
         let r = req.into_inner();
         let started = convert::typing_state(r.state)
@@ -301,7 +306,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::OpenDirectChatRequest>,
     ) -> Result<Response<pb::Chat>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let view = self
             .chats
             .open_direct(&caller.user_id, &req.into_inner().peer_user_id, now_ms())
@@ -313,7 +318,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::CreateGroupRequest>,
     ) -> Result<Response<pb::Chat>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let r = req.into_inner();
         let view = self
             .chats
@@ -326,7 +331,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::GetChatRequest>,
     ) -> Result<Response<pb::Chat>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let view = self
             .chats
             .get(&caller.user_id, &req.into_inner().chat_id, now_ms())
@@ -338,7 +343,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::ListChatsRequest>,
     ) -> Result<Response<pb::ListChatsResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let r = req.into_inner();
         let (views, next) = self
             .chats
@@ -354,7 +359,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::AddMembersRequest>,
     ) -> Result<Response<pb::Chat>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let r = req.into_inner();
         let view = self
             .chats
@@ -367,7 +372,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::Chat>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let r = req.into_inner();
         let chat = self
             .chats
@@ -394,7 +399,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::GetPresenceRequest>,
     ) -> Result<Response<pb::GetPresenceResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let r = req.into_inner();
         let list = self
             .sessions
@@ -410,7 +415,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::RegisterPushTokenRequest>,
     ) -> Result<Response<pb::RegisterPushTokenResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let device = require_device(&req)?;
         let r = req.into_inner();
         self.push_tokens
@@ -430,7 +435,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::UnregisterPushTokenRequest>,
     ) -> Result<Response<pb::UnregisterPushTokenResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let r = req.into_inner();
         self.push_tokens
             .unregister(

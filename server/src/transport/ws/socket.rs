@@ -234,17 +234,19 @@ impl Conn {
                 other => return Err(self.refuse(other).unwrap_or(Close::Gone)),
             };
             return match frames::decode(text.as_str()) {
-                Ok(Inbound::Connect { token, hello }) => match shared.auth.verify(&token) {
-                    Ok(caller) => Ok((caller.user_id, hello)),
-                    Err(error) => {
-                        let r = Refusal {
-                            frame: Some("connect"),
-                            error,
-                            client_msg_id: None,
-                        };
-                        Err(Close::refused(&r, Some("token")))
+                Ok(Inbound::Connect { token, hello }) => {
+                    match shared.auth.authenticate(&token).await {
+                        Ok(caller) => Ok((caller.user_id, hello)),
+                        Err(error) => {
+                            let r = Refusal {
+                                frame: Some("connect"),
+                                error,
+                                client_msg_id: None,
+                            };
+                            Err(Close::refused(&r, Some("token")))
+                        }
                     }
-                },
+                }
                 Ok(Inbound::Command(_)) => Err(Close::error(&Error::invalid(
                     "type",
                     "the first frame must be connect",

@@ -1,10 +1,11 @@
-//! The HTTPS client every provider shares (rustls, HTTP/1.1 and HTTP/2, an extra CA for tests).
+//! The node's outbound HTTPS client (rustls, HTTP/1.1 and HTTP/2, an extra CA for tests): the
+//! push providers and the identity provider's key set (`auth::idp`) are fetched with it.
 //!
-//! One [`HttpClient`] per node: its connection pool is what makes a burst of pushes cheap (one
+//! One [`HttpClient`] per use: its connection pool is what makes a burst of pushes cheap (one
 //! TLS handshake per provider host, HTTP/2 streams multiplexed on it). Every request is bounded
 //! by one timeout that covers connecting, the handshake, the answer's head and its body, and an
-//! answer's body is read up to [`MAX_BODY`] only: providers answer in a few hundred bytes, so a
-//! larger body is cut rather than buffered.
+//! answer's body is read up to [`MAX_BODY`] only: providers answer in a few hundred bytes and a
+//! key set in a few kilobytes, so a larger body is cut rather than buffered.
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -21,19 +22,15 @@ use std::time::Duration;
 /// How much of an answer's body is kept.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// The longest wait a provider's `Retry-After` is believed for: a longer one (or a date far
-/// ahead) would park a job for good, while the queue's own backoff still applies.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
-
 /// An HTTP/2 connection (busy or idle in the pool) is pinged this often, so a dead one (NAT, load
 /// balancer) is noticed before a push waits on it: APNs wants long-lived connections.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(60);
 
-/// How the providers reach their services.
+/// How the client reaches its servers.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     /// A PEM file of CA certificates trusted besides the public roots (the fakes' test CA, a
-    /// corporate proxy's CA).
+    /// corporate proxy's CA, a private identity provider's CA).
     pub extra_ca_pem: Option<PathBuf>,
     /// The bound on one request: connect, TLS, the answer's head and body.
     pub timeout: Duration,
@@ -87,23 +84,12 @@ impl HttpError {
     }
 }
 
-/// A provider's answer, its body cut at [`MAX_BODY`].
+/// A server's answer, its body cut at [`MAX_BODY`].
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: http::StatusCode,
     pub headers: http::HeaderMap,
     pub body: Bytes,
-}
-
-impl Reply {
-    /// The answer's `Retry-After`, capped at [`MAX_RETRY_AFTER`].
-    pub fn retry_after(&self) -> Option<Duration> {
-        let value = self
-            .headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok());
-        super::retry_after(value, std::time::SystemTime::now(), MAX_RETRY_AFTER)
-    }
 }
 
 /// The shared, pooled client; cloning shares the pool.
@@ -211,7 +197,7 @@ impl HttpClient {
                 kept.extend_from_slice(&data[..room]);
                 // Dropping the rest of the body closes the stream (or the HTTP/1.1 connection):
                 // an oversized answer costs no more memory than a full one.
-                tracing::debug!(host, limit = MAX_BODY, "push provider answer cut");
+                tracing::debug!(host, limit = MAX_BODY, "HTTP answer cut");
                 break;
             }
             kept.extend_from_slice(&data);
@@ -312,7 +298,7 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 
 /// rustls with ring, as the project chose (not aws-lc-rs). rustls 0.23.48 deprecates ring's
 /// provider because it lacks the post-quantum key exchange (X25519MLKEM768, aws-lc-rs only);
-/// classic X25519 is what the push services and the fakes negotiate today.
+/// classic X25519 is what the push services, identity providers and the fakes negotiate today.
 #[allow(deprecated)]
 fn ring_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -480,16 +466,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn plain_http_works_and_retry_after_is_read() {
+    async fn plain_http_works() {
         let script = Scripted::new(Answer::ok());
         script.push(Answer::status(429).header("retry-after", "2"));
         let server = FakeServer::http(script).await.unwrap();
         let client = HttpClient::new(&HttpConfig::default()).unwrap();
         let reply = client.send(post(&server.url(), "x")).await.unwrap();
         assert_eq!(reply.status, http::StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(reply.retry_after(), Some(Duration::from_secs(2)));
-        let reply = client.send(post(&server.url(), "x")).await.unwrap();
-        assert_eq!(reply.retry_after(), None);
+        assert_eq!(reply.headers.get("retry-after").unwrap(), "2");
     }
 
     #[tokio::test]
