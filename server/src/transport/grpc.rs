@@ -385,7 +385,7 @@ impl ChatService for ChatApi {
         &self,
         req: Request<pb::SetChatMutedRequest>,
     ) -> Result<Response<pb::SetChatMutedResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let r = req.into_inner();
         let mute = self
             .chats
