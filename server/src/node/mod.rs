@@ -208,7 +208,8 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .into_axum_router();
+        .into_axum_router()
+        .layer(axum::middleware::from_fn(listener::refuse_over_rate));
     let mut router = web::grpc_web(grpc, &config.cors_origins)
         .merge(http::routes(store.clone(), gauges))
         .merge(websockets.routes());
@@ -221,8 +222,10 @@ pub async fn run(
     tracing::info!(%local, node_id, "chatd serving");
 
     let max_connections = listener::connection_limit();
-    tracing::info!(max_connections, "accepting connections");
-    let incoming = listener::incoming(listener, max_connections);
+    let per_ip = config.limits.connections_per_ip_per_sec;
+    tracing::info!(max_connections, per_ip, "accepting connections");
+    let rate = listener::ConnectionRate::new(per_ip);
+    let incoming = listener::incoming(listener, max_connections, rate);
     let keepalive = Duration::from_millis(config.heartbeat_interval_ms.into());
     // tonic's server cannot upgrade HTTP/1.1: WebSocket handshakes are served beside it.
     let (grpc_router, grpc_shutdown) = (router.clone(), shutdown.clone());
