@@ -165,6 +165,7 @@ pub async fn run(
             heartbeat_interval_ms: config.heartbeat_interval_ms,
             heartbeat_timeout_ms: config.heartbeat_timeout_ms,
             queue: config.session_queue,
+            max_sessions_per_user: config.limits.sessions_per_user,
         },
         shutdown: shutdown.clone(),
     });
