@@ -8,7 +8,7 @@ pub mod push_worker;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::domain::{
-    chats::Chats,
+    chats::{ChatLimits, Chats},
     limits::RateLimiter,
     messaging::{Messaging, MessagingStores},
     page_token::PageTokens,
@@ -18,6 +18,7 @@ use crate::domain::{
     typing::{Typing, TypingService},
 };
 use crate::metrics::Gauge;
+use crate::quota::Quotas;
 use crate::registry::Registry;
 use crate::session::{self, Directory};
 use crate::store::Store;
@@ -76,6 +77,8 @@ fn node_id() -> String {
 struct Backends {
     store: Arc<dyn Store>,
     registry: Arc<dyn Registry>,
+    /// Where the chats each user created lately are counted.
+    quotas: Arc<dyn Quotas>,
     secret: Vec<u8>,
     node_id: String,
     /// Back-end specific gauges, read at each scrape.
@@ -114,6 +117,7 @@ pub async fn run(
     let Backends {
         store,
         registry,
+        quotas,
         secret,
         node_id,
         gauges: backend_gauges,
@@ -148,7 +152,15 @@ pub async fn run(
         limiter,
         config.max_message_bytes,
     ));
-    let chats = Arc::new(Chats::new(store.clone(), tokens, config.max_group_size));
+    let chats = Arc::new(
+        Chats::new(store.clone(), tokens, config.max_group_size).with_limits(
+            quotas,
+            ChatLimits {
+                chats_created_per_hour: config.limits.chats_created_per_hour,
+                groups_per_user: config.limits.groups_per_user,
+            },
+        ),
+    );
     let presence = Arc::new(PresenceService::new(registry, store.clone()));
     let sessions = Arc::new(session::Services {
         messaging: messaging.clone(),

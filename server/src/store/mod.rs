@@ -140,6 +140,13 @@ pub trait ChatStore: Send + Sync + 'static {
         after: Option<ActivityKey>,
         limit: u32,
     ) -> Result<Vec<ChatView>>;
+
+    /// How many groups (direct chats aside) each of `user_ids` is a member of; a user in none
+    /// is left out.
+    async fn group_counts(&self, user_ids: Vec<String>) -> Result<HashMap<String, u32>>;
+
+    /// The direct chat with this key (see [`NewChat::direct_key`]), if it exists.
+    async fn direct_chat_id(&self, direct_key: &str) -> Result<Option<String>>;
 }
 
 /// Devices and their positions: where each device stands in each chat, and the receipts.
