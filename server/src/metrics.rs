@@ -69,7 +69,7 @@ pub struct Metrics {
     /// Sends refused by the rate limiter.
     pub rate_limited: AtomicU64,
     /// Refusals by each abuse limit, in the order of `Limit::ALL`.
-    pub limited: [AtomicU64; 4],
+    pub limited: [AtomicU64; Limit::ALL.len()],
     /// Sessions closed because their queue overflowed.
     pub slow_consumers: AtomicU64,
     /// Live messages that arrived past a gap, which the session then read from the store.
@@ -97,7 +97,7 @@ pub static METRICS: Metrics = Metrics {
     messages_received: AtomicU64::new(0),
     messages_delivered: AtomicU64::new(0),
     rate_limited: AtomicU64::new(0),
-    limited: [const { AtomicU64::new(0) }; 4],
+    limited: [const { AtomicU64::new(0) }; Limit::ALL.len()],
     slow_consumers: AtomicU64::new(0),
     gaps_filled: AtomicU64::new(0),
     resyncs: AtomicU64::new(0),
@@ -309,6 +309,17 @@ pub fn render(gauges: &[Gauge]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_abuse_limit_has_its_counter() {
+        METRICS.limited(Limit::GroupsPerUser);
+        let out = render(&[]);
+        for limit in Limit::ALL {
+            let line = format!("chatd_limited_total{{limit=\"{}\"}} ", limit.label());
+            assert!(out.contains(&line), "{line} in {out}");
+        }
+        assert!(!out.contains("chatd_limited_total{limit=\"groups_per_user\"} 0\n"));
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {
