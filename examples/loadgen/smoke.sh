@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Smoke test for chat-loadgen: start a fresh chatd in a temp dir (rate limits raised), run
+# Smoke test for chat-loadgen: start a fresh chatd in a temp dir (rate and abuse limits raised:
+# every connection comes from loopback, and quickly), run
 # every scenario for ~2 s at tiny sizes, over gRPC and over the WebSocket door (/ws); check
 # that each last stdout line is one JSON object with no errors and with figures that agree
 # with the server's /metrics; stop the server.
@@ -49,6 +50,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 CHATD_RATE_LIMIT_PER_SEC=1000000 CHATD_RATE_LIMIT_BURST=1000000 RUST_LOG=${RUST_LOG:-warn} \
+CHATD_MAX_CONNECTIONS_PER_IP_PER_SEC=1000000 CHATD_MAX_SESSIONS_PER_USER=100000 \
+CHATD_MAX_CHATS_CREATED_PER_HOUR=1000000 CHATD_MAX_GROUPS_PER_USER=1000000 \
     "$SERVER" serve --listen 127.0.0.1:0 --data-dir "$DIR/data" >"$DIR/server.out" 2>"$DIR/server.err" &
 SERVER_PID=$!
 

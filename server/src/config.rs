@@ -35,6 +35,8 @@ pub struct Config {
     pub rate_limit_per_sec: u32,
     /// Token-bucket capacity per user per device.
     pub rate_limit_burst: u32,
+    /// The abuse limits (README, "Abuse limits"); 0 turns one off.
+    pub limits: AbuseLimits,
     /// How often clients are told to ping.
     pub heartbeat_interval_ms: u32,
     /// A session silent for this long is closed.
@@ -72,6 +74,32 @@ pub struct Config {
     pub push: PushConfig,
     /// How log lines are written to stderr.
     pub log_format: LogFormat,
+}
+
+/// The abuse limits: each refuses what goes past it with RESOURCE_EXHAUSTED naming the setting.
+/// 0 turns one off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbuseLimits {
+    /// New connections accepted per remote address (IPv6: per /64) per second; bursts of twice
+    /// this are let through.
+    pub connections_per_ip_per_sec: u32,
+    /// Live sessions (Connect, Subscribe, WebSocket) of one user across the cluster.
+    pub sessions_per_user: u32,
+    /// Chats (groups, new direct chats) one user creates in any hour.
+    pub chats_created_per_hour: u32,
+    /// Groups one user is a member of.
+    pub groups_per_user: u32,
+}
+
+impl Default for AbuseLimits {
+    fn default() -> Self {
+        AbuseLimits {
+            connections_per_ip_per_sec: 20,
+            sessions_per_user: 20,
+            chats_created_per_hour: 100,
+            groups_per_user: 500,
+        }
+    }
 }
 
 /// Log lines as text for people, or one JSON object per line for collectors.
@@ -205,6 +233,7 @@ impl Default for Config {
             max_message_bytes: 16 * 1024,
             rate_limit_per_sec: 50,
             rate_limit_burst: 50,
+            limits: AbuseLimits::default(),
             heartbeat_interval_ms: 30_000,
             heartbeat_timeout_ms: 90_000,
             session_queue: 1024,
@@ -304,6 +333,18 @@ pub struct Overrides {
     /// Burst of sends per user per device [default: the rate]
     #[arg(long, env = "CHATD_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<Text>,
+    /// New connections per remote IP (IPv6: /64) per second, bursts of twice that; 0: no limit [default: 20]
+    #[arg(long, env = "CHATD_MAX_CONNECTIONS_PER_IP_PER_SEC")]
+    pub max_connections_per_ip_per_sec: Option<Text>,
+    /// Live sessions of one user across the cluster; 0: no limit [default: 20]
+    #[arg(long, env = "CHATD_MAX_SESSIONS_PER_USER")]
+    pub max_sessions_per_user: Option<Text>,
+    /// Chats one user may create in any hour; 0: no limit [default: 100]
+    #[arg(long, env = "CHATD_MAX_CHATS_CREATED_PER_HOUR")]
+    pub max_chats_created_per_hour: Option<Text>,
+    /// Groups one user may be a member of; 0: no limit [default: 500]
+    #[arg(long, env = "CHATD_MAX_GROUPS_PER_USER")]
+    pub max_groups_per_user: Option<Text>,
     /// Client ping interval in ms [default: 30000]
     #[arg(long, env = "CHATD_HEARTBEAT_INTERVAL_MS")]
     pub heartbeat_interval_ms: Option<Text>,
@@ -522,6 +563,10 @@ impl Overrides {
         set!(max_message_bytes, |r| r.range(1, 4 * 1024 * 1024));
         set!(rate_limit_per_sec, |r| r.range(1, 10_000_000));
         set!(rate_limit_burst, |r| r.range(1, 10_000_000));
+        set!(max_connections_per_ip_per_sec => limits.connections_per_ip_per_sec, |r| r.range(0, 1_000_000));
+        set!(max_sessions_per_user => limits.sessions_per_user, |r| r.range(0, 1_000_000));
+        set!(max_chats_created_per_hour => limits.chats_created_per_hour, |r| r.range(0, 1_000_000));
+        set!(max_groups_per_user => limits.groups_per_user, |r| r.range(0, 1_000_000));
         set!(heartbeat_interval_ms, |r| r.range(50, 3_600_000));
         set!(heartbeat_timeout_ms, |r| r.range(100, 3_600_000));
         set!(session_queue, |r| r.range(1, 1_000_000));
@@ -890,7 +935,7 @@ mod tests {
     #[test]
     fn every_setting_has_its_flag_variable_and_key() {
         let args = Overrides::args();
-        assert_eq!(args.len(), 46);
+        assert_eq!(args.len(), 50);
         for arg in &args {
             let id = arg.get_id().as_str();
             assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()));
@@ -988,6 +1033,37 @@ mod tests {
         assert_eq!(cfg.rate_limit_burst, 50);
     }
 
+    #[test]
+    fn abuse_limits_come_from_every_layer_and_zero_turns_one_off() {
+        let defaults = AbuseLimits {
+            connections_per_ip_per_sec: 20,
+            sessions_per_user: 20,
+            chats_created_per_hour: 100,
+            groups_per_user: 500,
+        };
+        assert_eq!(Config::default().limits, defaults);
+        let cfg = Config::resolve(
+            Some(file("max_groups_per_user = 7\nmax_sessions_per_user = 3\n").unwrap()),
+            env(&[("CHATD_MAX_CONNECTIONS_PER_IP_PER_SEC", "0")]),
+            flags(&[
+                "chatd",
+                "--max-chats-created-per-hour",
+                "9",
+                "--max-sessions-per-user=4",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.limits,
+            AbuseLimits {
+                connections_per_ip_per_sec: 0,
+                sessions_per_user: 4,
+                chats_created_per_hour: 9,
+                groups_per_user: 7,
+            }
+        );
+    }
+
     /// Every refusal, with its message word for word, from each layer.
     #[test]
     fn bad_values_are_refused_naming_their_source() {
@@ -1013,6 +1089,11 @@ mod tests {
             ("max_message_bytes", "0", range(1, 4 * 1024 * 1024)),
             ("rate_limit_per_sec", "0", range(1, 10_000_000)),
             ("rate_limit_burst", "0", range(1, 10_000_000)),
+            ("max_connections_per_ip_per_sec", "-1", digit()),
+            ("max_connections_per_ip_per_sec", "1000001", range(0, 1_000_000)),
+            ("max_sessions_per_user", "1000001", range(0, 1_000_000)),
+            ("max_chats_created_per_hour", "x", digit()),
+            ("max_groups_per_user", "1000001", range(0, 1_000_000)),
             ("heartbeat_interval_ms", "49", range(50, 3_600_000)),
             ("heartbeat_timeout_ms", "99", range(100, 3_600_000)),
             ("session_queue", "0", range(1, 1_000_000)),

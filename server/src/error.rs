@@ -26,6 +26,13 @@ pub enum Error {
     /// A bounded resource is used up (e.g. a session's outgoing queue).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// An abuse limit refused the request (RESOURCE_EXHAUSTED); `message` names the limit and
+    /// its value (see [`Limit::refusal`](crate::domain::limits::Limit::refusal)).
+    #[error("{message}")]
+    Limited {
+        limit: crate::domain::limits::Limit,
+        message: String,
+    },
     /// The store or another dependency cannot be reached; nothing was committed.
     #[error("{0}")]
     Unavailable(String),

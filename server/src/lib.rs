@@ -10,6 +10,8 @@
 //! - [`registry`]: which devices are connected where, presence and last seen (in-process or Redis).
 //! - [`bus`]: fan-out of committed events to the sessions that must see them (in-process, or
 //!   Kafka + Redis Pub/Sub across nodes).
+//! - [`quota`]: how often each user did something within a window (chats created per hour),
+//!   counted in-process or, across a cluster, in Redis.
 //! - [`redis`]: Redis connections and the Pub/Sub link the registry and the bus share.
 //! - [`metrics`]: counters and histograms in Prometheus text.
 //! - [`session`]: one connected device: hello, resume, live events, heartbeats, bounded queue.
@@ -28,6 +30,7 @@ pub mod https;
 pub mod metrics;
 pub mod node;
 pub mod push;
+pub mod quota;
 pub mod redis;
 pub mod registry;
 pub mod session;

@@ -3,6 +3,7 @@
 //! Counters and histograms are plain atomics in one static, cheap enough for the per-message
 //! path; gauges (sessions, queue depths) are read from their owners when scraped.
 
+use crate::domain::limits::Limit;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
@@ -67,6 +68,8 @@ pub struct Metrics {
     pub messages_delivered: AtomicU64,
     /// Sends refused by the rate limiter.
     pub rate_limited: AtomicU64,
+    /// Refusals by each abuse limit, in the order of `Limit::ALL`.
+    pub limited: [AtomicU64; Limit::ALL.len()],
     /// Sessions closed because their queue overflowed.
     pub slow_consumers: AtomicU64,
     /// Live messages that arrived past a gap, which the session then read from the store.
@@ -94,6 +97,7 @@ pub static METRICS: Metrics = Metrics {
     messages_received: AtomicU64::new(0),
     messages_delivered: AtomicU64::new(0),
     rate_limited: AtomicU64::new(0),
+    limited: [const { AtomicU64::new(0) }; Limit::ALL.len()],
     slow_consumers: AtomicU64::new(0),
     gaps_filled: AtomicU64::new(0),
     resyncs: AtomicU64::new(0),
@@ -138,6 +142,12 @@ impl Metrics {
             .position(|p| *p == provider)
             .unwrap_or(0);
         &self.push[i]
+    }
+
+    pub fn limited(&self, limit: Limit) {
+        if let Some(i) = Limit::ALL.iter().position(|l| *l == limit) {
+            self.limited[i].fetch_add(1, Relaxed);
+        }
     }
 
     pub fn error(&self, code: tonic::Code) {
@@ -190,6 +200,15 @@ pub fn render(gauges: &[Gauge]) -> String {
         "Sends refused by the rate limiter.",
         m.rate_limited.load(Relaxed),
     );
+    let _ = writeln!(out, "# HELP chatd_limited_total Refusals by an abuse limit (a request, a session start, a WebSocket handshake), by limit.\n# TYPE chatd_limited_total counter");
+    for (limit, c) in Limit::ALL.iter().zip(&m.limited) {
+        let _ = writeln!(
+            out,
+            "chatd_limited_total{{limit=\"{}\"}} {}",
+            limit.label(),
+            c.load(Relaxed)
+        );
+    }
     counter(
         &mut out,
         "chatd_slow_consumer_closes_total",
@@ -290,6 +309,17 @@ pub fn render(gauges: &[Gauge]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_abuse_limit_has_its_counter() {
+        METRICS.limited(Limit::GroupsPerUser);
+        let out = render(&[]);
+        for limit in Limit::ALL {
+            let line = format!("chatd_limited_total{{limit=\"{}\"}} ", limit.label());
+            assert!(out.contains(&line), "{line} in {out}");
+        }
+        assert!(!out.contains("chatd_limited_total{limit=\"groups_per_user\"} 0\n"));
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

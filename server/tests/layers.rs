@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 /// (what the rule says, the source folders or files it applies to, paths they must not name)
 const RULES: &[(&str, &[&str], &[&str])] = &[
     (
-        "the store and the registry know nothing of the fan-out or of the layers above them",
-        &["store", "registry", "redis"],
+        "the store, the registry and the quotas know nothing of the fan-out or of the layers above them",
+        &["store", "registry", "quota", "redis"],
         &[
             "crate::bus",
             "crate::session",
@@ -33,6 +33,8 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
             "crate::store::postgres",
             "crate::registry::redis",
             "crate::registry::local",
+            "crate::quota::redis",
+            "crate::quota::local",
         ],
     ),
     (
@@ -54,6 +56,7 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
             "config.rs",
             "domain",
             "error.rs",
+            "quota",
             "redis",
             "registry",
             "session",
@@ -116,12 +119,14 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
         &["rdkafka"],
     ),
     (
-        "Redis's client stays in redis/ and registry/redis.rs",
+        "Redis's client stays in redis/, registry/redis.rs and quota/redis.rs",
         &[
             "auth",
             "bus",
             "config.rs",
             "domain",
+            "quota/local.rs",
+            "quota/mod.rs",
             "registry/local.rs",
             "registry/mod.rs",
             "session",

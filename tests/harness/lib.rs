@@ -65,6 +65,16 @@ pub const NO_RATE_LIMIT: &[(&str, &str)] = &[
     ("CHATD_RATE_LIMIT_BURST", "1000000"),
 ];
 
+/// The abuse limits every test server starts with unless the test sets its own: far above what
+/// any suite does from its one loopback address (the harness opens a connection per client,
+/// cluster and load tests open hundreds at once), yet on, so every suite runs the limits' code.
+pub const GENEROUS_LIMITS: &[(&str, &str)] = &[
+    ("CHATD_MAX_CONNECTIONS_PER_IP_PER_SEC", "1000000"),
+    ("CHATD_MAX_SESSIONS_PER_USER", "100000"),
+    ("CHATD_MAX_CHATS_CREATED_PER_HOUR", "1000000"),
+    ("CHATD_MAX_GROUPS_PER_USER", "1000000"),
+];
+
 /// For suites that only make sense on the full stack (they are `#[ignore]`d, so a plain
 /// `cargo test` lists them as ignored): panics, saying how to run them, when this run is not
 /// `CHAT_TEST_BACKEND=full`, so a test asked for (`--ignored`) without its services fails

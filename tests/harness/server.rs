@@ -573,6 +573,10 @@ fn base_command(opts: &ServerOptions, backend: &BackendInstance, node_id: Option
     if let Some(secret) = &opts.jwt_secret {
         cmd.env("CHATD_JWT_SECRET", secret);
     }
+    // A test's own settings (below) come after, and win.
+    for (k, v) in crate::GENEROUS_LIMITS {
+        cmd.env(k, v);
+    }
     for (k, v) in &opts.env {
         cmd.env(k, v);
     }

@@ -87,6 +87,10 @@ class Chatd:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
         self.env.update({"CHATD_RATE_LIMIT_PER_SEC": "1000", "CHATD_RATE_LIMIT_BURST": "1000"})
+        # Every client connects from loopback, and the resilience tests reconnect quickly
+        # (leaving sessions behind until the server notices their connection died).
+        self.env.update({"CHATD_MAX_CONNECTIONS_PER_IP_PER_SEC": "0",
+                         "CHATD_MAX_SESSIONS_PER_USER": "0"})
         self.env.update(env or {})
         self.proc = None
         self.starts = 0

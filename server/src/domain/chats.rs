@@ -1,14 +1,18 @@
 //! Chats and membership: opening direct chats, creating groups, adding and removing members,
 //! muting a chat's pushes, and reading a chat as one of its members sees it.
 
-use super::membership::{adding, removing};
+use super::limits::Limit;
+use super::membership::{adding_within, removing, GroupsHeld};
 use super::{ids, model::*, mute, page_size, page_token::PageTokens};
 use crate::auth::check_user_id;
+use crate::quota::{Quotas, Taken};
 use crate::store::{ActivityKey, ChatStore, NewChat};
 use crate::{Error, Result};
 use std::sync::Arc;
 
 const MAX_TITLE_BYTES: usize = 256;
+/// The window of `--max-chats-created-per-hour`.
+const HOUR_MS: u64 = 3_600_000;
 
 pub use super::membership::Access;
 
@@ -24,15 +28,74 @@ pub struct Chats {
     tokens: PageTokens,
     /// Largest group, the creator included.
     max_group_size: u32,
+    /// Where the chats each user created in the last hour are counted (cluster-wide on a
+    /// cluster); none without limits.
+    quotas: Option<Arc<dyn Quotas>>,
+    limits: ChatLimits,
+}
+
+/// The abuse limits on chats; 0 turns one off.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChatLimits {
+    /// Chats (groups, and direct chats that did not exist yet) one user creates in any hour.
+    pub chats_created_per_hour: u32,
+    /// Groups one user is a member of.
+    pub groups_per_user: u32,
 }
 
 impl Chats {
+    /// Chats without abuse limits (see [`Chats::with_limits`]).
     pub fn new(store: Arc<dyn ChatStore>, tokens: PageTokens, max_group_size: u32) -> Self {
         Chats {
             store,
             tokens,
             max_group_size,
+            quotas: None,
+            limits: ChatLimits::default(),
         }
+    }
+
+    /// The same chats under `limits`, the chats created counted in `quotas`.
+    pub fn with_limits(self, quotas: Arc<dyn Quotas>, limits: ChatLimits) -> Self {
+        Chats {
+            quotas: Some(quotas),
+            limits,
+            ..self
+        }
+    }
+
+    /// Counts one chat created by `user_id`, or refuses it past `--max-chats-created-per-hour`.
+    async fn count_creation(&self, user_id: &str, now: i64) -> Result<()> {
+        let limit = self.limits.chats_created_per_hour;
+        let Some(quotas) = self.quotas.as_ref().filter(|_| limit > 0) else {
+            return Ok(());
+        };
+        let key = format!("chats_created:{user_id}");
+        match quotas.take(&key, limit, HOUR_MS, now).await? {
+            Taken::Yes => Ok(()),
+            Taken::No { retry_after_ms } => {
+                tracing::debug!(
+                    user_id,
+                    limit,
+                    "chat creation refused: --max-chats-created-per-hour"
+                );
+                let wait = retry_after_ms.div_ceil(1000);
+                Err(Limit::ChatsCreatedPerHour.refusal(
+                    limit,
+                    format!("too many chats created in the last hour (the next may be created in {wait} s)"),
+                ))
+            }
+        }
+    }
+
+    /// How many groups `users` are in, for the groups limit (nothing to read without one).
+    async fn groups_held(&self, users: &[String]) -> Result<GroupsHeld> {
+        let max = self.limits.groups_per_user;
+        if max == 0 {
+            return Ok(GroupsHeld::default());
+        }
+        let counts = self.store.group_counts(users.to_vec()).await?;
+        Ok(GroupsHeld { max, counts })
     }
 
     pub async fn open_direct(
@@ -50,12 +113,20 @@ impl Chats {
         } else {
             (peer_user_id, user_id)
         };
+        let direct_key = format!("{a}\n{b}");
+        // Opening a direct chat that exists creates nothing, so counts against no limit.
+        if self.limits.chats_created_per_hour > 0 {
+            if let Some(chat_id) = self.store.direct_chat_id(&direct_key).await? {
+                return self.view(&chat_id, user_id, now).await;
+            }
+            self.count_creation(user_id, now).await?;
+        }
         let (chat, _) = self
             .store
             .create_chat(NewChat {
                 kind: ChatKind::Direct,
                 title: String::new(),
-                direct_key: Some(format!("{a}\n{b}")),
+                direct_key: Some(direct_key),
                 members: vec![(a.to_string(), Role::Member), (b.to_string(), Role::Member)],
                 created_at: now,
             })
@@ -84,8 +155,16 @@ impl Chats {
                 self.max_group_size
             )));
         }
-        let mut members = vec![(user_id.to_string(), Role::Admin)];
-        members.extend(others.into_iter().map(|u| (u, Role::Member)));
+        let mut users = vec![user_id.to_string()];
+        users.extend(others);
+        // The creator and everyone they put in join a group: none may go past the groups limit.
+        self.groups_held(&users).await?.check(&users)?;
+        self.count_creation(user_id, now).await?;
+        let members = users
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| (u, if i == 0 { Role::Admin } else { Role::Member }))
+            .collect();
         let (chat, _) = self
             .store
             .create_chat(NewChat {
@@ -160,7 +239,8 @@ impl Chats {
         if users.is_empty() {
             return Err(Error::invalid("user_ids", "must name at least one user"));
         }
-        let rule = adding(user_id.to_string(), users, self.max_group_size);
+        let held = self.groups_held(&users).await?;
+        let rule = adding_within(user_id.to_string(), users, self.max_group_size, held);
         self.store.change_members(chat_id, rule, now).await?;
         self.view(chat_id, user_id, now).await
     }
@@ -232,6 +312,105 @@ mod tests {
 
     fn chats(store: &Arc<FakeChats>, max_group_size: u32) -> Chats {
         Chats::new(store.clone(), PageTokens::new(b"test"), max_group_size)
+    }
+
+    fn limited(store: &Arc<FakeChats>, chats_created_per_hour: u32, groups_per_user: u32) -> Chats {
+        chats(store, 10).with_limits(
+            Arc::new(crate::quota::local::LocalQuotas::default()),
+            ChatLimits {
+                chats_created_per_hour,
+                groups_per_user,
+            },
+        )
+    }
+
+    fn limit_of(e: Error) -> Limit {
+        match e {
+            Error::Limited { limit, .. } => limit,
+            other => panic!("not a limit's refusal: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn chats_created_per_hour_count_groups_and_new_direct_chats_only() {
+        let store = Arc::new(FakeChats::default());
+        let c = limited(&store, 2, 0);
+        let hour = HOUR_MS as i64;
+        let dm = c.open_direct("ann", "bo", 1).await.unwrap().chat.chat_id;
+        c.create_group("ann", "t", &[], 2).await.unwrap();
+        // Opening the existing direct chat again creates nothing, even at the limit.
+        for at in [3, 4] {
+            assert_eq!(
+                c.open_direct("ann", "bo", at).await.unwrap().chat.chat_id,
+                dm
+            );
+        }
+        let e = c.create_group("ann", "t", &[], 5).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "too many chats created in the last hour (the next may be created in 3600 s): \
+             the limit is 2 per hour (--max-chats-created-per-hour)"
+        );
+        assert_eq!(
+            limit_of(c.open_direct("ann", "cy", 6).await.unwrap_err()),
+            Limit::ChatsCreatedPerHour
+        );
+        // Per user; the other side of a direct chat created nothing.
+        c.open_direct("bo", "cy", 7).await.unwrap();
+        // An hour after the first creation, one more.
+        c.open_direct("ann", "cy", 1 + hour).await.unwrap();
+        assert!(c.create_group("ann", "t", &[], 1 + hour).await.is_err());
+        assert_eq!(store.chats.lock().len(), 4, "refusals created nothing");
+    }
+
+    #[tokio::test]
+    async fn no_one_joins_a_group_past_the_groups_limit() {
+        let store = Arc::new(FakeChats::default());
+        let c = limited(&store, 0, 2);
+        // Direct chats do not count.
+        c.open_direct("ann", "bo", 1).await.unwrap();
+        let g1 = c
+            .create_group("ann", "t", &users(&["bo"]), 1)
+            .await
+            .unwrap()
+            .chat
+            .chat_id;
+        c.create_group("bo", "t", &[], 1).await.unwrap();
+        // bo is in 2 groups: no group may be created with bo in it, nor bo added to one.
+        let e = c
+            .create_group("ann", "t", &users(&["cy", "bo"]), 2)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "user bo is in too many groups: the limit is 2 (--max-groups-per-user)"
+        );
+        assert_eq!(
+            limit_of(c.create_group("bo", "t", &[], 2).await.unwrap_err()),
+            Limit::GroupsPerUser
+        );
+        let g2 = c
+            .create_group("ann", "t", &users(&["cy"]), 2)
+            .await
+            .unwrap()
+            .chat
+            .chat_id;
+        let e = c
+            .add_members("ann", &g2, &users(&["di", "bo"]), 3)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("user bo is in too many groups"),
+            "{e}"
+        );
+        assert_eq!(store.get(&g2).members.len(), 2, "a refused add adds no one");
+        // Naming a member again adds nothing, so counts against nothing; ann is at 2 now.
+        c.add_members("ann", &g1, &users(&["bo"]), 3).await.unwrap();
+        assert_eq!(
+            limit_of(c.create_group("ann", "t", &[], 3).await.unwrap_err()),
+            Limit::GroupsPerUser
+        );
+        c.add_members("ann", &g2, &users(&["di"]), 3).await.unwrap();
     }
 
     fn users(v: &[&str]) -> Vec<String> {

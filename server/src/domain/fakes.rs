@@ -4,7 +4,7 @@
 
 use super::ids;
 use super::membership::{Access, MemberRule, Membership};
-use super::model::{Chat, ChatView, Member, Message, Receipt, Role};
+use super::model::{Chat, ChatKind, ChatView, Member, Message, Receipt, Role};
 use crate::store::{
     ActivityKey, Appended, ChatStore, CursorMove, CursorStore, MessageStore, NewChat, NewMessage,
     PendingAppend, PresenceStore, ResumePlan, SeqRange,
@@ -26,6 +26,8 @@ pub struct FakeChats {
     pub chats: Mutex<HashMap<String, Chat>>,
     /// Mutes by (chat, user), as stored; a member who leaves loses theirs.
     pub mutes: Mutex<HashMap<(String, String), i64>>,
+    /// Direct chats by their key.
+    pub direct: Mutex<HashMap<String, String>>,
 }
 
 impl FakeChats {
@@ -42,6 +44,11 @@ impl FakeChats {
 #[async_trait]
 impl ChatStore for FakeChats {
     async fn create_chat(&self, new: NewChat) -> Result<(Chat, bool)> {
+        if let Some(key) = &new.direct_key {
+            if let Some(id) = self.direct.lock().get(key) {
+                return Ok((self.get(id), false));
+            }
+        }
         let chat = Chat {
             chat_id: ids::new_id(),
             kind: new.kind,
@@ -61,6 +68,9 @@ impl ChatStore for FakeChats {
             last_activity_at: new.created_at,
         };
         self.chats.lock().insert(chat.chat_id.clone(), chat.clone());
+        if let Some(key) = new.direct_key {
+            self.direct.lock().insert(key, chat.chat_id.clone());
+        }
         Ok((chat, true))
     }
 
@@ -157,6 +167,22 @@ impl ChatStore for FakeChats {
             .filter(|u| self.mute(chat_id, u).is_some_and(|until| until > now))
             .cloned()
             .collect())
+    }
+
+    async fn group_counts(&self, user_ids: Vec<String>) -> Result<HashMap<String, u32>> {
+        let chats = self.chats.lock();
+        let groups = || chats.values().filter(|c| c.kind == ChatKind::Group);
+        Ok(user_ids
+            .into_iter()
+            .filter_map(|u| {
+                let n = groups().filter(|c| c.member(&u).is_some()).count() as u32;
+                (n > 0).then_some((u, n))
+            })
+            .collect())
+    }
+
+    async fn direct_chat_id(&self, direct_key: &str) -> Result<Option<String>> {
+        Ok(self.direct.lock().get(direct_key).cloned())
     }
 }
 

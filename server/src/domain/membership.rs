@@ -6,8 +6,10 @@
 //! other changes of the chat) and only persists the plan. So the rule is one piece of code, and
 //! two concurrent changes can never both pass a check that only one of them may pass.
 
+use super::limits::Limit;
 use super::model::{Chat, ChatChangeKind, ChatKind, Role};
 use crate::{Error, Result};
+use std::collections::HashMap;
 
 /// Where a user stands in a chat.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +72,52 @@ pub type MemberRule = Box<dyn FnOnce(&Chat) -> Result<MemberPlan> + Send>;
 
 /// `by` adds `users` (validated, without repeats) to a group of at most `max_members`.
 pub fn adding(by: String, users: Vec<String>, max_members: u32) -> MemberRule {
-    Box::new(move |chat| plan_add(chat, &by, users, max_members))
+    adding_within(by, users, max_members, GroupsHeld::default())
+}
+
+/// [`adding`], where no user who joins may go past the groups limit of `held`: a refusal names
+/// the first such user, and adds no one.
+pub fn adding_within(
+    by: String,
+    users: Vec<String>,
+    max_members: u32,
+    held: GroupsHeld,
+) -> MemberRule {
+    Box::new(move |chat| {
+        let plan = plan_add(chat, &by, users, max_members)?;
+        held.check(&plan.add)?;
+        Ok(plan)
+    })
+}
+
+/// How many groups some users are in, and how many one may be in (`--max-groups-per-user`;
+/// 0: no limit). The counts are read before the write that uses them: two changes that put one
+/// user in two more groups at once may both pass, going past the limit by one.
+#[derive(Debug, Clone, Default)]
+pub struct GroupsHeld {
+    pub max: u32,
+    /// user → groups they are a member of; a user not named is in none.
+    pub counts: HashMap<String, u32>,
+}
+
+impl GroupsHeld {
+    /// Refuses, naming the first of `joining` who is in `max` groups already.
+    pub fn check(&self, joining: &[String]) -> Result<()> {
+        if self.max == 0 {
+            return Ok(());
+        }
+        let full = joining
+            .iter()
+            .find(|u| self.counts.get(*u).copied().unwrap_or(0) >= self.max);
+        match full {
+            None => Ok(()),
+            Some(user) => {
+                tracing::debug!(user_id = %user, limit = self.max, "group join refused: --max-groups-per-user");
+                Err(Limit::GroupsPerUser
+                    .refusal(self.max, format!("user {user} is in too many groups")))
+            }
+        }
+    }
 }
 
 /// `by` removes `target` (an admin removes anyone; anyone removes themselves).
@@ -194,6 +241,37 @@ mod tests {
         );
         // Naming only members changes nothing, even in a full group.
         assert!(plan_add(&chat, "a", names(&["b"]), 2).unwrap().is_empty());
+    }
+
+    #[test]
+    fn no_one_joins_past_the_groups_limit_and_a_refusal_adds_no_one() {
+        let chat = group(&[("a", Role::Admin, 1), ("b", Role::Member, 2)]);
+        let held = GroupsHeld {
+            max: 2,
+            counts: [("b", 2), ("c", 1), ("d", 2)]
+                .map(|(u, n)| (u.to_string(), n))
+                .into(),
+        };
+        let add = |users: &[&str]| adding_within("a".into(), names(users), 10, held.clone())(&chat);
+        // b is in the limit's worth of groups, but already in this one: nothing changes for b.
+        assert_eq!(add(&["b", "c", "e"]).unwrap().add, names(&["c", "e"]));
+        let err = add(&["c", "d", "e"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "user d is in too many groups: the limit is 2 (--max-groups-per-user)"
+        );
+        assert!(matches!(
+            err,
+            Error::Limited {
+                limit: Limit::GroupsPerUser,
+                ..
+            }
+        ));
+        let off = GroupsHeld {
+            max: 0,
+            ..held.clone()
+        };
+        assert!(off.check(&names(&["d"])).is_ok(), "0: no limit");
     }
 
     #[test]

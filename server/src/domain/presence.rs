@@ -4,6 +4,7 @@
 //! Anyone else reads as OFFLINE with no last seen, exactly like a user who never connected, so
 //! the answer leaks neither presence nor existence. Watching such a user yields no events.
 
+use super::limits::Limit;
 use super::model::Presence;
 use crate::auth::check_user_id;
 use crate::registry::{Registry, SessionKey, Watcher};
@@ -144,10 +145,21 @@ impl PresenceService {
     }
 
     /// Registers a live session and tells the user's watchers. Once this returns, the fan-out
-    /// of every later commit reaches the session.
-    pub async fn device_connected(&self, session: &SessionKey) -> Result<()> {
+    /// of every later commit reaches the session. A user who has `max_sessions` live sessions
+    /// already (0: no limit), across the cluster, is refused naming the limit; nothing is
+    /// registered then.
+    pub async fn device_connected(&self, session: &SessionKey, max_sessions: u32) -> Result<()> {
         let _order = self.order_of(&session.user_id).await;
-        let p = self.registry.connect(session).await?;
+        let Some(p) = self.registry.connect(session, max_sessions).await? else {
+            tracing::debug!(
+                user_id = session.user_id,
+                limit = max_sessions,
+                "session refused: --max-sessions-per-user"
+            );
+            return Err(
+                Limit::SessionsPerUser.refusal(max_sessions, "too many sessions for this user")
+            );
+        };
         if let Err(e) = self.registry.publish(p).await {
             tracing::warn!(user_id = session.user_id, error = %e, "cannot publish presence");
         }
@@ -229,7 +241,7 @@ mod tests {
         store.last_seen.lock().insert("cy".into(), 42);
         let p = PresenceService::new(Arc::new(LocalRegistry::default()), store.clone());
         for (user, id) in [("bo", 1), ("di", 2)] {
-            p.device_connected(&session(user, id)).await.unwrap();
+            p.device_connected(&session(user, id), 0).await.unwrap();
         }
         let asked = ["bo", "cy", "di", "ann", "bo"].map(String::from);
         let seen = p.get("ann", &asked).await.unwrap();
@@ -255,5 +267,29 @@ mod tests {
             p.get("ann", &["".to_string()]).await,
             Err(Error::InvalidArgument { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_session_past_the_limit_is_refused_naming_it() {
+        let p = PresenceService::new(
+            Arc::new(LocalRegistry::default()),
+            Arc::new(FakePresence::default()),
+        );
+        p.device_connected(&session("bo", 1), 2).await.unwrap();
+        p.device_connected(&session("bo", 2), 2).await.unwrap();
+        let e = p.device_connected(&session("bo", 3), 2).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "too many sessions for this user: the limit is 2 (--max-sessions-per-user)"
+        );
+        assert!(matches!(
+            e,
+            Error::Limited {
+                limit: Limit::SessionsPerUser,
+                ..
+            }
+        ));
+        p.device_disconnected(&session("bo", 1), &[], 9).await;
+        p.device_connected(&session("bo", 3), 2).await.unwrap();
     }
 }

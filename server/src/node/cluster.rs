@@ -9,6 +9,7 @@ use crate::bus::{
 };
 use crate::config::{ClusterConfig, Config};
 use crate::metrics::Gauge;
+use crate::quota::redis::RedisQuotas;
 use crate::redis::pubsub::{PubSubHandlers, RedisPubSub};
 use crate::registry::{redis::RedisRegistry, Registry};
 use crate::store::postgres::{outbox, PgOptions, PgStore};
@@ -73,6 +74,9 @@ pub(super) async fn start(
     };
     pubsub.listen(handlers, w.shutdown.clone());
     let registry: Arc<dyn Registry> = redis_registry.clone();
+    let quotas = RedisQuotas::connect(&cluster.redis_url, ns)
+        .await
+        .map_err(StartError::Backend)?;
 
     let kafka = KafkaBus::connect(&KafkaSettings {
         brokers: cluster.kafka_brokers.clone(),
@@ -137,6 +141,7 @@ pub(super) async fn start(
     Ok(Backends {
         store,
         registry,
+        quotas: Arc::new(quotas),
         secret,
         node_id,
         gauges: vec![

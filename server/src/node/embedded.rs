@@ -6,6 +6,7 @@ use crate::bus::local::LocalFanout;
 use crate::config::Config;
 use crate::metrics::Gauge;
 use crate::push;
+use crate::quota::local::LocalQuotas;
 use crate::registry::{local::LocalRegistry, Registry};
 use crate::store::sqlite::SqliteStore;
 use std::sync::Arc;
@@ -52,6 +53,7 @@ pub(super) fn start(config: &Config, w: Wiring) -> Result<Backends, StartError> 
     Ok(Backends {
         store: sqlite,
         registry,
+        quotas: Arc::new(LocalQuotas::default()),
         secret,
         node_id: config.node_id.clone().unwrap_or_else(node_id),
         gauges: vec![Box::new(move || Gauge {

@@ -9,7 +9,7 @@ use crate::auth::idp::{Idp, IdpSettings, FETCH_TIMEOUT};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::domain::{
-    chats::Chats,
+    chats::{ChatLimits, Chats},
     limits::RateLimiter,
     messaging::{Messaging, MessagingStores},
     page_token::PageTokens,
@@ -19,6 +19,7 @@ use crate::domain::{
     typing::{Typing, TypingService},
 };
 use crate::metrics::Gauge;
+use crate::quota::Quotas;
 use crate::registry::Registry;
 use crate::session::{self, Directory};
 use crate::store::Store;
@@ -79,6 +80,8 @@ fn node_id() -> String {
 struct Backends {
     store: Arc<dyn Store>,
     registry: Arc<dyn Registry>,
+    /// Where the chats each user created lately are counted.
+    quotas: Arc<dyn Quotas>,
     secret: Vec<u8>,
     node_id: String,
     /// Back-end specific gauges, read at each scrape.
@@ -117,6 +120,7 @@ pub async fn run(
     let Backends {
         store,
         registry,
+        quotas,
         secret,
         node_id,
         gauges: backend_gauges,
@@ -151,7 +155,15 @@ pub async fn run(
         limiter,
         config.max_message_bytes,
     ));
-    let chats = Arc::new(Chats::new(store.clone(), tokens, config.max_group_size));
+    let chats = Arc::new(
+        Chats::new(store.clone(), tokens, config.max_group_size).with_limits(
+            quotas,
+            ChatLimits {
+                chats_created_per_hour: config.limits.chats_created_per_hour,
+                groups_per_user: config.limits.groups_per_user,
+            },
+        ),
+    );
     let presence = Arc::new(PresenceService::new(registry, store.clone()));
     let sessions = Arc::new(session::Services {
         messaging: messaging.clone(),
@@ -168,6 +180,7 @@ pub async fn run(
             heartbeat_interval_ms: config.heartbeat_interval_ms,
             heartbeat_timeout_ms: config.heartbeat_timeout_ms,
             queue: config.session_queue,
+            max_sessions_per_user: config.limits.sessions_per_user,
         },
         shutdown: shutdown.clone(),
     });
@@ -211,7 +224,8 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .into_axum_router();
+        .into_axum_router()
+        .layer(axum::middleware::from_fn(listener::refuse_over_rate));
     let mut router = web::grpc_web(grpc, &config.cors_origins)
         .merge(http::routes(store.clone(), gauges))
         .merge(websockets.routes());
@@ -224,8 +238,10 @@ pub async fn run(
     tracing::info!(%local, node_id, "chatd serving");
 
     let max_connections = listener::connection_limit();
-    tracing::info!(max_connections, "accepting connections");
-    let incoming = listener::incoming(listener, max_connections);
+    let per_ip = config.limits.connections_per_ip_per_sec;
+    tracing::info!(max_connections, per_ip, "accepting connections");
+    let rate = listener::ConnectionRate::new(per_ip);
+    let incoming = listener::incoming(listener, max_connections, rate);
     let keepalive = Duration::from_millis(config.heartbeat_interval_ms.into());
     // tonic's server cannot upgrade HTTP/1.1: WebSocket handshakes are served beside it.
     let (grpc_router, grpc_shutdown) = (router.clone(), shutdown.clone());

@@ -24,10 +24,28 @@ pub struct LocalRegistry {
 impl LocalRegistry {
     /// A session of `device_id` came up; returns the user's presence after it.
     pub fn connect(&self, user_id: &str, device_id: &str) -> Presence {
+        self.connect_within(user_id, device_id, 0)
+            .unwrap_or_else(|| Presence::unknown(user_id))
+    }
+
+    /// [`LocalRegistry::connect`], unless the user has `max_sessions` (0: no limit) live
+    /// sessions already: then `None`, and nothing changes.
+    pub fn connect_within(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        max_sessions: u32,
+    ) -> Option<Presence> {
         let mut online = self.online.lock();
+        if max_sessions > 0 {
+            let live: u32 = online.get(user_id).map_or(0, |d| d.values().sum());
+            if live >= max_sessions {
+                return None;
+            }
+        }
         let devices = online.entry(user_id.to_string()).or_default();
         *devices.entry(device_id.to_string()).or_default() += 1;
-        online_presence(user_id, devices.len())
+        Some(online_presence(user_id, devices.len()))
     }
 
     /// A session of `device_id` went away at `now`; returns the user's presence after it.
@@ -111,8 +129,8 @@ impl LocalRegistry {
 
 #[async_trait]
 impl Registry for LocalRegistry {
-    async fn connect(&self, s: &SessionKey) -> crate::Result<Presence> {
-        Ok(LocalRegistry::connect(self, &s.user_id, &s.device_id))
+    async fn connect(&self, s: &SessionKey, max_sessions: u32) -> crate::Result<Option<Presence>> {
+        Ok(self.connect_within(&s.user_id, &s.device_id, max_sessions))
     }
 
     async fn disconnect(&self, s: &SessionKey, now: i64) -> crate::Result<Presence> {
@@ -218,6 +236,29 @@ mod tests {
         assert_eq!((p.status, p.last_seen), (PresenceStatus::Offline, 12));
         assert_eq!(r.snapshot("u").map(|p| p.last_seen), Some(12));
         assert_eq!(r.snapshot("never"), None);
+    }
+
+    #[test]
+    fn sessions_beyond_the_limit_are_not_recorded() {
+        let r = LocalRegistry::default();
+        assert!(r.connect_within("u", "phone", 2).is_some());
+        assert!(
+            r.connect_within("u", "phone", 2).is_some(),
+            "sessions, not devices"
+        );
+        assert_eq!(r.connect_within("u", "laptop", 2), None);
+        assert_eq!(
+            r.snapshot("u").unwrap().devices_online,
+            1,
+            "nothing recorded"
+        );
+        assert!(r.connect_within("v", "phone", 2).is_some(), "per user");
+        r.disconnect("u", "phone", 5);
+        assert_eq!(
+            r.connect_within("u", "laptop", 2).unwrap().devices_online,
+            2
+        );
+        assert!(r.connect_within("u", "tablet", 0).is_some(), "0: no limit");
     }
 
     #[test]

@@ -33,7 +33,11 @@ pub struct SessionKey {
 pub trait Registry: Send + Sync + 'static {
     /// Records a live session and returns the user's presence after it. Once this returns,
     /// the fan-out of every later commit finds the session (see [`Registry::locate`]).
-    async fn connect(&self, session: &SessionKey) -> Result<Presence>;
+    /// With `max_sessions` (0: no limit), a user who has that many live sessions already gets
+    /// `None` and nothing is recorded; the count and the record are one step on this node (in
+    /// Redis, one script for the whole cluster), so racing sessions cannot both take the last
+    /// place.
+    async fn connect(&self, session: &SessionKey, max_sessions: u32) -> Result<Option<Presence>>;
 
     /// Forgets a session that went away at `now` (unix ms); returns the user's presence after
     /// it. When the user's last device went, the user's last seen becomes `now`.

@@ -27,6 +27,21 @@ use tokio_util::sync::CancellationToken;
 /// Sessions per pipeline when refreshing, so one refresh never holds Redis for long.
 const REFRESH_CHUNK: usize = 1000;
 
+/// Records a session unless the user has ARGV[5] (> 0) live sessions already, in one step so
+/// that two nodes cannot both take a user's last place: drops the expired members, counts the
+/// live ones, adds this one. Returns the live members after it, or nil when refused.
+const CONNECT: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])
+local max = tonumber(ARGV[5])
+if max > 0 and not redis.call('ZSCORE', KEYS[1], ARGV[1])
+    and redis.call('ZCARD', KEYS[1]) >= max then
+  return false
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], '+inf')
+";
+
 /// Removes a session and, when it was the user's last live one, records the last seen time:
 /// one round trip, and no other node's connect can slip in between the check and the write.
 const DISCONNECT: &str = r"
@@ -295,7 +310,7 @@ fn add_watcher(
 
 #[async_trait]
 impl Registry for RedisRegistry {
-    async fn connect(&self, s: &SessionKey) -> Result<Presence> {
+    async fn connect(&self, s: &SessionKey, max_sessions: u32) -> Result<Option<Presence>> {
         // Local first: a refresh running meanwhile then either covers the session or finds
         // it gone and removes what it wrote.
         self.local
@@ -304,40 +319,28 @@ impl Registry for RedisRegistry {
             .or_default()
             .insert(s.session_id, s.device_id.clone());
         let now = now_ms();
-        let key = self.devices_key(&s.user_id);
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZREMRANGEBYSCORE")
-            .arg(&key)
-            .arg("-inf")
-            .arg(format!("({now}"))
-            .ignore()
-            .zadd(
-                &key,
-                self.member(s.session_id, &s.device_id),
-                now + self.heartbeat_timeout_ms,
-            )
-            .ignore()
-            .pexpire(&key, self.key_ttl_ms())
-            .ignore()
-            .cmd("ZRANGEBYSCORE")
-            .arg(&key)
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(CONNECT)
+            .arg(1)
+            .arg(self.devices_key(&s.user_id))
+            .arg(self.member(s.session_id, &s.device_id))
             .arg(now)
-            .arg("+inf");
-        match query::<(Vec<String>,)>(&self.conn, Request::Pipe(&pipe), "registering a session")
-            .await
-        {
-            Ok((live,)) => Ok(online(&s.user_id, count_devices(&live).max(1))),
-            Err(e) => {
-                let mut local = self.local.lock();
-                if let Some(sessions) = local.get_mut(&s.user_id) {
-                    sessions.remove(&s.session_id);
-                    if sessions.is_empty() {
-                        local.remove(&s.user_id);
-                    }
+            .arg(now + self.heartbeat_timeout_ms)
+            .arg(self.key_ttl_ms())
+            .arg(max_sessions);
+        let connected =
+            query::<Option<Vec<String>>>(&self.conn, Request::Cmd(&eval), "registering a session")
+                .await;
+        if !matches!(connected, Ok(Some(_))) {
+            let mut local = self.local.lock();
+            if let Some(sessions) = local.get_mut(&s.user_id) {
+                sessions.remove(&s.session_id);
+                if sessions.is_empty() {
+                    local.remove(&s.user_id);
                 }
-                Err(e)
             }
         }
+        Ok(connected?.map(|live| online(&s.user_id, count_devices(&live).max(1))))
     }
 
     async fn disconnect(&self, s: &SessionKey, now: i64) -> Result<Presence> {
@@ -521,24 +524,27 @@ mod tests {
         let b = node(&url, &ns, "b", 60_000, &stop).await.registry;
 
         assert_eq!(
-            a.connect(&key("u", "phone", 1))
+            a.connect(&key("u", "phone", 1), 0)
                 .await
+                .unwrap()
                 .unwrap()
                 .devices_online,
             1
         );
-        let p = b.connect(&key("u", "phone", 1)).await.unwrap();
+        let p = b.connect(&key("u", "phone", 1), 0).await.unwrap().unwrap();
         assert_eq!(p.devices_online, 1, "one device, sessions on two nodes");
         assert_eq!(
-            b.connect(&key("u", "laptop", 2))
+            b.connect(&key("u", "laptop", 2), 0)
                 .await
+                .unwrap()
                 .unwrap()
                 .devices_online,
             2
         );
         assert_eq!(
-            a.connect(&key("v", "phone", 3))
+            a.connect(&key("v", "phone", 3), 0)
                 .await
+                .unwrap()
                 .unwrap()
                 .devices_online,
             1
@@ -569,14 +575,52 @@ mod tests {
 
     #[tokio::test]
     #[ignore = "needs Redis (CHATD_TEST_REDIS_URL): scripts/test runs it"]
+    async fn a_user_has_at_most_max_sessions_across_nodes() {
+        let url = redis_url();
+        let (ns, stop) = (namespace(), CancellationToken::new());
+        let a = node(&url, &ns, "a", 60_000, &stop).await.registry;
+        let b = node(&url, &ns, "b", 60_000, &stop).await.registry;
+        assert!(a.connect(&key("u", "phone", 1), 2).await.unwrap().is_some());
+        assert!(b.connect(&key("u", "phone", 1), 2).await.unwrap().is_some());
+        assert_eq!(a.connect(&key("u", "laptop", 2), 2).await.unwrap(), None);
+        assert_eq!(
+            a.users_online(),
+            1,
+            "the refused session is not this node's"
+        );
+        let live = a.snapshot(&users(&["u"])).await.unwrap();
+        assert_eq!(live[0].as_ref().map(|p| p.devices_online), Some(1));
+        assert!(a.connect(&key("v", "phone", 3), 2).await.unwrap().is_some());
+        b.disconnect(&key("u", "phone", 1), 10).await.unwrap();
+        assert!(a
+            .connect(&key("u", "laptop", 2), 2)
+            .await
+            .unwrap()
+            .is_some());
+
+        // Eight sessions racing for the last two places: two get in.
+        let racers = (10..18).map(|id| {
+            let r = if id % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { r.connect(&key("w", "phone", id), 2).await.unwrap() })
+        });
+        let mut admitted = 0;
+        for r in racers {
+            admitted += r.await.unwrap().is_some() as usize;
+        }
+        assert_eq!(admitted, 2);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    #[ignore = "needs Redis (CHATD_TEST_REDIS_URL): scripts/test runs it"]
     async fn sessions_expire_unless_refreshed() {
         let url = redis_url();
         let (ns, stop) = (namespace(), CancellationToken::new());
         let a = node(&url, &ns, "a", 60_000, &stop).await.registry;
         let b = node(&url, &ns, "b", 600, &stop).await.registry;
         let c = node(&url, &ns, "c", 600, &stop).await.registry;
-        b.connect(&key("u", "phone", 1)).await.unwrap();
-        c.connect(&key("v", "phone", 1)).await.unwrap();
+        b.connect(&key("u", "phone", 1), 0).await.unwrap().unwrap();
+        c.connect(&key("v", "phone", 1), 0).await.unwrap().unwrap();
         tokio::spawn(c.clone().run_refresher(stop.clone()));
         tokio::time::sleep(Duration::from_millis(900)).await;
         // b "died": its session expired; c kept refreshing.
@@ -584,7 +628,7 @@ mod tests {
         assert_eq!(located.keys().collect::<Vec<_>>(), vec!["c"]);
         assert_eq!(a.snapshot(&users(&["u"])).await.unwrap(), vec![None]);
         // Expired members are cleared by the next writer.
-        let p = a.connect(&key("u", "laptop", 9)).await.unwrap();
+        let p = a.connect(&key("u", "laptop", 9), 0).await.unwrap().unwrap();
         assert_eq!(p.devices_online, 1);
         let mut conn = a.conn.clone();
         let n: i64 = redis::cmd("ZCARD")
@@ -619,7 +663,11 @@ mod tests {
             overflow: CancellationToken::new(),
         };
         b.watch(7, &w, &[], &users(&["alice"])).await.unwrap();
-        let p = a.connect(&key("alice", "phone", 1)).await.unwrap();
+        let p = a
+            .connect(&key("alice", "phone", 1), 0)
+            .await
+            .unwrap()
+            .unwrap();
         a.publish(p.clone()).await.unwrap();
         a.publish(online("bob", 1)).await.unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -761,11 +809,14 @@ mod tests {
             overflow: CancellationToken::new(),
         };
         b.watch(1, &w, &[], &users(&["alice"])).await.unwrap();
-        a.connect(&key("alice", "phone", 1)).await.unwrap();
+        a.connect(&key("alice", "phone", 1), 0)
+            .await
+            .unwrap()
+            .unwrap();
 
         redis.down();
         let started = std::time::Instant::now();
-        let err = a.connect(&key("carol", "phone", 2)).await.unwrap_err();
+        let err = a.connect(&key("carol", "phone", 2), 0).await.unwrap_err();
         assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
         assert!(a.publish(online("alice", 1)).await.is_err());
         eprintln!("Redis down: calls failed after {:?}", started.elapsed());

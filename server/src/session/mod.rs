@@ -48,6 +48,9 @@ pub struct Settings {
     pub heartbeat_timeout_ms: u32,
     /// Capacity of the queue between the fan-out and the session.
     pub queue: usize,
+    /// Live sessions one user may have across the cluster (0: no limit); the session that would
+    /// go past it ends at its start with RESOURCE_EXHAUSTED.
+    pub max_sessions_per_user: u32,
 }
 
 /// What every session of this node shares.
@@ -192,10 +195,11 @@ async fn run_session<S>(
         device_id: hello.device_id.clone(),
         session_id: registration.session_id,
     };
-    let online = match OnlineGuard::new(&svc.presence, key).await {
-        Ok(online) => online,
-        Err(e) => return end(outlet, e),
-    };
+    let online =
+        match OnlineGuard::new(&svc.presence, key, svc.settings.max_sessions_per_user).await {
+            Ok(online) => online,
+            Err(e) => return end(outlet, e),
+        };
     let mut session = Session {
         svc,
         user_id,

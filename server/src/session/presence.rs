@@ -20,11 +20,13 @@ pub(super) struct OnlineGuard {
 }
 
 impl OnlineGuard {
+    /// Counts the device online, unless its user has `max_sessions` live sessions already.
     pub(super) async fn new(
         presence: &Arc<PresenceService>,
         key: SessionKey,
+        max_sessions: u32,
     ) -> crate::Result<Self> {
-        presence.device_connected(&key).await?;
+        presence.device_connected(&key, max_sessions).await?;
         Ok(OnlineGuard {
             presence: presence.clone(),
             key,

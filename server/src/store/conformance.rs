@@ -72,6 +72,7 @@ macro_rules! conformance_suite {
             two_admins_leaving_at_once_leave_an_admin_behind,
             membership_changes_come_out_once_and_refusals_not_at_all,
             a_member_who_leaves_and_returns_starts_afresh_at_the_end,
+            groups_are_counted_per_user_and_direct_chats_found_by_key,
             push_tokens_belong_to_one_device_and_a_device_has_one_per_provider,
             push_tokens_are_removed_only_by_their_holder_or_as_dead,
             racing_registrations_of_one_device_leave_one_token,
@@ -1210,6 +1211,50 @@ fn push_token(user: &str, device: &str, provider: PushProvider, token: &str) -> 
 }
 
 /// (user, device, provider, token) of these users' tokens, sorted.
+/// What the abuse limits read: the groups a user is in (as membership changes), and whether a
+/// pair's direct chat exists.
+pub(crate) async fn groups_are_counted_per_user_and_direct_chats_found_by_key(b: Backend) {
+    let s = b.store.as_ref();
+    assert!(s.group_counts(names(&["ann"])).await.unwrap().is_empty());
+    let g1 = group(s, "one", &["ann", "bo"]).await;
+    group(s, "two", &["ann", "cy"]).await;
+    let direct = s
+        .create_chat(NewChat {
+            kind: ChatKind::Direct,
+            title: String::new(),
+            direct_key: Some("ann\ndi".into()),
+            members: vec![("ann".into(), Role::Member), ("di".into(), Role::Member)],
+            created_at: 1_000,
+        })
+        .await
+        .unwrap()
+        .0;
+    let counts = |pairs: &[(&str, u32)]| -> HashMap<String, u32> {
+        pairs.iter().map(|(u, n)| (u.to_string(), *n)).collect()
+    };
+    let all = names(&["ann", "bo", "cy", "di", "ed"]);
+    assert_eq!(
+        s.group_counts(all.clone()).await.unwrap(),
+        counts(&[("ann", 2), ("bo", 1), ("cy", 1)]),
+        "direct chats are not groups; users in none are left out"
+    );
+    s.change_members(&g1.chat_id, removing("bo".into(), "bo".into()), 2_000)
+        .await
+        .unwrap();
+    s.change_members(&g1.chat_id, adding("ann".into(), names(&["di"]), 10), 2_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.group_counts(all).await.unwrap(),
+        counts(&[("ann", 2), ("cy", 1), ("di", 1)])
+    );
+    assert_eq!(
+        s.direct_chat_id("ann\ndi").await.unwrap(),
+        Some(direct.chat_id)
+    );
+    assert_eq!(s.direct_chat_id("ann\nbo").await.unwrap(), None);
+}
+
 async fn tokens_of(s: &dyn Store, users: &[&str]) -> Vec<(String, String, &'static str, String)> {
     let mut out: Vec<_> = s
         .push_tokens(names(users))

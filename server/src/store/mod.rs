@@ -150,6 +150,13 @@ pub trait ChatStore: Send + Sync + 'static {
     /// Those of `users` who have `chat_id` muted at `now` (ms).
     async fn muted_members(&self, chat_id: &str, users: &[String], now: i64)
         -> Result<Vec<String>>;
+
+    /// How many groups (direct chats aside) each of `user_ids` is a member of; a user in none
+    /// is left out.
+    async fn group_counts(&self, user_ids: Vec<String>) -> Result<HashMap<String, u32>>;
+
+    /// The direct chat with this key (see [`NewChat::direct_key`]), if it exists.
+    async fn direct_chat_id(&self, direct_key: &str) -> Result<Option<String>>;
 }
 
 /// Devices and their positions: where each device stands in each chat, and the receipts.

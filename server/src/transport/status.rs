@@ -10,17 +10,23 @@ pub fn code(e: &Error) -> Code {
         Error::PermissionDenied(_) => Code::PermissionDenied,
         Error::NotFound(_) => Code::NotFound,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
-        Error::RateLimited { .. } | Error::ResourceExhausted(_) => Code::ResourceExhausted,
+        Error::RateLimited { .. } | Error::ResourceExhausted(_) | Error::Limited { .. } => {
+            Code::ResourceExhausted
+        }
         Error::Unavailable(_) => Code::Unavailable,
         Error::Unimplemented(_) => Code::Unimplemented,
         Error::Internal(_) => Code::Internal,
     }
 }
 
-/// The code for `e`, counted in the errors metric: every error a client sees passes here once.
+/// The code for `e`, counted in the errors metric (and an abuse limit's refusal in the limits
+/// metric): every error a client sees passes here once.
 pub fn counted(e: &Error) -> Code {
     let c = code(e);
     crate::metrics::METRICS.error(c);
+    if let Error::Limited { limit, .. } = e {
+        crate::metrics::METRICS.limited(*limit);
+    }
     c
 }
 

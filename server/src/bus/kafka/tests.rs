@@ -148,11 +148,14 @@ async fn fans_out_to_member_nodes_and_pushes_to_offline_members() {
         .await
         .unwrap();
     registry_b
-        .connect(&SessionKey {
-            user_id: "bob".into(),
-            device_id: "laptop".into(),
-            session_id: 1,
-        })
+        .connect(
+            &SessionKey {
+                user_id: "bob".into(),
+                device_id: "laptop".into(),
+                session_id: 1,
+            },
+            0,
+        )
         .await
         .unwrap();
 
@@ -297,11 +300,14 @@ async fn each_node_gets_every_chats_events_in_order_under_load() {
             for p in prefixes {
                 session_id += 1;
                 registry
-                    .connect(&SessionKey {
-                        user_id: format!("{p}{i}"),
-                        device_id: "d".into(),
-                        session_id,
-                    })
+                    .connect(
+                        &SessionKey {
+                            user_id: format!("{p}{i}"),
+                            device_id: "d".into(),
+                            session_id,
+                        },
+                        0,
+                    )
                     .await
                     .unwrap();
             }
@@ -399,11 +405,14 @@ async fn another_node_takes_over_the_partitions() {
         .await
         .unwrap();
     registry
-        .connect(&SessionKey {
-            user_id: "bob".into(),
-            device_id: "laptop".into(),
-            session_id: 1,
-        })
+        .connect(
+            &SessionKey {
+                user_id: "bob".into(),
+                device_id: "laptop".into(),
+                session_id: 1,
+            },
+            0,
+        )
         .await
         .unwrap();
     let bus_a = KafkaBus::connect(&settings(&brokers, &ns)).await.unwrap();
@@ -511,11 +520,14 @@ async fn throughput() {
     for i in 0..CHATS {
         for user in [format!("s{i}"), format!("r{i}")] {
             registry_b
-                .connect(&SessionKey {
-                    user_id: user,
-                    device_id: "d".into(),
-                    session_id: i,
-                })
+                .connect(
+                    &SessionKey {
+                        user_id: user,
+                        device_id: "d".into(),
+                        session_id: i,
+                    },
+                    0,
+                )
                 .await
                 .unwrap();
         }

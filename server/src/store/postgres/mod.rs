@@ -824,6 +824,27 @@ impl ChatStore for PgStore {
             .cloned()
             .collect())
     }
+
+    async fn group_counts(&self, user_ids: Vec<String>) -> Result<HashMap<String, u32>> {
+        // members_by_user finds each user's chats; the chats' primary key their kind.
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT m.user_id, count(*) FROM members m JOIN chats c ON c.chat_id = m.chat_id
+             WHERE m.user_id = ANY($1) AND c.kind = 2 GROUP BY m.user_id",
+        )
+        .bind(&user_ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_err)?;
+        Ok(rows.into_iter().map(|(u, n)| (u, n as u32)).collect())
+    }
+
+    async fn direct_chat_id(&self, direct_key: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT chat_id FROM chats WHERE direct_key = $1")
+            .bind(direct_key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(pg_err)
+    }
 }
 
 #[async_trait]

@@ -348,6 +348,19 @@ impl ChatStore for SqliteStore {
             .run(move |c| reads::muted_members(c, &chat_id, users, now))
             .await
     }
+
+    async fn group_counts(&self, user_ids: Vec<String>) -> Result<HashMap<String, u32>> {
+        self.readers
+            .run(move |c| reads::group_counts(c, user_ids))
+            .await
+    }
+
+    async fn direct_chat_id(&self, direct_key: &str) -> Result<Option<String>> {
+        let key = direct_key.to_string();
+        self.readers
+            .run(move |c| reads::direct_chat_id(c, &key))
+            .await
+    }
 }
 
 #[async_trait]

@@ -290,6 +290,32 @@ pub(super) fn muted_members(
     Ok(users.into_iter().filter(|u| muted.contains(u)).collect())
 }
 
+/// Groups per user, through `members_by_user` and the chats' primary key.
+pub(super) fn group_counts(c: &Connection, user_ids: Vec<String>) -> Result<HashMap<String, u32>> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT count(*) FROM members m JOIN chats c ON c.chat_id = m.chat_id
+             WHERE m.user_id = ?1 AND c.kind = 2",
+        )
+        .map_err(db_err)?;
+    let mut out = HashMap::new();
+    for u in user_ids {
+        let n: i64 = stmt.query_row([&u], |r| r.get(0)).map_err(db_err)?;
+        if n > 0 {
+            out.insert(u, n as u32);
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn direct_chat_id(c: &Connection, direct_key: &str) -> Result<Option<String>> {
+    c.prepare_cached("SELECT chat_id FROM chats WHERE direct_key = ?1")
+        .map_err(db_err)?
+        .query_row([direct_key], |r| r.get(0))
+        .optional()
+        .map_err(db_err)
+}
+
 pub(super) fn list_chats(
     c: &Connection,
     user_id: &str,

@@ -17,9 +17,11 @@ pub use upgrades::{Rest, Rewound};
 
 use crate::auth::Authenticator;
 use crate::session;
+use crate::transport::listener::PeerInfo;
 use axum::{
     extract::{ws::WebSocketUpgrade, State},
-    response::Response,
+    http::{Extensions, StatusCode},
+    response::{IntoResponse, Response},
     routing::any,
     Router,
 };
@@ -85,7 +87,7 @@ impl WebSockets {
     where
         S: Stream<Item = io::Result<T>> + Send + 'static,
         T: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-        T::ConnectInfo: std::fmt::Debug + Send + 'static,
+        T::ConnectInfo: std::fmt::Debug + Clone + Send + Sync + 'static,
         F: FnOnce(Rest<T>) -> Fut,
         Fut: Future<Output = R>,
     {
@@ -112,7 +114,17 @@ impl WebSockets {
     }
 }
 
-async fn upgrade(State(ws): State<WebSockets>, upgrade: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(ws): State<WebSockets>,
+    extensions: Extensions,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // A connection over --max-connections-per-ip-per-sec is not upgraded: 429 and the reason.
+    if let Some(e) = PeerInfo::of(&extensions).and_then(PeerInfo::refusal) {
+        crate::transport::status::counted(&e);
+        let body = format!("RESOURCE_EXHAUSTED: {e}\n");
+        return (StatusCode::TOO_MANY_REQUESTS, body).into_response();
+    }
     let shared = ws.shared.clone();
     let open = shared.sockets.token();
     // Frames a little over the limit are read whole and refused with an error frame (socket.rs);

@@ -4,7 +4,8 @@
 //! with `GET /ws` goes to axum's server (which upgrades) on the node's router; every other one
 //! (HTTP/2 gRPC, gRPC-web, probes, the web page) goes on to tonic untouched, the sorted bytes
 //! put back in front. A WebSocket handshake must therefore be the first request on its
-//! connection, which is how browsers and WebSocket libraries open one.
+//! connection, which is how browsers and WebSocket libraries open one. Like tonic's server,
+//! axum's puts the connection's `ConnectInfo` in each request's extensions.
 
 use axum::Router;
 use futures_util::{Stream, StreamExt};
@@ -62,7 +63,7 @@ pub fn split<S, T>(
 where
     S: Stream<Item = io::Result<T>> + Send + 'static,
     T: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-    T::ConnectInfo: Debug + Send + 'static,
+    T::ConnectInfo: Debug + Clone + Send + Sync + 'static,
 {
     let (rest_tx, rest_rx) = mpsc::channel(ACCEPT_QUEUE);
     let (ws_tx, ws_rx) = mpsc::channel(ACCEPT_QUEUE);
@@ -94,7 +95,7 @@ where
     };
     let serve = async move {
         let listener = Handshakes(ws_rx);
-        let served = axum::serve(listener, router)
+        let served = axum::serve(listener, WithConnectInfo(router))
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         if let Err(e) = served {
@@ -182,6 +183,56 @@ where
             io::ErrorKind::Unsupported,
             "handshakes come from the node's listener",
         ))
+    }
+}
+
+/// Makes each handshake connection's service: the router, with the connection's `ConnectInfo`
+/// put in every request's extensions (as tonic's server does for the other connections).
+#[derive(Clone)]
+struct WithConnectInfo(Router);
+
+impl<'a, T> tower::Service<axum::serve::IncomingStream<'a, Handshakes<T>>> for WithConnectInfo
+where
+    T: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    T::ConnectInfo: Clone + Send + Sync + 'static,
+{
+    type Response = ConnectionService<T::ConnectInfo>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, stream: axum::serve::IncomingStream<'a, Handshakes<T>>) -> Self::Future {
+        std::future::ready(Ok(ConnectionService {
+            info: stream.remote_addr().clone(),
+            router: self.0.clone(),
+        }))
+    }
+}
+
+/// The router for one connection, whose `ConnectInfo` it adds to each request.
+#[derive(Clone)]
+struct ConnectionService<C> {
+    info: C,
+    router: Router,
+}
+
+impl<C: Clone + Send + Sync + 'static> tower::Service<axum::extract::Request>
+    for ConnectionService<C>
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = <Router as tower::Service<axum::extract::Request>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower::Service::<axum::extract::Request>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, mut req: axum::extract::Request) -> Self::Future {
+        req.extensions_mut().insert(self.info.clone());
+        self.router.call(req)
     }
 }
 

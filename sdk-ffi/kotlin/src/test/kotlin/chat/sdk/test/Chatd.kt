@@ -152,6 +152,10 @@ class Chatd private constructor(val dataDir: Path, val port: Int) : AutoCloseabl
         fun serverEnv(): Map<String, String> = mapOf(
             "CHATD_RATE_LIMIT_PER_SEC" to (System.getenv("CHATD_RATE_LIMIT_PER_SEC") ?: "1000"),
             "CHATD_RATE_LIMIT_BURST" to (System.getenv("CHATD_RATE_LIMIT_BURST") ?: "1000"),
+            // Every client connects from loopback, and restart tests reconnect quickly (leaving
+            // sessions behind until the server notices their connection died).
+            "CHATD_MAX_CONNECTIONS_PER_IP_PER_SEC" to (System.getenv("CHATD_MAX_CONNECTIONS_PER_IP_PER_SEC") ?: "0"),
+            "CHATD_MAX_SESSIONS_PER_USER" to (System.getenv("CHATD_MAX_SESSIONS_PER_USER") ?: "0"),
             "RUST_LOG" to (System.getenv("RUST_LOG") ?: "info"),
         )
 
