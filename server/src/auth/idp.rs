@@ -772,14 +772,20 @@ mod tests {
 
     /// The fetch task against a real HTTPS key server: the first set, a rotation noticed
     /// through a new kid (one fetch for many waiting tokens), a retired key refused.
-    #[tokio::test]
-    async fn keys_are_fetched_and_rotated_without_a_restart() {
-        let pki = TestPki::shared();
-        let (a, b, c) = (IdpKey::rsa("a", 0), IdpKey::ec("b"), IdpKey::rsa("c", 1));
-        let server = FakeIdp::start(pki, &[&a]).await;
+    /// An authenticator whose provider keys come from `server`, fetched by a running task.
+    fn fetching(
+        pki: &TestPki,
+        server: &FakeIdp,
+    ) -> (
+        Authenticator,
+        Arc<Idp>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         pki.write_ca_pem(&ca).unwrap();
+        // The client reads the CA file here; the directory may go afterwards.
         let client = HttpClient::new(&crate::https::HttpConfig {
             extra_ca_pem: Some(ca),
             timeout: FETCH_TIMEOUT,
@@ -792,6 +798,15 @@ mod tests {
         let auth = Authenticator::new(SECRET).with_idp(idp.clone());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(idp.clone().run(client, shutdown.clone()));
+        (auth, idp, shutdown, task)
+    }
+
+    #[tokio::test]
+    async fn keys_are_fetched_and_rotated_without_a_restart() {
+        let pki = TestPki::shared();
+        let (a, b, c) = (IdpKey::rsa("a", 0), IdpKey::ec("b"), IdpKey::rsa("c", 1));
+        let server = FakeIdp::start(pki, &[&a]).await;
+        let (auth, idp, shutdown, task) = fetching(pki, &server);
 
         // A token right after start waits for the first fetch.
         let alice = auth.authenticate(&a.sign(&claims("alice"))).await.unwrap();
@@ -854,21 +869,7 @@ mod tests {
         let a = IdpKey::ec("a");
         let server = FakeIdp::start(pki, &[&a]).await;
         server.set_down(true);
-        let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("ca.pem");
-        pki.write_ca_pem(&ca).unwrap();
-        let client = HttpClient::new(&crate::https::HttpConfig {
-            extra_ca_pem: Some(ca),
-            timeout: FETCH_TIMEOUT,
-        })
-        .unwrap();
-        let idp = Idp::new(IdpSettings {
-            jwks_url: server.jwks_url(),
-            ..settings()
-        });
-        let auth = Authenticator::new(SECRET).with_idp(idp.clone());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(idp.clone().run(client, shutdown.clone()));
+        let (auth, _, shutdown, task) = fetching(pki, &server);
 
         let token = a.sign(&claims("alice"));
         let msg = auth.authenticate(&token).await.unwrap_err().to_string();
