@@ -22,10 +22,6 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Senders(BTreeMap<Provider, Arc<dyn Sender>>);
 
 impl Senders {
-    pub fn get(&self, provider: Provider) -> Option<&Arc<dyn Sender>> {
-        self.0.get(&provider)
-    }
-
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -4,7 +4,7 @@
 //! error leaves the transaction half-written and the writer rolls the whole batch back. Each
 //! pushes the events others must hear of, which the writer hands to the outbox after the commit.
 
-use super::reads::{load_chat, membership, message_from_row};
+use super::reads::{load_chat, membership, message_from_row, push_position};
 use super::{db_err, DeadLetter, MESSAGE_COLUMNS};
 use crate::domain::cursors::{self, Cursor};
 use crate::domain::idempotency;
@@ -405,16 +405,9 @@ pub(super) fn push_intents_done(
     .map_err(db_err)?
     .execute(params![lane.name(), up_to])
     .map_err(db_err)?;
-    let mut position = c
-        .prepare_cached("SELECT done_up_to FROM push_positions WHERE provider = ?1")
-        .map_err(db_err)?;
     let mut all_past = i64::MAX;
     for l in lanes {
-        let at: Option<i64> = position
-            .query_row(params![l.name()], |r| r.get(0))
-            .optional()
-            .map_err(db_err)?;
-        all_past = all_past.min(at.unwrap_or(0));
+        all_past = all_past.min(push_position(c, *l)?);
     }
     c.prepare_cached("DELETE FROM push_intents WHERE id <= ?1")
         .map_err(db_err)?
