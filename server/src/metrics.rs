@@ -136,6 +136,16 @@ impl PushCounters {
 }
 
 impl Metrics {
+    /// Dead-lettered pushes this process counted, all providers together (0 before counting).
+    pub fn push_dead_letters(&self) -> u64 {
+        self.push
+            .iter()
+            .map(|c| c.dlq_depth.load(Relaxed))
+            .chain([self.push_dlq_depth_all.load(Relaxed)])
+            .map(|n| n.max(0) as u64)
+            .sum()
+    }
+
     pub fn push(&self, provider: crate::domain::model::PushProvider) -> &PushCounters {
         let i = crate::domain::model::PushProvider::ALL
             .iter()
@@ -336,5 +346,70 @@ mod tests {
             out.contains("x_count 3\n") && out.contains("x_sum 5\n"),
             "{out}"
         );
+    }
+}
+
+/// Messages committed per second over about the last ten seconds, from once-a-second samples
+/// of [`Metrics::messages_received`] (GetStats).
+#[derive(Default)]
+pub struct Throughput {
+    samples: parking_lot::Mutex<std::collections::VecDeque<(std::time::Instant, u64)>>,
+}
+
+/// Samples kept: ten seconds apart from the newest.
+const THROUGHPUT_SAMPLES: usize = 11;
+
+impl Throughput {
+    /// Records the counter now; called once a second.
+    pub fn sample(&self) {
+        self.sample_at(
+            std::time::Instant::now(),
+            METRICS.messages_received.load(Relaxed),
+        );
+    }
+
+    fn sample_at(&self, at: std::time::Instant, count: u64) {
+        let mut samples = self.samples.lock();
+        if samples.len() == THROUGHPUT_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back((at, count));
+    }
+
+    /// The rate between the oldest and the newest sample; 0 before there are two.
+    pub fn per_second(&self) -> f64 {
+        let samples = self.samples.lock();
+        match (samples.front(), samples.back()) {
+            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
+                n1.saturating_sub(*n0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod throughput_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_rate_spans_the_samples_kept() {
+        let t = Throughput::default();
+        let start = Instant::now();
+        assert_eq!(t.per_second(), 0.0);
+        t.sample_at(start, 100);
+        assert_eq!(t.per_second(), 0.0);
+        for i in 1..=20u64 {
+            // 50 per second for 10 s, then 10 per second.
+            let n = if i <= 10 {
+                100 + 50 * i
+            } else {
+                600 + 10 * (i - 10)
+            };
+            t.sample_at(start + Duration::from_secs(i), n);
+        }
+        // The last ten seconds: 10 per second.
+        assert!((t.per_second() - 10.0).abs() < 1e-9, "{}", t.per_second());
     }
 }

@@ -3,7 +3,7 @@
 use crate::auth::{mint_token, Auth};
 use crate::backend::{Backend, BackendInstance};
 use crate::session::Session;
-use crate::util::{random_hex, Client};
+use crate::util::{random_hex, AdminClient, Client};
 use chat_proto::v1::chat_service_client::ChatServiceClient;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -481,6 +481,20 @@ impl TestServer {
     pub async fn client(&self, user: &str, device: &str) -> Client {
         let token = self.token(user, device).await;
         self.client_with_auth(Auth::bearer(&token, device))
+    }
+
+    /// An AdminService client with an admin token from `chatd token --admin`.
+    pub async fn admin_client(&self, user: &str) -> AdminClient {
+        let token = self.cli_token(user, "console", &["--admin"]).await;
+        self.admin_client_with_auth(Auth::bearer(&token, "console"))
+    }
+
+    /// An AdminService client with arbitrary headers (a user's token, none).
+    pub fn admin_client_with_auth(&self, auth: Auth) -> AdminClient {
+        chat_proto::v1::admin_service_client::AdminServiceClient::with_interceptor(
+            self.channel(),
+            auth,
+        )
     }
 
     /// Client with arbitrary headers (bad-auth tests).

@@ -15,6 +15,8 @@ use tonic::{Code, Status};
 
 /// The client type every helper uses: a channel plus the auth interceptor.
 pub type Client = ChatServiceClient<InterceptedService<Channel, Auth>>;
+pub type AdminClient =
+    chat_proto::v1::admin_service_client::AdminServiceClient<InterceptedService<Channel, Auth>>;
 
 /// `n` random bytes as lowercase hex.
 pub fn random_hex(n: usize) -> String {

@@ -794,3 +794,50 @@ async fn users_of_a_crashed_node_go_offline_for_the_others() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full): scripts/test runs it"]
+async fn erasing_a_user_on_one_node_ends_their_sessions_on_every_node() {
+    full_stack_only!("erasing_a_user_on_one_node_ends_their_sessions_on_every_node");
+    let c = TestCluster::start(3).await;
+    let g = create_group(
+        &mut c.node(0).client("alice", "phone").await,
+        "erased",
+        &["bob"],
+    )
+    .await;
+    send_text(
+        &mut c.node(0).client("alice", "phone").await,
+        &g.chat_id,
+        "a1",
+        "secret",
+    )
+    .await;
+    let mut alice_1 = c.node(1).connect("alice", "phone").await;
+    let mut alice_2 = c.node(2).connect("alice", "laptop").await;
+    let mut bob = c.node(2).connect("bob", "phone").await;
+
+    let mut admin = c.node(0).admin_client("ops").await;
+    let r = admin
+        .delete_user_data(chat_tests::pb::DeleteUserDataRequest {
+            user_id: "alice".into(),
+        })
+        .await
+        .expect("DeleteUserData")
+        .into_inner();
+    assert_eq!((r.messages_deleted, r.chats_left), (1, 1));
+    for s in [&mut alice_1, &mut alice_2] {
+        let end = s.expect_end().await;
+        assert_eq!(
+            end.code(),
+            tonic::Code::PermissionDenied,
+            "{}: {end:?}",
+            who(s)
+        );
+    }
+    let e = bob.expect_chat_event(ChatEventKind::MemberRemoved).await;
+    assert_eq!(e.user_ids, ["alice"]);
+    let h = full_history(&mut c.node(1).client("bob", "phone").await, &g.chat_id).await;
+    assert_eq!(h.len(), 1);
+    assert!(h[0].content.clone().unwrap_or_default().text.is_empty());
+}

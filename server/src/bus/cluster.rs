@@ -34,10 +34,11 @@ impl NodeLink for RedisPubSub {
 /// lists at most this old.
 const MEMBERS_MAX_AGE: Duration = Duration::from_secs(5);
 
-/// Queues an envelope from the node channel for the local sessions it names.
+/// Queues an envelope from the node channel for the local sessions it names, or ends a user's
+/// sessions as another node's eviction asks.
 pub fn deliver_envelope(directory: &dyn LocalSessions, payload: &[u8]) {
-    match wire::decode_envelope(payload) {
-        Ok((targets, event)) => {
+    match wire::decode_node_message(payload) {
+        Ok(wire::NodeMessage::Deliver(targets, event)) => {
             let committed = Committed {
                 commit_id: EPHEMERAL,
                 event,
@@ -45,6 +46,14 @@ pub fn deliver_envelope(directory: &dyn LocalSessions, payload: &[u8]) {
             for t in targets {
                 directory.deliver(&t.user_id, t.skip_device.as_deref(), &committed);
             }
+        }
+        Ok(wire::NodeMessage::Evict(user_id)) => {
+            let n = directory.evict(&user_id);
+            tracing::info!(
+                user_id,
+                sessions = n,
+                "ended a user's sessions for their erasure"
+            );
         }
         Err(e) => tracing::error!(error = %e, "dropped an undecodable envelope"),
     }

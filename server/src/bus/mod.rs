@@ -7,6 +7,7 @@
 
 pub mod audience;
 pub mod cluster;
+pub mod evict;
 pub mod kafka;
 pub mod local;
 pub mod members;
@@ -25,6 +26,9 @@ pub trait LocalSessions: Send + Sync + 'static {
     /// Queues `event` for every session of `user_id` on this node, except those of
     /// `skip_device`. Never blocks: a session whose queue is full is closed instead.
     fn deliver(&self, user_id: &str, skip_device: Option<&str>, event: &Committed);
+
+    /// Ends every session of `user_id` on this node; returns how many there were.
+    fn evict(&self, user_id: &str) -> usize;
 }
 
 /// Hand-off of encoded envelopes ([`wire::Envelope`]) to other nodes.

@@ -17,6 +17,32 @@ pub fn encode_envelope(targets: &[Target], event: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What comes on a node's channel: an event for some of its sessions, or the end of a user's
+/// sessions (their data is being erased).
+pub enum NodeMessage {
+    Deliver(Vec<Target>, Event),
+    Evict(String),
+}
+
+/// An eviction starts with this byte; an envelope starts with its target line, a JSON array.
+const EVICTION: u8 = b'!';
+
+/// Tells a node to end every session of `user_id` it holds.
+pub fn encode_eviction(user_id: &str) -> Vec<u8> {
+    let mut out = vec![EVICTION];
+    out.extend_from_slice(user_id.as_bytes());
+    out
+}
+
+pub fn decode_node_message(bytes: &[u8]) -> Result<NodeMessage> {
+    match bytes.split_first() {
+        Some((&EVICTION, user)) => std::str::from_utf8(user)
+            .map(|u| NodeMessage::Evict(u.to_string()))
+            .map_err(|_| Error::internal("an eviction whose user id is not UTF-8")),
+        _ => decode_envelope(bytes).map(|(targets, event)| NodeMessage::Deliver(targets, event)),
+    }
+}
+
 pub fn decode_envelope(bytes: &[u8]) -> Result<(Vec<Target>, Event)> {
     let split = bytes
         .iter()
@@ -71,5 +97,9 @@ mod tests {
         assert_eq!(t, targets);
         assert!(matches!(e, Event::Message(got) if *got == m));
         assert!(decode_envelope(b"no newline").is_err());
+        let e = encode_envelope(&targets, &event);
+        assert!(matches!(decode_node_message(&e), Ok(NodeMessage::Deliver(t, _)) if t == targets));
+        let evict = decode_node_message(&encode_eviction("ann\n[1]"));
+        assert!(matches!(evict, Ok(NodeMessage::Evict(u)) if u == "ann\n[1]"));
     }
 }

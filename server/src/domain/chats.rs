@@ -14,6 +14,11 @@ const MAX_TITLE_BYTES: usize = 256;
 /// The window of `--max-chats-created-per-hour`.
 const HOUR_MS: u64 = 3_600_000;
 
+/// The quota key counting the chats `user_id` created (`--max-chats-created-per-hour`).
+pub fn chats_created_key(user_id: &str) -> String {
+    format!("chats_created:{user_id}")
+}
+
 pub use super::membership::Access;
 
 /// Checks the chat id and that `user_id` is a member: malformed → INVALID_ARGUMENT, unknown →
@@ -70,7 +75,7 @@ impl Chats {
         let Some(quotas) = self.quotas.as_ref().filter(|_| limit > 0) else {
             return Ok(());
         };
-        let key = format!("chats_created:{user_id}");
+        let key = chats_created_key(user_id);
         match quotas.take(&key, limit, HOUR_MS, now).await? {
             Taken::Yes => Ok(()),
             Taken::No { retry_after_ms } => {

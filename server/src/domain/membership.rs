@@ -181,22 +181,48 @@ pub fn plan_remove(chat: &Chat, by: &str, target: &str) -> Result<MemberPlan> {
             chat.chat_id
         )));
     }
-    // A group is never left without an admin while it has members: the longest-standing
-    // member takes over.
-    let remaining = chat.members.iter().filter(|m| m.user_id != target);
-    let promote = if remaining.clone().any(|m| m.role == Role::Admin) {
-        None
-    } else {
-        remaining
-            .min_by(|a, b| (a.joined_at, &a.user_id).cmp(&(b.joined_at, &b.user_id)))
-            .map(|m| m.user_id.clone())
-    };
     Ok(MemberPlan {
         kind: ChatChangeKind::MemberRemoved,
         add: Vec::new(),
         remove: vec![target.to_string()],
-        promote,
+        promote: successor(chat, target),
     })
+}
+
+/// Takes `user` out of a chat of any kind, direct ones too (their data is being erased); a
+/// group keeps an admin as when a member leaves. Not a member: nothing to do.
+pub fn erasing(user: String) -> MemberRule {
+    Box::new(move |chat| Ok(plan_erase(chat, &user)))
+}
+
+pub fn plan_erase(chat: &Chat, user: &str) -> MemberPlan {
+    let member = chat.member(user).is_some();
+    MemberPlan {
+        kind: ChatChangeKind::MemberRemoved,
+        add: Vec::new(),
+        remove: if member {
+            vec![user.to_string()]
+        } else {
+            Vec::new()
+        },
+        promote: if member && chat.kind == ChatKind::Group {
+            successor(chat, user)
+        } else {
+            None
+        },
+    }
+}
+
+/// Who becomes admin when `leaving` goes: a group is never left without an admin while it has
+/// members, so the longest-standing member takes over when no other admin remains.
+fn successor(chat: &Chat, leaving: &str) -> Option<String> {
+    let remaining = chat.members.iter().filter(|m| m.user_id != leaving);
+    if remaining.clone().any(|m| m.role == Role::Admin) {
+        return None;
+    }
+    remaining
+        .min_by(|a, b| (a.joined_at, &a.user_id).cmp(&(b.joined_at, &b.user_id)))
+        .map(|m| m.user_id.clone())
 }
 
 #[cfg(test)]
@@ -340,5 +366,26 @@ mod tests {
         // The last member leaves: nobody to promote.
         let chat = group(&[("a", Role::Admin, 1)]);
         assert_eq!(plan_remove(&chat, "a", "a").unwrap().promote, None);
+    }
+
+    #[test]
+    fn erasing_takes_a_user_out_of_any_chat_and_keeps_a_group_admin() {
+        let chat = group(&[
+            ("a", Role::Admin, 1),
+            ("b", Role::Member, 2),
+            ("c", Role::Member, 3),
+        ]);
+        let plan = plan_erase(&chat, "a");
+        assert_eq!(plan.remove, names(&["a"]));
+        assert_eq!(plan.promote.as_deref(), Some("b"));
+        assert_eq!(plan_erase(&chat, "c").promote, None);
+        assert!(plan_erase(&chat, "z").is_empty());
+        let direct = Chat {
+            kind: ChatKind::Direct,
+            ..group(&[("a", Role::Member, 1), ("b", Role::Member, 1)])
+        };
+        assert!(plan_remove(&direct, "a", "a").is_err());
+        let plan = plan_erase(&direct, "a");
+        assert_eq!((plan.remove, plan.promote), (names(&["a"]), None));
     }
 }

@@ -20,6 +20,7 @@ pub mod push;
 pub mod push_tokens;
 pub mod retention;
 pub mod typing;
+pub mod user_data;
 
 /// `page_size` 0 means this many.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;

@@ -28,6 +28,26 @@ pub struct Message {
     pub wire: WireCache,
 }
 
+/// An erased message's `client_msg_id` starts with this: a control character, which a client's
+/// key never holds (`ids::check_client_msg_id`), so an erased message never answers a send.
+pub const ERASED_KEY_PREFIX: &str = "\u{1}erased:";
+
+impl Message {
+    /// Its content was erased (GDPR): only its place in the chat is kept.
+    pub fn is_erased(&self) -> bool {
+        self.client_msg_id.starts_with(ERASED_KEY_PREFIX)
+    }
+
+    /// The sender's idempotency key as clients see it: none once the message is erased.
+    pub fn visible_client_msg_id(&self) -> &str {
+        if self.is_erased() {
+            ""
+        } else {
+            &self.client_msg_id
+        }
+    }
+}
+
 /// A message's encoded forms (protobuf for gRPC, JSON for WebSockets), each made once by the
 /// first session that sends it and shared by every other recipient, so a 1000-member group
 /// costs one encoding, not 1000. The domain never reads it; equality ignores it.

@@ -167,16 +167,21 @@ impl PresenceService {
     }
 
     /// [`PresenceService::device_disconnected`] in the background (a session being torn down
-    /// cannot wait), tracked so that [`PresenceService::settle`] can wait for it.
+    /// cannot wait), tracked so that [`PresenceService::settle`] can wait for it. Without
+    /// `last_seen` (the session was ended because its user's data is being erased) the
+    /// store records no last seen.
     pub fn spawn_disconnected(
         self: &Arc<Self>,
         session: SessionKey,
         watched: Vec<String>,
-        now: i64,
+        last_seen: Option<i64>,
     ) {
         let this = self.clone();
-        self.leaving
-            .spawn(async move { this.device_disconnected(&session, &watched, now).await });
+        self.leaving.spawn(async move {
+            let now = last_seen.unwrap_or_else(crate::clock::now_ms);
+            this.disconnected(&session, &watched, now, last_seen.is_some())
+                .await
+        });
     }
 
     /// Waits (at most `limit`) for the disconnects in flight, so that a node shutting down
@@ -195,6 +200,10 @@ impl PresenceService {
     /// Runs in the background as a session is torn down, so it only logs failures (a registry
     /// entry that could not be removed expires with the heartbeat timeout).
     pub async fn device_disconnected(&self, session: &SessionKey, watched: &[String], now: i64) {
+        self.disconnected(session, watched, now, true).await
+    }
+
+    async fn disconnected(&self, session: &SessionKey, watched: &[String], now: i64, record: bool) {
         self.registry.unwatch(session.session_id, watched).await;
         let order = self.order_of(&session.user_id).await;
         let p = match self.registry.disconnect(session, now).await {
@@ -209,7 +218,7 @@ impl PresenceService {
             tracing::warn!(user_id = session.user_id, error = %e, "cannot publish presence");
         }
         drop(order);
-        if offline {
+        if offline && record {
             if let Err(e) = self.store.record_last_seen(&session.user_id, now).await {
                 tracing::warn!(user_id = session.user_id, error = %e, "cannot record last seen");
             }

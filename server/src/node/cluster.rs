@@ -6,6 +6,7 @@ use super::{node_id, Backends, StartError, Wiring};
 use crate::bus::{
     cluster::{deliver_envelope, EphemeralRouter},
     kafka::{KafkaBus, KafkaSettings},
+    NodeLink,
 };
 use crate::config::{ClusterConfig, Config};
 use crate::metrics::Gauge;
@@ -100,6 +101,7 @@ pub(super) async fn start(
             shutdown.clone(),
         )),
     ];
+    let link: Arc<dyn NodeLink> = pubsub.clone();
     let router = EphemeralRouter::new(
         store.clone(),
         registry.clone(),
@@ -156,6 +158,7 @@ pub(super) async fn start(
                 value: outbox_depth.load(Ordering::Relaxed) as f64,
             }),
         ],
+        link: Some(link),
         tasks,
     })
 }

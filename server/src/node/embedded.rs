@@ -49,18 +49,26 @@ pub(super) fn start(config: &Config, w: Wiring) -> Result<Backends, StartError> 
         );
         tasks.push(tokio::spawn(worker.run(w.shutdown.clone())));
     }
-    let queue = sqlite.clone();
+    let (queue, outbox) = (sqlite.clone(), sqlite.clone());
     Ok(Backends {
         store: sqlite,
         registry,
         quotas: Arc::new(LocalQuotas::default()),
         secret,
         node_id: config.node_id.clone().unwrap_or_else(node_id),
-        gauges: vec![Box::new(move || Gauge {
-            name: "chatd_store_write_queue",
-            help: "Writes waiting for the store writer.",
-            value: queue.write_queue_depth() as f64,
-        })],
+        gauges: vec![
+            Box::new(move || Gauge {
+                name: "chatd_store_write_queue",
+                help: "Writes waiting for the store writer.",
+                value: queue.write_queue_depth() as f64,
+            }),
+            Box::new(move || Gauge {
+                name: "chatd_fanout_backlog",
+                help: "Committed events waiting for the in-process fan-out.",
+                value: outbox.outbox_depth() as f64,
+            }),
+        ],
+        link: None,
         tasks,
     })
 }

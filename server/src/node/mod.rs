@@ -7,7 +7,9 @@ pub mod push_worker;
 
 use crate::auth::idp::{Idp, IdpSettings, FETCH_TIMEOUT};
 use crate::auth::Authenticator;
+use crate::bus::{evict::Evictions, NodeLink};
 use crate::config::Config;
+use crate::domain::user_data::UserData;
 use crate::domain::{
     chats::{ChatLimits, Chats},
     limits::RateLimiter,
@@ -18,13 +20,15 @@ use crate::domain::{
     retention,
     typing::{Typing, TypingService},
 };
-use crate::metrics::Gauge;
+use crate::metrics::{Gauge, Throughput};
 use crate::quota::Quotas;
 use crate::registry::Registry;
 use crate::session::{self, Directory};
 use crate::store::Store;
-use crate::transport::{grpc::ChatApi, http, listener, web, ws::WebSockets};
-use chat_proto::v1::chat_service_server::ChatServiceServer;
+use crate::transport::{admin::AdminApi, grpc::ChatApi, http, listener, web, ws::WebSockets};
+use chat_proto::v1::{
+    admin_service_server::AdminServiceServer, chat_service_server::ChatServiceServer,
+};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -86,6 +90,8 @@ struct Backends {
     node_id: String,
     /// Back-end specific gauges, read at each scrape.
     gauges: Vec<Box<dyn Fn() -> Gauge + Send + Sync>>,
+    /// The other nodes' channels (a cluster's); `None` on the embedded default.
+    link: Option<Arc<dyn NodeLink>>,
     /// Background work that ends once the store is closed or `shutdown` is cancelled.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -124,6 +130,7 @@ pub async fn run(
         secret,
         node_id,
         gauges: backend_gauges,
+        link,
         tasks,
     } = backends;
     let (authenticator, key_fetcher) = authenticator(&config, &secret, &shutdown)?;
@@ -157,13 +164,19 @@ pub async fn run(
     ));
     let chats = Arc::new(
         Chats::new(store.clone(), tokens, config.max_group_size).with_limits(
-            quotas,
+            quotas.clone(),
             ChatLimits {
                 chats_created_per_hour: config.limits.chats_created_per_hour,
                 groups_per_user: config.limits.groups_per_user,
             },
         ),
     );
+    let user_data = Arc::new(UserData::new(
+        store.clone(),
+        registry.clone(),
+        quotas.clone(),
+        Evictions::new(node_id.clone(), directory.clone(), registry.clone(), link),
+    ));
     let presence = Arc::new(PresenceService::new(registry, store.clone()));
     let sessions = Arc::new(session::Services {
         messaging: messaging.clone(),
@@ -184,10 +197,12 @@ pub async fn run(
         },
         shutdown: shutdown.clone(),
     });
+    let throughput = Arc::new(Throughput::default());
     let housekeeping = tokio::spawn(housekeeping(
         store.clone(),
         messaging.clone(),
         typing,
+        throughput.clone(),
         config.clone(),
         shutdown.clone(),
     ));
@@ -198,6 +213,13 @@ pub async fn run(
         sessions.clone(),
         config.max_frame_bytes(),
     );
+    let admin_service = AdminServiceServer::new(AdminApi::new(
+        authenticator.clone(),
+        node_id.clone(),
+        gauges.clone(),
+        throughput,
+        user_data,
+    ));
     let chat_service = ChatServiceServer::new(ChatApi::new(
         authenticator,
         chats,
@@ -221,6 +243,7 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     let grpc = Routes::new(chat_service)
+        .add_service(admin_service)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -328,21 +351,24 @@ fn authenticator(
     Ok((authenticator.with_idp(idp), Some(task)))
 }
 
-/// Periodic chores: the retention purge, and forgetting rate-limit buckets and typing
+/// Periodic chores: the retention purge, the throughput samples (GetStats), and forgetting rate-limit buckets and typing
 /// indicators that have run out, so idle devices cost no memory.
 async fn housekeeping(
     store: Arc<dyn Store>,
     messaging: Arc<Messaging>,
     typing: Arc<Typing>,
+    throughput: Arc<Throughput>,
     config: Config,
     shutdown: CancellationToken,
 ) {
     let mut purge =
         tokio::time::interval(Duration::from_millis(config.retention_interval_ms.into()));
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
+    let mut sample = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = sample.tick() => throughput.sample(),
             _ = purge.tick() => {
                 match retention::purge(store.as_ref(), config.retention(), crate::clock::now_ms()).await {
                     Ok(0) => {}

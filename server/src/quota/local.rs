@@ -64,6 +64,11 @@ impl Quotas for LocalQuotas {
     async fn take(&self, key: &str, limit: u32, window_ms: u64, now: i64) -> crate::Result<Taken> {
         Ok(self.take_at(key, limit, window_ms, now))
     }
+
+    async fn forget(&self, key: &str) -> crate::Result<()> {
+        self.inner.lock().by_key.remove(key);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -95,6 +100,15 @@ mod tests {
         );
         // A refused attempt is not a use: it does not push the next one back.
         assert_eq!(q.take_at("u", 3, HOUR, later + 10), Taken::Yes);
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_key_starts_afresh() {
+        let q = LocalQuotas::default();
+        assert_eq!(q.take_at("u", 1, HOUR, 0), Taken::Yes);
+        assert_ne!(q.take_at("u", 1, HOUR, 1), Taken::Yes);
+        q.forget("u").await.unwrap();
+        assert_eq!(q.take_at("u", 1, HOUR, 2), Taken::Yes);
     }
 
     #[test]

@@ -29,4 +29,7 @@ pub trait Quotas: Send + Sync + 'static {
     /// `window_ms` before it. Check and record are one step: two callers racing for the last
     /// use cannot both get it.
     async fn take(&self, key: &str, limit: u32, window_ms: u64, now: i64) -> Result<Taken>;
+
+    /// Forgets every use of `key` (its user's data is being erased).
+    async fn forget(&self, key: &str) -> Result<()>;
 }

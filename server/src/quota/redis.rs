@@ -59,6 +59,13 @@ impl Quotas for RedisQuotas {
             },
         })
     }
+
+    async fn forget(&self, key: &str) -> Result<()> {
+        let mut del = redis::cmd("DEL");
+        del.arg(format!("{}quota:{key}", self.prefix));
+        query::<i64>(&self.conn, Request::Cmd(&del), "forgetting a quota").await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -104,5 +111,10 @@ mod tests {
             }
         }
         assert_eq!(taken, 3);
+        // Forgotten (the user's data erased): the quota starts afresh.
+        let q = RedisQuotas::connect(&url, &ns).await.unwrap();
+        assert_ne!(q.take("race", 3, 60_000, t0).await.unwrap(), Taken::Yes);
+        q.forget("race").await.unwrap();
+        assert_eq!(q.take("race", 3, 60_000, t0).await.unwrap(), Taken::Yes);
     }
 }

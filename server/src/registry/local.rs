@@ -185,6 +185,11 @@ impl Registry for LocalRegistry {
     fn users_online(&self) -> usize {
         LocalRegistry::users_online(self)
     }
+
+    async fn forget(&self, user_id: &str) -> crate::Result<()> {
+        self.last_seen.lock().remove(user_id);
+        Ok(())
+    }
 }
 
 fn online_presence(user_id: &str, devices: usize) -> Presence {

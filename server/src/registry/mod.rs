@@ -68,4 +68,7 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Users with at least one live session on this node (a gauge).
     fn users_online(&self) -> usize;
+
+    /// Forgets the last seen of `user_id` (their data is being erased; they are offline).
+    async fn forget(&self, user_id: &str) -> Result<()>;
 }

@@ -470,6 +470,13 @@ impl Registry for RedisRegistry {
     fn users_online(&self) -> usize {
         self.local.lock().len()
     }
+
+    async fn forget(&self, user_id: &str) -> Result<()> {
+        let mut del = redis::cmd("DEL");
+        del.arg(self.last_seen_key(user_id));
+        query::<i64>(&self.conn, Request::Cmd(&del), "forgetting a last seen").await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -570,6 +577,9 @@ mod tests {
         );
         assert!(!a.locate(&users(&["u"])).await.unwrap().contains_key("a"));
         assert_eq!((a.users_online(), b.users_online()), (1, 0));
+        // Forgotten (their data erased): no last seen on any node.
+        a.forget("u").await.unwrap();
+        assert_eq!(b.snapshot(&users(&["u"])).await.unwrap(), vec![None]);
         stop.cancel();
     }
 

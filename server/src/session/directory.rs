@@ -27,6 +27,8 @@ struct Entry {
     queue: mpsc::Sender<Committed>,
     /// Cancelled when the queue overflowed: the session must end.
     overflow: CancellationToken,
+    /// Cancelled when the user's data is being erased: the session must end.
+    evicted: CancellationToken,
     resync: Arc<Notify>,
 }
 
@@ -47,6 +49,8 @@ pub struct Registration {
     /// (presence events to watchers).
     pub queue: mpsc::Sender<Committed>,
     pub overflow: CancellationToken,
+    /// Cancelled by [`Directory::evict`].
+    pub evicted: CancellationToken,
     /// Notified when the session must re-read its backlog (see [`Directory::resync_all`]).
     pub resync: Arc<Notify>,
 }
@@ -82,6 +86,7 @@ impl Directory {
         let session_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (queue, events) = mpsc::channel(capacity.max(1));
         let overflow = CancellationToken::new();
+        let evicted = CancellationToken::new();
         let resync = Arc::new(Notify::new());
         let user_id: Arc<str> = Arc::from(user_id);
         self.shard(&user_id)
@@ -93,6 +98,7 @@ impl Directory {
                 device_id: Arc::from(device_id),
                 queue: queue.clone(),
                 overflow: overflow.clone(),
+                evicted: evicted.clone(),
                 resync: resync.clone(),
             });
         self.sessions.fetch_add(1, Ordering::Relaxed);
@@ -103,6 +109,7 @@ impl Directory {
             events,
             queue,
             overflow,
+            evicted,
             resync,
         }
     }
@@ -155,6 +162,17 @@ impl Directory {
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Ends every session of `user_id` on this node (their data is being erased); returns how
+    /// many there were.
+    pub fn evict(&self, user_id: &str) -> usize {
+        let shard = self.shard(user_id).lock();
+        let entries = shard.get(user_id).map(Vec::as_slice).unwrap_or_default();
+        for e in entries {
+            e.evicted.cancel();
+        }
+        entries.len()
+    }
+
     /// Sessions connected to this node.
     pub fn len(&self) -> usize {
         self.sessions.load(Ordering::Relaxed)
@@ -168,6 +186,10 @@ impl Directory {
 impl crate::bus::LocalSessions for Directory {
     fn deliver(&self, user_id: &str, skip_device: Option<&str>, event: &Committed) {
         Directory::deliver(self, user_id, skip_device, event)
+    }
+
+    fn evict(&self, user_id: &str) -> usize {
+        Directory::evict(self, user_id)
     }
 }
 

@@ -195,11 +195,17 @@ async fn run_session<S>(
         device_id: hello.device_id.clone(),
         session_id: registration.session_id,
     };
-    let online =
-        match OnlineGuard::new(&svc.presence, key, svc.settings.max_sessions_per_user).await {
-            Ok(online) => online,
-            Err(e) => return end(outlet, e),
-        };
+    let online = match OnlineGuard::new(
+        &svc.presence,
+        key,
+        svc.settings.max_sessions_per_user,
+        registration.evicted.clone(),
+    )
+    .await
+    {
+        Ok(online) => online,
+        Err(e) => return end(outlet, e),
+    };
     let mut session = Session {
         svc,
         user_id,
@@ -245,6 +251,7 @@ impl Session {
                 sent.map_err(|_| Stop::Gone)
             }
             _ = self.registration.overflow.cancelled() => Err(slow_consumer()),
+            _ = self.registration.evicted.cancelled() => Err(evicted()),
             _ = self.svc.shutdown.cancelled() => Err(shutting_down()),
         }
     }
@@ -279,6 +286,7 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 _ = self.registration.overflow.cancelled() => Err(slow_consumer()),
+                _ = self.registration.evicted.cancelled() => Err(evicted()),
                 _ = self.svc.shutdown.cancelled() => {
                     self.finish_sends().await;
                     Err(shutting_down())
@@ -470,6 +478,12 @@ fn slow_consumer() -> Stop {
     Stop::Abort(Error::ResourceExhausted(
         "the session's outgoing queue is full (the client reads too slowly); reconnect to resume"
             .into(),
+    ))
+}
+
+fn evicted() -> Stop {
+    Stop::Abort(Error::PermissionDenied(
+        "an operator erased this user's data (DeleteUserData); the session is closed".into(),
     ))
 }
 

@@ -9,6 +9,7 @@ use crate::clock::now_ms;
 use crate::domain::{model::*, presence::PresenceService};
 use crate::registry::{SessionKey, Watcher};
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// A session's presence footprint: its device counts as online and its watches are
 /// registered until this is dropped, however the session ends.
@@ -17,6 +18,9 @@ pub(super) struct OnlineGuard {
     key: SessionKey,
     /// The users this session watches (those it may see).
     watched: Vec<String>,
+    /// Cancelled when the session was ended because its user's data is being erased: its
+    /// going away then records no last seen.
+    evicted: CancellationToken,
 }
 
 impl OnlineGuard {
@@ -25,12 +29,14 @@ impl OnlineGuard {
         presence: &Arc<PresenceService>,
         key: SessionKey,
         max_sessions: u32,
+        evicted: CancellationToken,
     ) -> crate::Result<Self> {
         presence.device_connected(&key, max_sessions).await?;
         Ok(OnlineGuard {
             presence: presence.clone(),
             key,
             watched: Vec::new(),
+            evicted,
         })
     }
 }
@@ -43,8 +49,9 @@ impl Drop for OnlineGuard {
             return;
         }
         let watched = std::mem::take(&mut self.watched);
+        let last_seen = (!self.evicted.is_cancelled()).then(now_ms);
         self.presence
-            .spawn_disconnected(self.key.clone(), watched, now_ms());
+            .spawn_disconnected(self.key.clone(), watched, last_seen);
     }
 }
 

@@ -78,6 +78,7 @@ macro_rules! conformance_suite {
             racing_registrations_of_one_device_leave_one_token,
             mutes_are_each_members_own_until_they_end_or_are_cleared,
             only_members_mute_and_a_member_who_leaves_loses_the_mute,
+            a_users_data_is_exported_whole_and_erased_once,
         );
     };
     (@tests $attrs:tt $open:tt $cleanup:tt; $($name:ident),* $(,)?) => {
@@ -1382,4 +1383,165 @@ pub(crate) async fn racing_registrations_of_one_device_leave_one_token(b: Backen
     }
     let tokens = tokens_of(&*s, &["alice"]).await;
     assert_eq!(tokens.len(), 1, "{tokens:?}");
+}
+
+/// GDPR: what the store keeps about a user reads back whole, and erasure leaves each message's
+/// place (no chat gets a gap) without its content, the user's other rows gone, a direct chat
+/// no longer the pair's, and nothing of anyone else touched. Run again, it erases nothing.
+pub(crate) async fn a_users_data_is_exported_whole_and_erased_once(mut b: Backend) {
+    use crate::domain::membership::erasing;
+    use crate::domain::user_data::UserRecord;
+    let s = b.store.clone();
+    let g = group(s.as_ref(), "g", &["ann", "bo"]).await;
+    let direct = s
+        .create_chat(NewChat {
+            kind: ChatKind::Direct,
+            title: String::new(),
+            direct_key: Some("ann\nbo".into()),
+            members: vec![("ann".into(), Role::Member), ("bo".into(), Role::Member)],
+            created_at: 1_000,
+        })
+        .await
+        .unwrap()
+        .0;
+    s.register_device("ann", "ann-phone", 1_500).await.unwrap();
+    s.register_device("bo", "bo-phone", 1_500).await.unwrap();
+    // 7 messages of ann's across two chats (more than one export page of 3), 2 of bo's.
+    for i in 0..7 {
+        let chat = if i % 2 == 0 {
+            &g.chat_id
+        } else {
+            &direct.chat_id
+        };
+        s.append_message(new_message(chat, "ann", &format!("a{i}"), 2_000 + i))
+            .await
+            .unwrap();
+    }
+    for i in 0..2 {
+        s.append_message(new_message(&g.chat_id, "bo", &format!("b{i}"), 3_000 + i))
+            .await
+            .unwrap();
+    }
+    s.move_cursor(cursor(&g.chat_id, "ann", "ann-phone", 3, ReceiptKind::Read))
+        .await
+        .unwrap();
+    s.register_push_token(push_token("ann", "ann-phone", PushProvider::Fcm, "tok-ann"))
+        .await
+        .unwrap();
+    s.register_push_token(push_token("bo", "bo-phone", PushProvider::Fcm, "tok-bo"))
+        .await
+        .unwrap();
+    s.record_last_seen("ann", 4_000).await.unwrap();
+    s.set_muted(&g.chat_id, "ann", Some(i64::MAX))
+        .await
+        .unwrap();
+
+    let records = eventually_records(s.as_ref(), "ann", |r| {
+        r.iter().any(|x| matches!(x, UserRecord::LastSeen { .. }))
+    })
+    .await;
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| match r {
+            UserRecord::Device { .. } => "device",
+            UserRecord::LastSeen { .. } => "last_seen",
+            UserRecord::Membership { .. } => "membership",
+            UserRecord::Cursor { .. } => "cursor",
+            UserRecord::PushToken { .. } => "push_token",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "device",
+            "last_seen",
+            "membership",
+            "membership",
+            "cursor",
+            "cursor",
+            "push_token"
+        ]
+    );
+    assert!(records.contains(&UserRecord::LastSeen { at: 4_000 }));
+    assert!(records.iter().any(|r| matches!(r,
+        UserRecord::Membership { chat_id, muted_until: Some(i64::MAX), role: Role::Admin, .. }
+            if *chat_id == g.chat_id)));
+    assert!(records.iter().any(|r| matches!(r,
+        UserRecord::Cursor { chat_id, read_seq: 3, delivered_seq: 3, .. } if *chat_id == g.chat_id)));
+    assert!(records.iter().any(|r| matches!(r,
+        UserRecord::PushToken { token, provider, .. } if token == "tok-ann" && provider == "fcm")));
+
+    // Sent messages page by key, each exactly once.
+    let mut keys = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.sent_messages("ann", after.take(), 3).await.unwrap();
+        keys.extend(page.iter().map(|m| m.client_msg_id.clone()));
+        match page.last() {
+            Some(m) if page.len() == 3 => after = Some(m.client_msg_id.clone()),
+            _ => break,
+        }
+    }
+    assert_eq!(keys, ["a0", "a1", "a2", "a3", "a4", "a5", "a6"]);
+
+    // Erasure: membership first (as the domain does it), then the rest.
+    b.committed();
+    for chat in [&g.chat_id, &direct.chat_id] {
+        s.change_members(chat, erasing("ann".into()), 5_000)
+            .await
+            .unwrap();
+    }
+    let after_group = s.chat(&g.chat_id).await.unwrap().unwrap();
+    assert_eq!(members(&after_group), [("bo", Role::Admin, 1_000)]);
+    let after_direct = s.chat(&direct.chat_id).await.unwrap().unwrap();
+    assert_eq!(after_direct.members.len(), 1);
+    let removals = chat_events(&b.committed());
+    assert_eq!(removals.len(), 2, "one member removal per chat");
+    assert!(removals
+        .iter()
+        .all(|(k, users, _)| *k == ChatChangeKind::MemberRemoved && *users == names(&["ann"])));
+
+    assert_eq!(s.erase_user("ann").await.unwrap(), 7);
+    assert_eq!(s.erase_user("ann").await.unwrap(), 0, "idempotent");
+    assert_eq!(s.user_records("ann").await.unwrap(), vec![]);
+    let history = s.messages(&g.chat_id, all(0), 100).await.unwrap();
+    assert_eq!(seqs(&history), [1, 2, 3, 4, 5, 6], "no gap");
+    for m in &history {
+        if m.sender_user_id == "ann" {
+            assert_eq!(m.content, Content::default(), "{m:?}");
+            assert!(m.sender_device_id.is_empty());
+            assert!(m.client_msg_id.starts_with(super::ERASED_KEY_PREFIX));
+        } else {
+            assert_eq!(m.content.text, format!("text of {}", m.client_msg_id));
+        }
+    }
+    let exported = s.sent_messages("ann", None, 100).await.unwrap();
+    assert_eq!(exported.len(), 7, "erased messages keep their place");
+    assert!(exported.iter().all(|m| m.content == Content::default()));
+    // A key erased is free again, and the erased message never answers it.
+    let again = s
+        .append_message(new_message(&g.chat_id, "bo", "a0", 6_000))
+        .await
+        .unwrap();
+    assert!(!again.duplicate);
+    assert_eq!(s.direct_chat_id("ann\nbo").await.unwrap(), None);
+    // Nobody else's data changed.
+    assert_eq!(tokens_of(s.as_ref(), &["ann", "bo"]).await.len(), 1);
+    assert!(s.user_records("bo").await.unwrap().len() >= 4);
+}
+
+/// The user's records once `done` holds of them (the last seen is written in the background).
+async fn eventually_records(
+    s: &dyn Store,
+    user: &str,
+    done: impl Fn(&[crate::domain::user_data::UserRecord]) -> bool,
+) -> Vec<crate::domain::user_data::UserRecord> {
+    for _ in 0..200 {
+        let r = s.user_records(user).await.unwrap();
+        if done(&r) {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the records of {user} never settled");
 }

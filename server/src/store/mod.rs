@@ -13,6 +13,7 @@ pub mod sqlite;
 use crate::domain::model::{
     Chat, ChatKind, ChatView, Content, Message, PushProvider, PushToken, Receipt, ReceiptKind, Role,
 };
+use crate::domain::user_data::UserRecord;
 use crate::Result;
 use async_trait::async_trait;
 use std::{collections::HashMap, sync::Arc};
@@ -214,9 +215,39 @@ pub trait PushTokenStore: Send + Sync + 'static {
     async fn drop_push_token(&self, provider: PushProvider, token: &str) -> Result<bool>;
 }
 
+/// Everything stored about one user, for export and erasure (GDPR).
+#[async_trait]
+pub trait UserDataStore: Send + Sync + 'static {
+    /// The user's rows other than messages: devices, last seen, memberships, device positions
+    /// and push tokens.
+    async fn user_records(&self, user_id: &str) -> Result<Vec<UserRecord>>;
+
+    /// Messages `user_id` sent, erased ones included, ordered by `client_msg_id` (the index
+    /// that keeps a sender's keys unique serves the order), those after `after`, up to `limit`.
+    async fn sent_messages(
+        &self,
+        user_id: &str,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<Message>>;
+
+    /// Erases what the store holds about `user_id` apart from chat membership, which goes
+    /// through [`ChatStore::change_members`] so the chats' other members hear of it: each
+    /// message they sent keeps its place (chat, seq, id, sender, time) and loses its content,
+    /// device and idempotency key ([`ERASED_KEY_PREFIX`]); their devices, device positions,
+    /// push tokens and last seen are deleted, and a direct chat of theirs no longer counts as
+    /// the pair's (a later OpenDirectChat of the two makes a new one). Returns how many
+    /// messages were erased now (none when run again).
+    async fn erase_user(&self, user_id: &str) -> Result<u64>;
+}
+
+pub use crate::domain::model::ERASED_KEY_PREFIX;
+
 /// A whole backend: every concern, plus its health and shutdown.
 #[async_trait]
-pub trait Store: MessageStore + ChatStore + CursorStore + PresenceStore + PushTokenStore {
+pub trait Store:
+    MessageStore + ChatStore + CursorStore + PresenceStore + PushTokenStore + UserDataStore
+{
     /// Succeeds when the store can serve reads and writes.
     async fn ping(&self) -> Result<()>;
 

@@ -34,7 +34,7 @@ pub fn message(m: &d::Message) -> pb::Message {
         seq: m.seq,
         sender_user_id: m.sender_user_id.clone(),
         sender_device_id: m.sender_device_id.clone(),
-        client_msg_id: m.client_msg_id.clone(),
+        client_msg_id: m.visible_client_msg_id().to_string(),
         content: Some(content_to(&m.content)),
         created_at: m.created_at,
     }

@@ -23,12 +23,13 @@ pub use outbox::{outbox_depth, OutboxRelay};
 use super::{
     Access, ActivityKey, ChatStore, CursorMove, CursorStore, MemberRule, Membership, MessageStore,
     NewChat, NewMessage, PendingAppend, PresenceStore, PushTokenStore, ResumeChat, ResumePlan,
-    SeqRange, Store,
+    SeqRange, Store, UserDataStore, ERASED_KEY_PREFIX,
 };
 use crate::domain::model::{
     Chat, ChatChange, ChatChangeKind, ChatKind, ChatView, Committed, Content, Event, Member,
     Message, PushProvider, PushToken, Receipt, ReceiptKind, Role,
 };
+use crate::domain::user_data::UserRecord;
 use crate::{domain::ids, Error, Result};
 use async_trait::async_trait;
 use sqlx::{
@@ -992,6 +993,146 @@ impl PresenceStore for PgStore {
             .into_iter()
             .filter(|u| found.contains(u))
             .collect())
+    }
+}
+
+#[async_trait]
+impl UserDataStore for PgStore {
+    async fn user_records(&self, user_id: &str) -> Result<Vec<UserRecord>> {
+        let mut out = Vec::new();
+        let rows = sqlx::query(
+            "SELECT device_id, created_at FROM devices WHERE user_id = $1 ORDER BY device_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_err)?;
+        for r in &rows {
+            out.push(UserRecord::Device {
+                device_id: get(r, 0)?,
+                created_at: get(r, 1)?,
+            });
+        }
+        if let Some(at) = self
+            .last_seen(vec![user_id.to_string()])
+            .await?
+            .remove(user_id)
+        {
+            out.push(UserRecord::LastSeen { at });
+        }
+        let rows = sqlx::query(
+            "SELECT m.chat_id, c.kind, c.title, m.role, m.joined_at, m.joined_seq, m.read_seq,
+                    m.read_at, m.muted_until
+             FROM members m JOIN chats c ON c.chat_id = m.chat_id
+             WHERE m.user_id = $1 ORDER BY m.chat_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_err)?;
+        for r in &rows {
+            out.push(UserRecord::Membership {
+                chat_id: get(r, 0)?,
+                kind: kind_from(get(r, 1)?),
+                title: get(r, 2)?,
+                role: role_from(get(r, 3)?),
+                joined_at: get(r, 4)?,
+                joined_seq: get::<i64>(r, 5)? as u64,
+                read_seq: get::<i64>(r, 6)? as u64,
+                read_at: get(r, 7)?,
+                muted_until: get(r, 8)?,
+            });
+        }
+        let rows = sqlx::query(
+            "SELECT device_id, chat_id, delivered_seq, delivered_at, read_seq, read_at
+             FROM device_cursors WHERE user_id = $1 ORDER BY device_id, chat_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_err)?;
+        for r in &rows {
+            out.push(UserRecord::Cursor {
+                device_id: get(r, 0)?,
+                chat_id: get(r, 1)?,
+                delivered_seq: get::<i64>(r, 2)? as u64,
+                delivered_at: get(r, 3)?,
+                read_seq: get::<i64>(r, 4)? as u64,
+                read_at: get(r, 5)?,
+            });
+        }
+        let rows = sqlx::query(
+            "SELECT device_id, provider, token, app_id, created_at
+             FROM push_tokens WHERE user_id = $1 ORDER BY device_id, provider",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_err)?;
+        for r in &rows {
+            out.push(UserRecord::PushToken {
+                device_id: get(r, 0)?,
+                provider: get(r, 1)?,
+                token: get(r, 2)?,
+                app_id: get(r, 3)?,
+                created_at: get(r, 4)?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn sent_messages(
+        &self,
+        user_id: &str,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE sender_user_id = $1 AND client_msg_id > $2 ORDER BY client_msg_id LIMIT $3"
+        ))
+        .bind(user_id)
+        .bind(after.unwrap_or_default())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_err)?;
+        rows.iter().map(|r| message_at(r, 0)).collect()
+    }
+
+    async fn erase_user(&self, user_id: &str) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let erased = sqlx::query(
+            "UPDATE messages SET text = '', ciphertext = NULL, attributes = NULL,
+                 sender_device_id = '', client_msg_id = $2 || message_id
+             WHERE sender_user_id = $1 AND left(client_msg_id, length($2)) <> $2",
+        )
+        .bind(user_id)
+        .bind(ERASED_KEY_PREFIX)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg_err)?
+        .rows_affected();
+        for statement in [
+            "DELETE FROM push_tokens WHERE user_id = $1",
+            "DELETE FROM device_cursors WHERE user_id = $1",
+            "DELETE FROM devices WHERE user_id = $1",
+            "DELETE FROM last_seen WHERE user_id = $1",
+            "DELETE FROM members WHERE user_id = $1",
+            // A direct chat's key is its sorted pair joined by a newline (domain::chats), and
+            // a user id holds no newline.
+            "UPDATE chats SET direct_key = NULL WHERE kind = 1 AND
+                 (left(direct_key, length($1) + 1) = $1 || chr(10)
+                  OR right(direct_key, length($1) + 1) = chr(10) || $1)",
+        ] {
+            sqlx::query(statement)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(pg_err)?;
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(erased)
     }
 }
 

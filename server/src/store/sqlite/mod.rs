@@ -14,6 +14,7 @@ mod writes;
 use super::{
     ActivityKey, ChatStore, CursorMove, CursorStore, MemberRule, Membership, MessageStore, NewChat,
     NewMessage, PendingAppend, PresenceStore, PushTokenStore, ResumePlan, SeqRange, Store,
+    UserDataStore,
 };
 use crate::domain::model::{Chat, ChatView, Committed, Message, PushProvider, PushToken, Receipt};
 use crate::{Error, Result};
@@ -63,6 +64,9 @@ pub struct SqliteStore {
     readers: Readers,
     /// Tells the checkpoint thread to finish.
     stopping: Arc<AtomicBool>,
+    /// The writer's side of the outbox, to count what waits in it (weak: the fan-out must see
+    /// the channel close when the writer stops).
+    outbox: mpsc::WeakSender<Committed>,
 }
 
 impl SqliteStore {
@@ -108,6 +112,7 @@ impl SqliteStore {
         }
         let (writes, rx) = mpsc::channel(WRITE_QUEUE);
         let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
+        let outbox = outbox_tx.downgrade();
         let writer = Writer::new(conn, outbox_tx, push_intents);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -117,6 +122,7 @@ impl SqliteStore {
             writes,
             readers: Readers::new(readers),
             stopping,
+            outbox,
         };
         Ok((Arc::new(store), outbox_rx))
     }
@@ -173,6 +179,13 @@ impl SqliteStore {
     /// Writes waiting for the writer thread.
     pub fn write_queue_depth(&self) -> usize {
         self.writes.max_capacity() - self.writes.capacity()
+    }
+
+    /// Committed events waiting for the fan-out.
+    pub fn outbox_depth(&self) -> usize {
+        self.outbox
+            .upgrade()
+            .map_or(0, |s| s.max_capacity() - s.capacity())
     }
 
     async fn write<T>(&self, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T> {
@@ -415,6 +428,37 @@ impl PresenceStore for SqliteStore {
         let user_id = user_id.to_string();
         self.readers
             .run(move |c| reads::contacts_among(c, &user_id, candidates))
+            .await
+    }
+}
+
+#[async_trait]
+impl UserDataStore for SqliteStore {
+    async fn user_records(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<crate::domain::user_data::UserRecord>> {
+        let user_id = user_id.to_string();
+        self.readers
+            .run(move |c| reads::user_records(c, &user_id))
+            .await
+    }
+
+    async fn sent_messages(
+        &self,
+        user_id: &str,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        let user_id = user_id.to_string();
+        self.readers
+            .run(move |c| reads::sent_messages(c, &user_id, after.as_deref(), limit))
+            .await
+    }
+
+    async fn erase_user(&self, user_id: &str) -> Result<u64> {
+        let user_id = user_id.to_string();
+        self.write(|reply| WriteOp::EraseUser { user_id, reply })
             .await
     }
 }

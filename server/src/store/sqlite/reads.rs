@@ -7,6 +7,7 @@ use crate::domain::model::{
     Chat, ChatKind, ChatView, Content, Member, Message, PushProvider, PushToken, Receipt,
     ReceiptKind, Role,
 };
+use crate::domain::user_data::UserRecord;
 use crate::store::{Access, ActivityKey, Membership, ResumeChat, ResumePlan, SeqRange};
 use crate::{Error, Result};
 use parking_lot::Mutex;
@@ -521,4 +522,111 @@ pub(super) fn push_dead_letters(c: &Connection, provider: PushProvider) -> Resul
         .query_row(params![provider.name()], |r| r.get::<_, i64>(0))
         .map_err(db_err)
         .map(|n| n.max(0) as u64)
+}
+
+/// [`crate::store::UserDataStore::user_records`]: devices, last seen, memberships, device
+/// positions, push tokens, in that order.
+pub(super) fn user_records(c: &Connection, user_id: &str) -> Result<Vec<UserRecord>> {
+    let mut out = Vec::new();
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT device_id, created_at FROM devices WHERE user_id = ?1 ORDER BY device_id",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([user_id], |r| {
+            Ok(UserRecord::Device {
+                device_id: r.get(0)?,
+                created_at: r.get(1)?,
+            })
+        })
+        .map_err(db_err)?;
+    out.extend(rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?);
+    if let Some(at) = last_seen(c, vec![user_id.to_string()])?.remove(user_id) {
+        out.push(UserRecord::LastSeen { at });
+    }
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT m.chat_id, c.kind, c.title, m.role, m.joined_at, m.joined_seq, m.read_seq,
+                    m.read_at, m.muted_until
+             FROM members m JOIN chats c ON c.chat_id = m.chat_id
+             WHERE m.user_id = ?1 ORDER BY m.chat_id",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([user_id], |r| {
+            Ok(UserRecord::Membership {
+                chat_id: r.get(0)?,
+                kind: kind_from(r.get(1)?),
+                title: r.get(2)?,
+                role: role_from(r.get(3)?),
+                joined_at: r.get(4)?,
+                joined_seq: r.get::<_, i64>(5)? as u64,
+                read_seq: r.get::<_, i64>(6)? as u64,
+                read_at: r.get(7)?,
+                muted_until: r.get(8)?,
+            })
+        })
+        .map_err(db_err)?;
+    out.extend(rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?);
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT device_id, chat_id, delivered_seq, delivered_at, read_seq, read_at
+             FROM device_cursors WHERE user_id = ?1 ORDER BY device_id, chat_id",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([user_id], |r| {
+            Ok(UserRecord::Cursor {
+                device_id: r.get(0)?,
+                chat_id: r.get(1)?,
+                delivered_seq: r.get::<_, i64>(2)? as u64,
+                delivered_at: r.get(3)?,
+                read_seq: r.get::<_, i64>(4)? as u64,
+                read_at: r.get(5)?,
+            })
+        })
+        .map_err(db_err)?;
+    out.extend(rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?);
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT device_id, provider, token, app_id, created_at
+             FROM push_tokens WHERE user_id = ?1 ORDER BY device_id, provider",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([user_id], |r| {
+            Ok(UserRecord::PushToken {
+                device_id: r.get(0)?,
+                provider: r.get(1)?,
+                token: r.get(2)?,
+                app_id: r.get(3)?,
+                created_at: r.get(4)?,
+            })
+        })
+        .map_err(db_err)?;
+    out.extend(rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?);
+    Ok(out)
+}
+
+/// [`crate::store::UserDataStore::sent_messages`].
+pub(super) fn sent_messages(
+    c: &Connection,
+    user_id: &str,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Message>> {
+    let mut stmt = c
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE sender_user_id = ?1 AND client_msg_id > ?2 ORDER BY client_msg_id LIMIT ?3"
+        ))
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map(
+            params![user_id, after.unwrap_or(""), limit],
+            message_from_row,
+        )
+        .map_err(db_err)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
 }

@@ -69,6 +69,10 @@ pub(super) enum WriteOp {
         reply: Reply<()>,
     },
     PushDeadLetter(DeadLetter, Reply<()>),
+    EraseUser {
+        user_id: String,
+        reply: Reply<u64>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -219,6 +223,7 @@ fn fail(op: WriteOp, err: &Error) {
         WriteOp::DropPushToken { reply, .. } => reject(reply, err),
         WriteOp::PushIntentsDone { reply, .. } => reject(reply, err),
         WriteOp::PushDeadLetter(_, reply) => reject(reply, err),
+        WriteOp::EraseUser { reply, .. } => reject(reply, err),
         WriteOp::LastSeen { .. } => {}
         WriteOp::Shutdown(done) => {
             let _ = done.send(());
@@ -281,6 +286,9 @@ fn apply(
             limit,
             reply,
         } => run!(reply, |c| writes::purge(c, before, limit)),
+        WriteOp::EraseUser { user_id, reply } => {
+            run!(reply, |c| writes::erase_user(c, &user_id))
+        }
         WriteOp::RegisterPushToken(token, reply) => {
             run!(reply, |c| writes::register_push_token(c, &token))
         }

@@ -11,7 +11,7 @@ use crate::domain::idempotency;
 use crate::domain::model::{
     Chat, ChatChange, ChatChangeKind, ChatKind, Event, Message, PushProvider, PushToken, Role,
 };
-use crate::store::{Appended, CursorMove, MemberRule, NewChat, NewMessage};
+use crate::store::{Appended, CursorMove, MemberRule, NewChat, NewMessage, ERASED_KEY_PREFIX};
 use crate::{domain::ids, Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::Arc;
@@ -433,4 +433,49 @@ pub(super) fn push_dead_letter(c: &Connection, d: &DeadLetter) -> Result<()> {
     ])
     .map_err(db_err)?;
     Ok(())
+}
+
+/// [`crate::store::UserDataStore::erase_user`]. SQLite's `secure_delete` is on for its
+/// statements, so the erased content is overwritten in the file rather than left in free
+/// space (the WAL keeps the old pages until its next checkpoint).
+pub(super) fn erase_user(c: &Connection, user_id: &str) -> Result<u64> {
+    c.pragma_update(None, "secure_delete", true)
+        .map_err(db_err)?;
+    let erased = erase_user_rows(c, user_id);
+    let reset = c
+        .pragma_update(None, "secure_delete", false)
+        .map_err(db_err);
+    let erased = erased?;
+    reset?;
+    Ok(erased)
+}
+
+fn erase_user_rows(c: &Connection, user_id: &str) -> Result<u64> {
+    let erased = c
+        .prepare_cached(
+            "UPDATE messages SET text = '', ciphertext = NULL, attributes = NULL,
+                 sender_device_id = '', client_msg_id = ?2 || message_id
+             WHERE sender_user_id = ?1 AND substr(client_msg_id, 1, length(?2)) <> ?2",
+        )
+        .map_err(db_err)?
+        .execute(params![user_id, ERASED_KEY_PREFIX])
+        .map_err(db_err)?;
+    for statement in [
+        "DELETE FROM push_tokens WHERE user_id = ?1",
+        "DELETE FROM device_cursors WHERE user_id = ?1",
+        "DELETE FROM devices WHERE user_id = ?1",
+        "DELETE FROM last_seen WHERE user_id = ?1",
+        "DELETE FROM members WHERE user_id = ?1",
+        // A direct chat's key is its sorted pair joined by a newline (domain::chats), and a
+        // user id holds no newline.
+        "UPDATE chats SET direct_key = NULL WHERE kind = 1 AND
+             (substr(direct_key, 1, length(?1) + 1) = ?1 || char(10)
+              OR substr(direct_key, -length(?1) - 1) = char(10) || ?1)",
+    ] {
+        c.prepare_cached(statement)
+            .map_err(db_err)?
+            .execute(params![user_id])
+            .map_err(db_err)?;
+    }
+    Ok(erased as u64)
 }

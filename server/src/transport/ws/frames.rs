@@ -422,7 +422,7 @@ impl<'a> MessageJson<'a> {
             seq: m.seq,
             sender_id: &m.sender_user_id,
             sender_device_id: &m.sender_device_id,
-            client_msg_id: &m.client_msg_id,
+            client_msg_id: m.visible_client_msg_id(),
             content: &c.text,
             ciphertext: (!c.ciphertext.is_empty()).then(|| BASE64.encode(&c.ciphertext)),
             attributes: &c.attributes,
