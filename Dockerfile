@@ -9,7 +9,8 @@
 # deploy/k8s/ has the Kubernetes manifests (README: "Deployment").
 
 # The toolchain image has what the build needs: librdkafka and SQLite are compiled from source
-# by their crates (make and a C compiler), and the protobuf compiler is a crate (protox).
+# by their crates (make and a C compiler), librdkafka's TLS links the system OpenSSL (libssl-dev
+# and pkg-config are in the image), and the protobuf compiler is a crate (protox).
 FROM rust:1.88-bookworm AS build
 WORKDIR /src
 COPY . .
@@ -18,7 +19,7 @@ RUN cargo build --release --locked -p chatd \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/chatd --create-home chatd
 COPY --from=build /usr/local/bin/chatd /usr/local/bin/chatd

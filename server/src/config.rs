@@ -6,6 +6,7 @@
 //! their defaults; [`Overrides::apply`] has the one check of each setting, used for every layer.
 //! A bad value stops start-up with a message that names the key, variable or flag it came from.
 
+use crate::backend_tls::{check_pem, check_postgres_url, BackendTls, PemKind};
 use clap::parser::ValueSource;
 use serde::{Deserialize, Deserializer};
 use std::{
@@ -54,6 +55,10 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Comma-separated `host:port` list.
     pub kafka_brokers: Option<String>,
+    /// TLS to Redis (with a `rediss://` URL): CA, client certificate and key.
+    pub redis_tls: BackendTls,
+    /// TLS to Kafka (`security.protocol=ssl` when any is set): CA, client certificate and key.
+    pub kafka_tls: BackendTls,
     /// This node's id in the cluster (`Welcome.node_id`, Redis channel `node.{id}`).
     pub node_id: Option<String>,
     /// Apply pending PostgreSQL migrations at start (`CHATD_MIGRATE=auto`).
@@ -243,6 +248,8 @@ impl Default for Config {
             database_url: None,
             redis_url: None,
             kafka_brokers: None,
+            redis_tls: BackendTls::default(),
+            kafka_tls: BackendTls::default(),
             node_id: None,
             migrate_auto: false,
             namespace: String::new(),
@@ -372,6 +379,24 @@ pub struct Overrides {
     /// Kafka bootstrap brokers, host:port,… [default: in-process bus]
     #[arg(long, env = "CHATD_KAFKA_BROKERS")]
     pub kafka_brokers: Option<Text>,
+    /// CA certificate(s) (PEM) Redis's TLS certificate must chain to; needs a rediss:// URL [default: Mozilla's roots]
+    #[arg(long, env = "CHATD_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<Text>,
+    /// Client certificate (PEM) presented to Redis; with --redis-tls-key [default: none]
+    #[arg(long, env = "CHATD_REDIS_TLS_CERT")]
+    pub redis_tls_cert: Option<Text>,
+    /// Private key (PEM) of --redis-tls-cert [default: none]
+    #[arg(long, env = "CHATD_REDIS_TLS_KEY")]
+    pub redis_tls_key: Option<Text>,
+    /// CA certificate(s) (PEM) of the Kafka brokers; any --kafka-tls-* turns TLS on [default: plaintext]
+    #[arg(long, env = "CHATD_KAFKA_TLS_CA")]
+    pub kafka_tls_ca: Option<Text>,
+    /// Client certificate (PEM) presented to Kafka; with --kafka-tls-key [default: none]
+    #[arg(long, env = "CHATD_KAFKA_TLS_CERT")]
+    pub kafka_tls_cert: Option<Text>,
+    /// Private key (PEM) of --kafka-tls-cert [default: none]
+    #[arg(long, env = "CHATD_KAFKA_TLS_KEY")]
+    pub kafka_tls_key: Option<Text>,
     /// Node id in the cluster [default: generated]
     #[arg(long, env = "CHATD_NODE_ID")]
     pub node_id: Option<Text>,
@@ -580,10 +605,14 @@ impl Overrides {
         set!(retention_interval_ms, |r| r.range(10, 86_400_000));
         set!(database_url, |r| {
             let r = r.secret();
-            r.url(
+            let url = r.url(
                 &["postgres://", "postgresql://"],
                 "must start with postgres://",
-            )
+            )?;
+            if let Some(url) = &url {
+                check_postgres_url(url).map_err(|reason| r.invalid(reason))?;
+            }
+            Ok(url)
         });
         set!(redis_url, |r| {
             r.url(
@@ -594,6 +623,12 @@ impl Overrides {
         set!(kafka_brokers, |r| Ok(
             Some(r.text.trim().to_string()).filter(|v| !v.is_empty())
         ));
+        set!(redis_tls_ca => redis_tls.ca, |r| r.pem_file(PemKind::Certificates));
+        set!(redis_tls_cert => redis_tls.cert, |r| r.pem_file(PemKind::Certificates));
+        set!(redis_tls_key => redis_tls.key, |r| r.pem_file(PemKind::PrivateKey));
+        set!(kafka_tls_ca => kafka_tls.ca, |r| r.pem_file(PemKind::Certificates));
+        set!(kafka_tls_cert => kafka_tls.cert, |r| r.pem_file(PemKind::Certificates));
+        set!(kafka_tls_key => kafka_tls.key, |r| r.pem_file(PemKind::PrivateKey));
         set!(node_id, |r| r.plain_name(1).map(Some));
         set!(migrate => migrate_auto, |r| match r.text.trim() {
             "auto" => Ok(true),
@@ -802,6 +837,18 @@ impl<'a> Raw<'a> {
             .map(|_| Some(path))
     }
 
+    /// A readable PEM file holding `kind` (checked now, not at the first connection); empty
+    /// means unset.
+    fn pem_file(self, kind: PemKind) -> Result<Option<PathBuf>, ConfigError> {
+        let text = self.text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let path = PathBuf::from(text);
+        check_pem(&path, kind).map_err(|reason| self.invalid(reason))?;
+        Ok(Some(path))
+    }
+
     /// One word of printable ASCII (ids, a bundle id); empty means unset.
     fn word(self) -> Result<Option<String>, ConfigError> {
         let text = self.text.trim();
@@ -845,6 +892,7 @@ impl Config {
             cfg.rate_limit_burst = cfg.rate_limit_per_sec;
         }
         cfg.oidc.check()?;
+        cfg.check_backend_tls()?;
         if cfg.heartbeat_timeout_ms <= cfg.heartbeat_interval_ms {
             return Err(ConfigError::Invalid {
                 source_name: "heartbeat_timeout_ms".into(),
@@ -856,6 +904,59 @@ impl Config {
             });
         }
         Ok(cfg)
+    }
+
+    /// A client certificate needs its key (and the reverse), and TLS files need the backend they
+    /// are for: a `rediss://` Redis URL (files beside a `redis://` URL would look like TLS while
+    /// the link is plain), Kafka brokers.
+    fn check_backend_tls(&self) -> Result<(), ConfigError> {
+        let rediss = self
+            .redis_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("rediss://"));
+        let backends = [
+            (
+                "redis",
+                &self.redis_tls,
+                rediss,
+                "TLS to Redis needs a rediss:// URL: set redis_url (--redis-url, CHATD_REDIS_URL) to rediss://…",
+            ),
+            (
+                "kafka",
+                &self.kafka_tls,
+                self.kafka_brokers.is_some(),
+                "applies to Kafka only: set kafka_brokers (--kafka-brokers, CHATD_KAFKA_BROKERS) too",
+            ),
+        ];
+        for (name, tls, has_backend, needs_backend) in backends {
+            let invalid = |key: &str, path: &Path, reason: String| ConfigError::Invalid {
+                source_name: format!("{name}_tls_{key}"),
+                value: path.display().to_string(),
+                reason,
+            };
+            let pair = |have: &str, want: &str| {
+                format!(
+                    "needs {name}_tls_{want} (--{name}-tls-{want}, CHATD_{}_TLS_{}) too: a client \
+                     {have} is only used with its {want}",
+                    name.to_uppercase(),
+                    want.to_uppercase(),
+                )
+            };
+            match (&tls.cert, &tls.key) {
+                (Some(cert), None) => return Err(invalid("cert", cert, pair("cert", "key"))),
+                (None, Some(key)) => return Err(invalid("key", key, pair("key", "cert"))),
+                _ => {}
+            }
+            let first = [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)]
+                .into_iter()
+                .find_map(|(key, path)| Some((key, path.as_deref()?)));
+            if let Some((key, path)) = first {
+                if !has_backend {
+                    return Err(invalid(key, path, needs_backend.to_string()));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// How old a message may get before the purge removes it.
@@ -935,7 +1036,7 @@ mod tests {
     #[test]
     fn every_setting_has_its_flag_variable_and_key() {
         let args = Overrides::args();
-        assert_eq!(args.len(), 50);
+        assert_eq!(args.len(), 56);
         for arg in &args {
             let id = arg.get_id().as_str();
             assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()));
@@ -1153,6 +1254,9 @@ mod tests {
             ("jwt_user_claim", "user id", "must be printable ASCII without spaces, at most 255 characters".into()),
             ("jwt_admin_claim", "roles=", admin()),
             ("jwt_admin_claim", "=admin", admin()),
+            ("redis_tls_ca", "/no/such/ca.pem", "cannot read it: No such file or directory (os error 2)".into()),
+            ("kafka_tls_key", "/no/such/client.key", "cannot read it: No such file or directory (os error 2)".into()),
+            ("kafka_tls_cert", "/tmp", "cannot read it: Is a directory (os error 21)".into()),
         ];
         for (key, value, reason) in cases {
             let secret = ["jwt_secret", "database_url", "push_webhook_secret"].contains(&key);
@@ -1238,6 +1342,129 @@ mod tests {
         // The leeway is the HS256 tokens' too: it needs no URL.
         let cfg = Config::resolve(None, env(&[("CHATD_JWT_LEEWAY_SECS", "0")]), none()).unwrap();
         assert_eq!(cfg.jwt_leeway_secs, 0);
+    }
+
+    /// A certificate, a key and a file that is neither, in a temp dir (PEM form only: the
+    /// configuration checks what the files are, the TLS libraries what is in them).
+    fn tls_files() -> (tempfile::TempDir, String, String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let cert = write(
+            "c.pem",
+            "-----BEGIN CERTIFICATE-----\nMIIBeTCC\n-----END CERTIFICATE-----\n",
+        );
+        let key = write(
+            "k.pem",
+            "-----BEGIN PRIVATE KEY-----\nMIGHAgEA\n-----END PRIVATE KEY-----\n",
+        );
+        let junk = write("j.txt", "hello\n");
+        (dir, cert, key, junk)
+    }
+
+    #[test]
+    fn backend_tls_files_are_read_from_every_layer() {
+        let (_dir, cert, key, _) = tls_files();
+        let cfg = Config::resolve(
+            Some(
+                file(&format!(
+                    "redis_url = \"rediss://r:6380\"\nredis_tls_ca = {cert:?}\n"
+                ))
+                .unwrap(),
+            ),
+            env(&[
+                ("CHATD_REDIS_TLS_CERT", &cert),
+                ("CHATD_REDIS_TLS_KEY", &key),
+                ("CHATD_KAFKA_BROKERS", "k:9093"),
+            ]),
+            flags(&["chatd", "--kafka-tls-ca", &cert]),
+        )
+        .unwrap();
+        let path = |p: &str| Some(PathBuf::from(p));
+        assert_eq!(
+            cfg.redis_tls,
+            BackendTls {
+                ca: path(&cert),
+                cert: path(&cert),
+                key: path(&key)
+            }
+        );
+        assert_eq!(
+            cfg.kafka_tls,
+            BackendTls {
+                ca: path(&cert),
+                cert: None,
+                key: None
+            }
+        );
+        assert!(cfg.kafka_tls.is_set() && cfg.kafka_tls.client_pair().is_none());
+        assert_eq!(Config::default().redis_tls, BackendTls::default());
+    }
+
+    #[test]
+    fn backend_tls_files_must_be_pem_come_in_pairs_and_have_their_backend() {
+        let (_dir, cert, key, junk) = tls_files();
+        let err = |vars: &[(&str, &str)]| {
+            Config::resolve(None, env(vars), none())
+                .unwrap_err()
+                .to_string()
+        };
+        let rediss = ("CHATD_REDIS_URL", "rediss://r:6380");
+        let kafka = ("CHATD_KAFKA_BROKERS", "k:9093");
+        assert_eq!(
+            err(&[("CHATD_REDIS_TLS_KEY", &cert)]),
+            format!(
+                "environment variable CHATD_REDIS_TLS_KEY: invalid value {cert:?}: not a PEM \
+                 private key file: no PRIVATE KEY block in it"
+            )
+        );
+        assert_eq!(
+            err(&[("CHATD_KAFKA_TLS_CA", &junk)]),
+            format!(
+                "environment variable CHATD_KAFKA_TLS_CA: invalid value {junk:?}: not a PEM \
+                 certificate file: no CERTIFICATE block in it"
+            )
+        );
+        assert_eq!(
+            err(&[rediss, ("CHATD_REDIS_TLS_CERT", &cert)]),
+            format!(
+                "redis_tls_cert: invalid value {cert:?}: needs redis_tls_key (--redis-tls-key, \
+                 CHATD_REDIS_TLS_KEY) too: a client cert is only used with its key"
+            )
+        );
+        assert_eq!(
+            err(&[kafka, ("CHATD_KAFKA_TLS_KEY", &key)]),
+            format!(
+                "kafka_tls_key: invalid value {key:?}: needs kafka_tls_cert (--kafka-tls-cert, \
+                 CHATD_KAFKA_TLS_CERT) too: a client key is only used with its cert"
+            )
+        );
+        assert_eq!(
+            err(&[
+                ("CHATD_REDIS_URL", "redis://r"),
+                ("CHATD_REDIS_TLS_CA", &cert)
+            ]),
+            format!(
+                "redis_tls_ca: invalid value {cert:?}: TLS to Redis needs a rediss:// URL: set \
+                 redis_url (--redis-url, CHATD_REDIS_URL) to rediss://…"
+            )
+        );
+        assert_eq!(
+            err(&[
+                ("CHATD_KAFKA_TLS_CERT", &cert),
+                ("CHATD_KAFKA_TLS_KEY", &key)
+            ]),
+            format!(
+                "kafka_tls_cert: invalid value {cert:?}: applies to Kafka only: set kafka_brokers \
+                 (--kafka-brokers, CHATD_KAFKA_BROKERS) too"
+            )
+        );
+        // A rediss:// URL alone is TLS with the public roots: no files needed.
+        let cfg = Config::resolve(None, env(&[rediss]), none()).unwrap();
+        assert!(!cfg.redis_tls.is_set());
     }
 
     #[test]

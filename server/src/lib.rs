@@ -21,6 +21,7 @@
 //! - [`node`]: the composition root that builds all of the above from a [`config::Config`].
 
 pub mod auth;
+pub mod backend_tls;
 pub mod bus;
 pub mod clock;
 pub mod config;

@@ -113,6 +113,11 @@ impl BackendInstance {
         self.var("CHATD_DATABASE_URL")
     }
 
+    /// The name of this instance's database (full stack only).
+    pub fn database_name(&self) -> Option<&str> {
+        self.database.as_ref().map(|d| d.name.as_str())
+    }
+
     /// `CHATD_NAMESPACE` of this instance (full stack only).
     pub fn namespace(&self) -> Option<&str> {
         self.var("CHATD_NAMESPACE")

@@ -56,7 +56,29 @@ impl TestCluster {
         c
     }
 
+    /// Like [`Self::start_opts`], with more environment for every node made from the backend
+    /// once it is provisioned (its database and namespace exist then): e.g. the same database
+    /// reached another way ([`crate::tls::TlsServices::node_env`]).
+    pub async fn start_with_backend_env(
+        n: usize,
+        opts: ServerOptions,
+        env: impl FnOnce(&BackendInstance) -> Vec<(String, String)>,
+    ) -> TestCluster {
+        let mut c = Self::prepare_with(n, opts, env).await;
+        c.nodes[0].spawn().await;
+        join_all(c.nodes[1..].iter_mut().map(|s| s.spawn())).await;
+        c
+    }
+
     async fn prepare(n: usize, opts: ServerOptions) -> TestCluster {
+        Self::prepare_with(n, opts, |_| Vec::new()).await
+    }
+
+    async fn prepare_with(
+        n: usize,
+        mut opts: ServerOptions,
+        env: impl FnOnce(&BackendInstance) -> Vec<(String, String)>,
+    ) -> TestCluster {
         assert!(n >= 1, "a cluster has at least one node");
         assert_eq!(
             opts.backend,
@@ -72,6 +94,7 @@ impl TestCluster {
             .tempdir()
             .expect("tempdir");
         let backend = Arc::new(opts.backend.provision(scratch.path()).await);
+        opts.env.extend(env(&backend));
         let nodes = (0..n)
             .map(|i| {
                 let scratch = tempfile::Builder::new()

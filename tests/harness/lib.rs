@@ -22,6 +22,8 @@
 //!   services of a full-stack run, as `eval "$(scripts/services up)"` exports them. Each test
 //!   server or cluster gets its own database `t_<random>` (dropped afterwards) and namespace
 //!   `t<random>`; the tests never touch the `chat` database itself.
+//! * `CHATD_SERVICES_TLS_*` — the services' TLS endpoints and test certificates, as
+//!   `scripts/services up` exports them ([`tls`]; `tests/tests/mtls.rs` needs them).
 //! * `CHAT_TEST_FAULTS=1` — lets `tests/tests/faults.rs` stop and start those services.
 //! * `CHATD_BIN` — the `chatd` to start (default: `target/debug/chatd`); `CHATD_PSQL` — the
 //!   `psql` that creates the databases (default: the newest `/usr/lib/postgresql/*/bin/psql`).
@@ -38,6 +40,7 @@ pub mod resilient;
 pub mod sdk;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod util;
 pub mod websocket;
 

@@ -12,6 +12,7 @@ use crate::config::{ClusterConfig, Config};
 use crate::metrics::Gauge;
 use crate::quota::redis::RedisQuotas;
 use crate::redis::pubsub::{PubSubHandlers, RedisPubSub};
+use crate::redis::RedisTarget;
 use crate::registry::{redis::RedisRegistry, Registry};
 use crate::store::postgres::{outbox, PgOptions, PgStore};
 use std::sync::{
@@ -42,11 +43,15 @@ pub(super) async fn start(
 
     // The registry's presence rides on the link, and the link's handlers feed the registry:
     // the link is connected first and starts dispatching once the registry exists.
-    let pubsub = RedisPubSub::connect(&cluster.redis_url, ns, &node_id)
+    let redis = RedisTarget {
+        url: cluster.redis_url.clone(),
+        tls: config.redis_tls.clone(),
+    };
+    let pubsub = RedisPubSub::connect(&redis, ns, &node_id)
         .await
         .map_err(StartError::Backend)?;
     let redis_registry = RedisRegistry::connect(
-        &cluster.redis_url,
+        &redis,
         ns,
         &node_id,
         config.heartbeat_timeout_ms,
@@ -75,12 +80,13 @@ pub(super) async fn start(
     };
     pubsub.listen(handlers, w.shutdown.clone());
     let registry: Arc<dyn Registry> = redis_registry.clone();
-    let quotas = RedisQuotas::connect(&cluster.redis_url, ns)
+    let quotas = RedisQuotas::connect(&redis, ns)
         .await
         .map_err(StartError::Backend)?;
 
     let kafka = KafkaBus::connect(&KafkaSettings {
         brokers: cluster.kafka_brokers.clone(),
+        tls: config.kafka_tls.clone(),
         namespace: ns.to_string(),
         partitions: config.kafka_partitions as i32,
         node_id: node_id.clone(),

@@ -45,6 +45,7 @@ pub async fn run(
         .unwrap_or_else(|| format!("push-{}", super::node_id()));
     let jobs = PushJobs::connect(&KafkaSettings {
         brokers: cluster.kafka_brokers.clone(),
+        tls: config.kafka_tls.clone(),
         namespace: config.namespace.clone(),
         partitions: config.kafka_partitions as i32,
         node_id,

@@ -4,7 +4,7 @@
 //! use cannot both get it; the set expires a window after its newest use.
 
 use super::{Quotas, Taken};
-use crate::redis::{connection_manager, open_client, query, redis_prefix, Request};
+use crate::redis::{connection_manager, open_client, query, redis_prefix, RedisTarget, Request};
 use crate::Result;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
@@ -29,8 +29,8 @@ pub struct RedisQuotas {
 }
 
 impl RedisQuotas {
-    pub async fn connect(redis_url: &str, namespace: &str) -> Result<RedisQuotas> {
-        let client = open_client(redis_url)?;
+    pub async fn connect(redis: &RedisTarget, namespace: &str) -> Result<RedisQuotas> {
+        let client = open_client(redis)?;
         Ok(RedisQuotas {
             conn: connection_manager(&client).await?,
             prefix: redis_prefix(namespace),
@@ -77,8 +77,12 @@ mod tests {
     #[ignore = "needs Redis (CHATD_TEST_REDIS_URL): scripts/test runs it"]
     async fn nodes_share_a_quota_over_a_sliding_window() {
         let (url, ns) = (redis_url(), namespace());
-        let a = RedisQuotas::connect(&url, &ns).await.unwrap();
-        let b = RedisQuotas::connect(&url, &ns).await.unwrap();
+        let a = RedisQuotas::connect(&RedisTarget::plain(&url), &ns)
+            .await
+            .unwrap();
+        let b = RedisQuotas::connect(&RedisTarget::plain(&url), &ns)
+            .await
+            .unwrap();
         let t0 = 1_000_000_000;
         assert_eq!(a.take("u", 2, 1_000, t0).await.unwrap(), Taken::Yes);
         assert_eq!(
@@ -100,7 +104,9 @@ mod tests {
             let url = url.clone();
             let ns = ns.clone();
             tokio::spawn(async move {
-                let q = RedisQuotas::connect(&url, &ns).await.unwrap();
+                let q = RedisQuotas::connect(&RedisTarget::plain(&url), &ns)
+                    .await
+                    .unwrap();
                 q.take("race", 3, 60_000, t0).await.unwrap()
             })
         });

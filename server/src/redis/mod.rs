@@ -4,9 +4,30 @@
 
 pub mod pubsub;
 
+use crate::backend_tls::BackendTls;
 use crate::{Error, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::path::Path;
 use std::time::Duration;
+
+/// Where Redis is and how to reach it: the URL and, for `rediss://`, the CA and client
+/// certificate. Every connection (registry, quotas, the Pub/Sub link's publisher and subscriber,
+/// and their reconnects) is made from one of these, so none of them goes without the TLS files.
+#[derive(Debug, Clone)]
+pub struct RedisTarget {
+    pub url: String,
+    pub tls: BackendTls,
+}
+
+impl RedisTarget {
+    /// A URL alone: `redis://`, or `rediss://` trusting Mozilla's roots.
+    pub fn plain(url: &str) -> Self {
+        RedisTarget {
+            url: url.to_string(),
+            tls: BackendTls::default(),
+        }
+    }
+}
 
 /// How long connecting may take before the node reports Redis unreachable.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,9 +90,35 @@ pub(crate) async fn query<T: redis::FromRedisValue>(
     }
 }
 
-pub(crate) fn open_client(redis_url: &str) -> Result<redis::Client> {
-    redis::Client::open(redis_url)
-        .map_err(|e| Error::Unavailable(format!("invalid Redis URL {redis_url:?}: {e}")))
+pub(crate) fn open_client(target: &RedisTarget) -> Result<redis::Client> {
+    let invalid = |e: redis::RedisError| Error::Unavailable(format!("invalid Redis URL: {e}"));
+    if !target.tls.is_set() {
+        return redis::Client::open(target.url.as_str()).map_err(invalid);
+    }
+    // redis-rs builds rustls' config with the process's default provider, which rustls picks
+    // from its features only while exactly one provider is compiled in; installing ring (the
+    // one https.rs uses, deprecated there too for lacking post-quantum key exchange) keeps that
+    // so whatever other crates turn on.
+    #[allow(deprecated)]
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| {
+            Error::Unavailable(format!("Redis TLS: cannot read {}: {e}", path.display()))
+        })
+    };
+    let client_tls = match target.tls.client_pair() {
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        None => None,
+    };
+    let root_cert = target.tls.ca.as_deref().map(read).transpose()?;
+    let certs = redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    };
+    redis::Client::build_with_tls(target.url.as_str(), certs).map_err(invalid)
 }
 
 /// A connection manager whose commands fail within seconds when Redis is down (the default

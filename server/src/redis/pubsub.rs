@@ -7,8 +7,8 @@
 //! makes its sessions catch up from the store.
 
 use super::{
-    connection_manager, open_client, query, redis_error, redis_prefix, Request, BACKOFF_MAX,
-    BACKOFF_MIN, COMMAND_TIMEOUT, CONNECT_TIMEOUT,
+    connection_manager, open_client, query, redis_error, redis_prefix, RedisTarget, Request,
+    BACKOFF_MAX, BACKOFF_MIN, COMMAND_TIMEOUT, CONNECT_TIMEOUT,
 };
 use crate::{Error, Result};
 use futures_util::StreamExt;
@@ -69,11 +69,11 @@ impl RedisPubSub {
     /// until [`RedisPubSub::listen`], so the handlers may use what is built on this link (the
     /// registry's presence) without a late-bound cell.
     pub async fn connect(
-        redis_url: &str,
+        redis: &RedisTarget,
         namespace: &str,
         node_id: &str,
     ) -> Result<Arc<RedisPubSub>> {
-        let client = open_client(redis_url)?;
+        let client = open_client(redis)?;
         let addr = client.get_connection_info().addr().to_string();
         let publisher = connection_manager(&client).await?;
         let prefix = redis_prefix(namespace);
@@ -433,7 +433,9 @@ pub(crate) mod tests {
         handlers: PubSubHandlers,
         shutdown: &CancellationToken,
     ) -> Arc<RedisPubSub> {
-        let link = RedisPubSub::connect(url, ns, node).await.unwrap();
+        let link = RedisPubSub::connect(&RedisTarget::plain(url), ns, node)
+            .await
+            .unwrap();
         link.listen(handlers, shutdown.clone());
         link
     }
@@ -474,7 +476,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn unreachable_redis_is_reported_quickly() {
         let started = std::time::Instant::now();
-        let err = RedisPubSub::connect("redis://127.0.0.1:1", "", "n")
+        let err = RedisPubSub::connect(&RedisTarget::plain("redis://127.0.0.1:1"), "", "n")
             .await
             .err()
             .expect("nothing listens on port 1");
@@ -584,5 +586,104 @@ pub(crate) mod tests {
             }
         }
         shutdown.cancel();
+    }
+
+    fn tls_target(tls: crate::backend_tls::BackendTls) -> RedisTarget {
+        RedisTarget {
+            url: crate::backend_tls::test_env::var("CHATD_TEST_TLS_REDIS_URL"),
+            tls,
+        }
+    }
+
+    /// The node link, the registry and the quotas over rediss:// with the test CA and a client
+    /// certificate (Redis' TLS port requires one), and the link again after Redis dropped it:
+    /// the reconnect must present the certificate too.
+    #[tokio::test]
+    #[ignore = "needs Redis' TLS port (CHATD_TEST_TLS_REDIS_URL, CHATD_TEST_TLS_CA, CHATD_TEST_REDIS_URL): scripts/test runs it"]
+    async fn the_link_the_registry_and_quotas_work_over_mutual_tls() {
+        let target = tls_target(crate::backend_tls::test_env::trusted());
+        let ns = namespace();
+        let shutdown = CancellationToken::new();
+        let (handlers, seen, reconnects) = recording();
+        let b = RedisPubSub::connect(&target, &ns, "b")
+            .await
+            .expect("link over TLS");
+        b.listen(handlers, shutdown.clone());
+        let a = RedisPubSub::connect(&target, &ns, "a")
+            .await
+            .expect("link over TLS");
+        a.listen(quiet_handlers(), shutdown.clone());
+        a.publish_to_node("b", b"env1".to_vec()).await.unwrap();
+        eventually("an envelope over TLS", || seen.lock().len() == 1).await;
+
+        let registry =
+            crate::registry::redis::RedisRegistry::connect(&target, &ns, "a", 60_000, a.clone())
+                .await
+                .expect("registry over TLS");
+        use crate::registry::Registry;
+        let session = crate::registry::SessionKey {
+            user_id: "alice".into(),
+            device_id: "phone".into(),
+            session_id: 1,
+        };
+        registry
+            .connect(&session, 0)
+            .await
+            .expect("a registry write over TLS");
+        let nodes = registry.locate(&["alice".to_string()]).await.unwrap();
+        assert_eq!(nodes.get("a"), Some(&vec!["alice".to_string()]));
+        let quotas = crate::quota::redis::RedisQuotas::connect(&target, &ns)
+            .await
+            .unwrap();
+        use crate::quota::Quotas;
+        quotas
+            .take("k", 5, 60_000, 1_000)
+            .await
+            .expect("a quota over TLS");
+
+        // Redis drops the subscriber (killed through the plain port): it comes back over TLS.
+        b.mark_connection().await;
+        assert_eq!(RedisPubSub::kill_marked_connection(&redis_url()).await, 1);
+        eventually("reconnect over TLS", || {
+            reconnects.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        a.publish_to_node("b", b"env2".to_vec()).await.unwrap();
+        eventually("an envelope after the reconnect", || seen.lock().len() == 2).await;
+        shutdown.cancel();
+    }
+
+    /// Without a client certificate, with one from a CA Redis does not trust, and trusting a CA
+    /// that did not sign Redis' certificate: each connect fails, naming Redis and the reason.
+    #[tokio::test]
+    #[ignore = "needs Redis' TLS port (CHATD_TEST_TLS_REDIS_URL, CHATD_TEST_TLS_CA): scripts/test runs it"]
+    async fn redis_refuses_tls_without_the_right_certificates() {
+        use crate::backend_tls::test_env;
+        let cases = [
+            ("no client certificate", test_env::without_client_cert(), ""),
+            (
+                "an untrusted client certificate",
+                test_env::untrusted_client(),
+                "",
+            ),
+            (
+                "an untrusted server certificate",
+                test_env::untrusted_ca(),
+                "UnknownIssuer",
+            ),
+        ];
+        for (what, tls, why) in cases {
+            let err = RedisPubSub::connect(&tls_target(tls), &namespace(), "n")
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{what}: connected"));
+            let text = err.to_string();
+            eprintln!("{what}: {text}");
+            assert!(
+                matches!(&err, Error::Unavailable(m) if m.starts_with("cannot connect to Redis at 127.0.0.1:")),
+                "{what}: {err:?}"
+            );
+            assert!(text.contains(why), "{what}: {text}");
+        }
     }
 }

@@ -10,7 +10,7 @@
 use super::{Registry, SessionKey, Watcher};
 use crate::domain::model::{Committed, Event, Presence, PresenceStatus, EPHEMERAL};
 use crate::redis::{
-    connection_manager, open_client, pubsub::RedisPubSub, query, redis_prefix, Request,
+    connection_manager, open_client, pubsub::RedisPubSub, query, redis_prefix, RedisTarget, Request,
 };
 use crate::{Error, Result};
 use async_trait::async_trait;
@@ -72,7 +72,7 @@ pub struct RedisRegistry {
 
 impl RedisRegistry {
     pub async fn connect(
-        redis_url: &str,
+        redis: &RedisTarget,
         namespace: &str,
         node_id: &str,
         heartbeat_timeout_ms: u32,
@@ -81,7 +81,7 @@ impl RedisRegistry {
         if node_id.is_empty() || node_id.contains('|') {
             return Err(Error::invalid("node_id", "must be non-empty without '|'"));
         }
-        let client = open_client(redis_url)?;
+        let client = open_client(redis)?;
         let conn = connection_manager(&client).await?;
         Ok(Arc::new(RedisRegistry {
             conn,
@@ -497,10 +497,13 @@ mod tests {
         timeout_ms: u32,
         stop: &CancellationToken,
     ) -> Node {
-        let pubsub = RedisPubSub::connect(url, ns, id).await.unwrap();
-        let registry = RedisRegistry::connect(url, ns, id, timeout_ms, pubsub.clone())
+        let pubsub = RedisPubSub::connect(&RedisTarget::plain(url), ns, id)
             .await
             .unwrap();
+        let registry =
+            RedisRegistry::connect(&RedisTarget::plain(url), ns, id, timeout_ms, pubsub.clone())
+                .await
+                .unwrap();
         let r = registry.clone();
         let handlers = PubSubHandlers {
             on_presence: Arc::new(move |u, p| r.on_presence(u, p)),
@@ -782,10 +785,13 @@ mod tests {
         id: &str,
         stop: &CancellationToken,
     ) -> (Arc<RedisRegistry>, Arc<std::sync::atomic::AtomicUsize>) {
-        let pubsub = RedisPubSub::connect(url, "", id).await.unwrap();
-        let registry = RedisRegistry::connect(url, "", id, 60_000, pubsub.clone())
+        let pubsub = RedisPubSub::connect(&RedisTarget::plain(url), "", id)
             .await
             .unwrap();
+        let registry =
+            RedisRegistry::connect(&RedisTarget::plain(url), "", id, 60_000, pubsub.clone())
+                .await
+                .unwrap();
         let reconnects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (r1, r2, n) = (registry.clone(), registry.clone(), reconnects.clone());
         let handlers = PubSubHandlers {

@@ -71,26 +71,45 @@ impl Names {
 
 /// librdkafka's log and error reports, into the server's tracing.
 #[derive(Clone, Default)]
-pub(super) struct LogContext;
+pub(super) struct LogContext {
+    /// The last error librdkafka reported, for the message of a failed connect: the failure
+    /// itself says only that no broker answered, this says why (a TLS handshake refused, a
+    /// certificate not trusted, a connection refused).
+    last_error: Arc<parking_lot::Mutex<Option<String>>>,
+}
+
+impl LogContext {
+    fn last_error(&self) -> Option<String> {
+        self.last_error.lock().clone()
+    }
+}
 
 impl ClientContext for LogContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{message}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", fac, "{message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
-        }
+        log_line(level, fac, message)
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // "1/1 brokers are down" follows the error that says why; keep that one.
+        if !matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
+            *self.last_error.lock() = Some(reason.to_string());
+        }
         // Mostly "all brokers down" while Kafka restarts: the callers see and retry that.
         tracing::warn!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+fn log_line(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{message}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", fac, "{message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
     }
 }
 
@@ -103,11 +122,11 @@ pub(super) struct FanoutContext {
 
 impl ClientContext for FanoutContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        LogContext.log(level, fac, message)
+        log_line(level, fac, message)
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        LogContext.error(error, reason)
+        tracing::warn!(target: "librdkafka", %error, "{reason}");
     }
 }
 
@@ -133,17 +152,24 @@ fn kafka_error(context: &str, e: impl std::fmt::Display) -> Error {
 /// Reaches the brokers, creates the topics that are missing, waits until they are visible and
 /// returns the producer it did that with.
 pub(super) async fn connect(s: &KafkaSettings, names: &Names) -> Result<Producer> {
-    let producer = new_producer(s)?;
+    let log = LogContext::default();
+    let producer = new_producer(s, log.clone())?;
     let unreachable =
         |e: String| Error::Unavailable(format!("cannot reach Kafka at {}: {e}", s.brokers));
     let probe = producer.clone();
-    tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, CONNECT_TIMEOUT))
-        .await
-        .map_err(|e| unreachable(e.to_string()))?
-        .map_err(|e| unreachable(e.to_string()))?;
+    let reached =
+        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, CONNECT_TIMEOUT))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+    if let Err(e) = reached {
+        return Err(unreachable(match log.last_error() {
+            Some(why) => format!("{e}; last error: {why}"),
+            None => e.to_string(),
+        }));
+    }
 
     let admin: AdminClient<LogContext> = base_config(s)
-        .create_with_context(LogContext)
+        .create_with_context(LogContext::default())
         .map_err(|e| unreachable(e.to_string()))?;
     let partitions = s.partitions.max(1);
     let topics: Vec<NewTopic<'_>> = names
@@ -187,6 +213,21 @@ fn base_config(s: &KafkaSettings) -> ClientConfig {
         .set("client.id", format!("chatd-{}", s.node_id))
         .set("socket.nagle.disable", "true")
         .set("log_level", "6");
+    if s.tls.is_set() {
+        // `https` (the broker's name must be in its certificate) is librdkafka's default since
+        // 1.9; said here so that no other default ever turns the check off.
+        config
+            .set("security.protocol", "ssl")
+            .set("ssl.endpoint.identification.algorithm", "https");
+        if let Some(ca) = &s.tls.ca {
+            config.set("ssl.ca.location", ca.display().to_string());
+        }
+        if let Some((cert, key)) = s.tls.client_pair() {
+            config
+                .set("ssl.certificate.location", cert.display().to_string())
+                .set("ssl.key.location", key.display().to_string());
+        }
+    }
     config
 }
 
@@ -257,7 +298,7 @@ pub(super) fn push_consumer(
 
 type Rdkafka = FutureProducer<LogContext>;
 
-fn new_producer(s: &KafkaSettings) -> Result<Rdkafka> {
+fn new_producer(s: &KafkaSettings, log: LogContext) -> Result<Rdkafka> {
     let mut config = base_config(s);
     config
         // Per key order across retries, and no duplicates from the producer's own retries.
@@ -268,7 +309,7 @@ fn new_producer(s: &KafkaSettings) -> Result<Rdkafka> {
         // A relay batch fails (and is offered again) rather than hanging while Kafka is down.
         .set("message.timeout.ms", "30000");
     config
-        .create_with_context(LogContext)
+        .create_with_context(log)
         .map_err(|e| Error::Unavailable(format!("cannot reach Kafka at {}: {e}", s.brokers)))
 }
 
@@ -330,7 +371,7 @@ impl Producer {
             return;
         }
         tracing::error!(%code, reason, "Kafka producer failed fatally; replacing it");
-        match new_producer(&self.settings) {
+        match new_producer(&self.settings, LogContext::default()) {
             Ok(p) => *current = p,
             Err(e) => tracing::error!(error = %e, "cannot create a Kafka producer"),
         }

@@ -19,6 +19,7 @@ pub mod push;
 mod tests;
 
 use super::{NodeLink, OutboxRecord, OutboxSink};
+use crate::backend_tls::BackendTls;
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::Result;
@@ -31,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 pub struct KafkaSettings {
     /// `bootstrap.servers`: where the brokers are.
     pub brokers: String,
+    /// TLS to the brokers (`security.protocol=ssl`) when any file is set.
+    pub tls: BackendTls,
     /// Prefix of the topic and group names, so several clusters (or tests) share a Kafka.
     pub namespace: String,
     /// Partitions of the topics this bus creates: the most fan-out members that get work.

@@ -9,6 +9,7 @@ use crate::domain::model::{
 };
 use crate::redis::pubsub::tests::{listening, namespace, quiet_handlers, redis_url};
 use crate::redis::pubsub::{PubSubHandlers, RedisPubSub};
+use crate::redis::RedisTarget;
 use crate::registry::{redis::RedisRegistry, SessionKey};
 use crate::store::{sqlite::SqliteStore, ChatStore, NewChat};
 use crate::Error;
@@ -40,6 +41,7 @@ fn settings(brokers: &str, ns: &str) -> KafkaSettings {
         partitions: 2,
         node_id: "a".into(),
         live_receipts_max_members: 100,
+        tls: Default::default(),
     }
 }
 
@@ -141,12 +143,14 @@ async fn fans_out_to_member_nodes_and_pushes_to_offline_members() {
 
     let (link_a, _) = link(&url, &ns, "a", &stop).await;
     let (link_b, mut on_b) = link(&url, &ns, "b", &stop).await;
-    let registry_a = RedisRegistry::connect(&url, &ns, "a", 60_000, link_a.clone())
-        .await
-        .unwrap();
-    let registry_b = RedisRegistry::connect(&url, &ns, "b", 60_000, link_b.clone())
-        .await
-        .unwrap();
+    let registry_a =
+        RedisRegistry::connect(&RedisTarget::plain(&url), &ns, "a", 60_000, link_a.clone())
+            .await
+            .unwrap();
+    let registry_b =
+        RedisRegistry::connect(&RedisTarget::plain(&url), &ns, "b", 60_000, link_b.clone())
+            .await
+            .unwrap();
     registry_b
         .connect(
             &SessionKey {
@@ -287,13 +291,14 @@ async fn each_node_gets_every_chats_events_in_order_under_load() {
     let (link_a, _) = link(&url, &ns, "a", &stop).await;
     let (link_b, mut on_b) = link(&url, &ns, "b", &stop).await;
     let (link_c, mut on_c) = link(&url, &ns, "c", &stop).await;
-    let registry_a = RedisRegistry::connect(&url, &ns, "a", 60_000, link_a.clone())
-        .await
-        .unwrap();
+    let registry_a =
+        RedisRegistry::connect(&RedisTarget::plain(&url), &ns, "a", 60_000, link_a.clone())
+            .await
+            .unwrap();
     let mut registries = Vec::new();
     let mut session_id = 0;
     for (node, link, prefixes) in [("b", link_b, ["b", "both"]), ("c", link_c, ["c", "both"])] {
-        let registry = RedisRegistry::connect(&url, &ns, node, 60_000, link)
+        let registry = RedisRegistry::connect(&RedisTarget::plain(&url), &ns, node, 60_000, link)
             .await
             .unwrap();
         for i in 0..CHATS {
@@ -401,9 +406,10 @@ async fn another_node_takes_over_the_partitions() {
         .unwrap();
     let (link_a, _) = link(&url, &ns, "a", &stop).await;
     let (link_b, mut on_b) = link(&url, &ns, "b", &stop).await;
-    let registry = RedisRegistry::connect(&url, &ns, "b", 60_000, link_b.clone())
-        .await
-        .unwrap();
+    let registry =
+        RedisRegistry::connect(&RedisTarget::plain(&url), &ns, "b", 60_000, link_b.clone())
+            .await
+            .unwrap();
     registry
         .connect(
             &SessionKey {
@@ -511,10 +517,11 @@ async fn throughput() {
     }
     let (link_a, _) = link(&url, &ns, "a", &stop).await;
     let (link_b, mut on_b) = link(&url, &ns, "b", &stop).await;
-    let registry_a = RedisRegistry::connect(&url, &ns, "a", 60_000, link_a.clone())
-        .await
-        .unwrap();
-    let registry_b = RedisRegistry::connect(&url, &ns, "b", 60_000, link_b)
+    let registry_a =
+        RedisRegistry::connect(&RedisTarget::plain(&url), &ns, "a", 60_000, link_a.clone())
+            .await
+            .unwrap();
+    let registry_b = RedisRegistry::connect(&RedisTarget::plain(&url), &ns, "b", 60_000, link_b)
         .await
         .unwrap();
     for i in 0..CHATS {
@@ -687,4 +694,73 @@ async fn throughput() {
         idle[idle.len() - 1]
     );
     stop.cancel();
+}
+
+/// [`settings`] for the services' Kafka SSL listener with `tls`.
+fn tls_settings(ns: &str, tls: crate::backend_tls::BackendTls) -> KafkaSettings {
+    let brokers = crate::backend_tls::test_env::var("CHATD_TEST_TLS_KAFKA_BROKERS");
+    KafkaSettings {
+        tls,
+        ..settings(&brokers, ns)
+    }
+}
+
+/// The admin client (topics), the producer (an outbox batch) and the fan-out consumer over the
+/// SSL listener, which requires a client certificate: a record goes round.
+#[tokio::test]
+#[ignore = "needs Kafka's SSL listener (CHATD_TEST_TLS_KAFKA_BROKERS, CHATD_TEST_TLS_CA): scripts/test runs it"]
+async fn records_round_trip_over_mutual_tls() {
+    let ns = namespace();
+    let s = tls_settings(&ns, crate::backend_tls::test_env::trusted());
+    let bus = KafkaBus::connect(&s).await.expect("Kafka over TLS");
+    bus.publish(&[record(1, "chat-1", b"over tls".to_vec())])
+        .await
+        .expect("produce over TLS");
+    let consumer = client::fanout_consumer(&s, &client::Names::new(&ns), Default::default())
+        .expect("consumer over TLS");
+    let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("a record within 30 s")
+        .expect("consume over TLS");
+    assert_eq!(
+        (m.key(), m.payload()),
+        (Some(&b"chat-1"[..]), Some(&b"over tls"[..]))
+    );
+}
+
+/// Without a client certificate, with one from a CA the broker does not trust, and trusting a
+/// CA that did not sign the broker's certificate: connecting fails, naming Kafka and why.
+#[tokio::test]
+#[ignore = "needs Kafka's SSL listener (CHATD_TEST_TLS_KAFKA_BROKERS, CHATD_TEST_TLS_CA): scripts/test runs it"]
+async fn kafka_refuses_tls_without_the_right_certificates() {
+    use crate::backend_tls::test_env;
+    let cases = [
+        ("no client certificate", test_env::without_client_cert()),
+        (
+            "an untrusted client certificate",
+            test_env::untrusted_client(),
+        ),
+        ("an untrusted server certificate", test_env::untrusted_ca()),
+    ];
+    // Each waits out the connect timeout: together, not one after the other.
+    let tries = cases.map(|(what, tls)| async move {
+        let err = KafkaBus::connect(&tls_settings(&namespace(), tls))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{what}: connected"));
+        (what, err)
+    });
+    for (what, err) in futures_util::future::join_all(tries).await {
+        let text = err.to_string();
+        eprintln!("{what}: {text}");
+        assert!(
+            matches!(&err, Error::Unavailable(m) if m.starts_with("cannot reach Kafka at 127.0.0.1:")),
+            "{what}: {err:?}"
+        );
+        assert!(
+            text.contains("; last error: ssl://127.0.0.1:"),
+            "{what}: {text}"
+        );
+        assert!(text.contains("SSL"), "{what}: {text}");
+    }
 }

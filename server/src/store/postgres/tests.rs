@@ -1740,3 +1740,147 @@ async fn bench_latency() {
     b.close().await;
     db.remove().await;
 }
+
+/// `CHATD_TEST_TLS_DATABASE_URL` (verify-full, the services' CA, client cert and key) with its
+/// query rewritten by `edit` (each `name=value` pair in, the pairs to keep out).
+fn tls_url(edit: impl Fn(&str, &str) -> Option<String>) -> String {
+    let url = crate::backend_tls::test_env::var("CHATD_TEST_TLS_DATABASE_URL");
+    let (base, query) = url.split_once('?').unwrap_or((&url, ""));
+    let pairs: Vec<String> = query
+        .split('&')
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            edit(name, value)
+        })
+        .collect();
+    format!("{base}?{}", pairs.join("&"))
+}
+
+fn keep(name: &str, value: &str) -> Option<String> {
+    Some(format!("{name}={value}"))
+}
+
+/// Everything a node does with PostgreSQL (migrations, the writer, the pool, the outbox relay
+/// and its LISTEN connection) over verify-full TLS with a client certificate: the role logs in
+/// only by its certificate (scripts/services' pg_hba.conf), so a plain or cert-less connection
+/// would fail rather than pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL's TLS endpoint (CHATD_TEST_TLS_DATABASE_URL, CHATD_TEST_TLS_CA): scripts/test runs it"]
+async fn a_node_uses_postgres_over_verify_full_mutual_tls() {
+    let admin = tls_url(keep);
+    let name = format!("chatd_tls_{}", ids::new_id());
+    let mut conn = PgConnection::connect(&admin)
+        .await
+        .expect("connect over TLS");
+    sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .expect("CREATE DATABASE");
+    let (store, rx) = PgStore::connect(&PgOptions {
+        url: with_database(&admin, &name),
+        pool: 4,
+        migrate: true,
+    })
+    .await
+    .expect("PgStore over TLS");
+    let _local = drain(rx);
+    let pool = store.pool();
+    let (user, ssl): (String, bool) = sqlx::query_as(
+        "SELECT current_user::text, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((user.as_str(), ssl), ("chatd_tls", true));
+
+    let chat = group(&*store, "g", &["alice", "bob"]).await;
+    let sent = store
+        .append_message(new_message(&chat.chat_id, "alice", "1", 2_000))
+        .await
+        .expect("a write over TLS");
+    let range = SeqRange {
+        after: 0,
+        before: u64::MAX,
+        newest_first: false,
+    };
+    let read = store.messages(&chat.chat_id, range, 10).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(
+        (read[0].seq, &read[0].content.text),
+        (sent.message.seq, &"text of 1".to_string())
+    );
+
+    // The relay's leader connection and its LISTEN connection are made from the same options.
+    let sink = Arc::new(RecordingSink::default());
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(OutboxRelay::new(pool.clone(), sink.clone()).run(stop.clone()));
+    wait_for("the relay over TLS", Duration::from_secs(10), async || {
+        outbox_depth(&pool).await.unwrap() == 0
+    })
+    .await;
+    let before = sink.records().len();
+    store
+        .append_message(new_message(&chat.chat_id, "bob", "2", 3_000))
+        .await
+        .unwrap();
+    wait_for("NOTIFY over TLS", Duration::from_secs(5), async || {
+        sink.records().len() > before
+    })
+    .await;
+    stop.cancel();
+    relay.await.unwrap();
+    store.close().await;
+    let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+}
+
+/// Each way the TLS link can be wrong is refused, with a message that says where and why.
+#[tokio::test]
+#[ignore = "needs PostgreSQL's TLS endpoint (CHATD_TEST_TLS_DATABASE_URL, CHATD_TEST_TLS_CA): scripts/test runs it"]
+async fn postgres_refuses_tls_without_the_right_certificates() {
+    let ca = crate::backend_tls::test_env::trusted().ca.unwrap();
+    let dir = ca.parent().unwrap().display().to_string();
+    let cases = [
+        (
+            "no client certificate",
+            tls_url(|n, v| (n != "sslcert" && n != "sslkey").then(|| format!("{n}={v}"))),
+            "connection requires a valid client certificate",
+        ),
+        (
+            "a client certificate from an untrusted CA",
+            tls_url(|n, v| match n {
+                "sslcert" => Some(format!("{n}={dir}/untrusted-client.pem")),
+                "sslkey" => Some(format!("{n}={dir}/untrusted-client.key")),
+                _ => keep(n, v),
+            }),
+            "UnknownCA",
+        ),
+        (
+            "a server certificate the client does not trust",
+            tls_url(|n, v| match n {
+                "sslrootcert" => Some(format!("{n}={dir}/untrusted-ca.pem")),
+                _ => keep(n, v),
+            }),
+            "UnknownIssuer",
+        ),
+    ];
+    for (what, url, why) in cases {
+        let err = PgStore::connect(&PgOptions {
+            url,
+            pool: 2,
+            migrate: false,
+        })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{what}: connected"));
+        let text = err.to_string();
+        eprintln!("{what}: {text}");
+        assert!(
+            matches!(&err, Error::Unavailable(m) if m.starts_with("cannot connect to PostgreSQL at 127.0.0.1:")),
+            "{what}: {err:?}"
+        );
+        assert!(text.contains(why), "{what}: {text}");
+    }
+}
