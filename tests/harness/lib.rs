@@ -38,6 +38,7 @@ pub mod resilient;
 pub mod sdk;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod util;
 pub mod websocket;
 
