@@ -513,7 +513,7 @@ mod tests {
             send_window_per_chat: Some(4),
             ack_delay_ms: Some(5),
             event_buffer: Some(7),
-            ..base
+            ..base.clone()
         });
         assert_eq!(c.data_dir.as_deref(), Some(std::path::Path::new("/tmp/x")));
         assert_eq!(c.reconnect.initial, Duration::from_millis(200));
