@@ -1,7 +1,7 @@
 //! `chatd push-worker`: a cluster's push sender, as its own process (as many as wanted: they
 //! share the `push.<provider>` consumer groups, one per provider). It reads the jobs the fan-out puts on `chat.push`, sends
 //! them through the configured providers, and serves `/healthz`, `/readyz` and `/metrics` on
-//! `--listen` (the `chatd_push_*` counters live here).
+//! `--listen` (the `chatd_push_*` counters live here), over TLS with `--tls-cert` / `--tls-key`.
 
 use super::StartError;
 use crate::bus::kafka::{push::PushJobs, KafkaSettings};
