@@ -391,6 +391,7 @@ impl From<sdk::Event> for Event {
 impl From<ClientConfig> for sdk::ClientConfig {
     fn from(c: ClientConfig) -> Self {
         let mut cfg = sdk::ClientConfig::new(c.endpoint, c.token, c.device_id);
+        cfg.tls_ca_pem = c.tls_ca_pem;
         let millis = Duration::from_millis;
         if let Some(d) = c.data_dir {
             cfg = cfg.with_data_dir(d);
@@ -498,6 +499,7 @@ mod tests {
             send_window_per_chat: None,
             ack_delay_ms: None,
             event_buffer: None,
+            tls_ca_pem: None,
         };
         let d = sdk::ClientConfig::from(base.clone());
         let want = sdk::ClientConfig::new("http://127.0.0.1:1", "t", "phone");
@@ -511,7 +513,7 @@ mod tests {
             send_window_per_chat: Some(4),
             ack_delay_ms: Some(5),
             event_buffer: Some(7),
-            ..base
+            ..base.clone()
         });
         assert_eq!(c.data_dir.as_deref(), Some(std::path::Path::new("/tmp/x")));
         assert_eq!(c.reconnect.initial, Duration::from_millis(200));
@@ -520,6 +522,14 @@ mod tests {
         assert_eq!(c.reconnect.multiplier, want.reconnect.multiplier);
         assert_eq!((c.send_window_per_chat, c.event_buffer), (4, 7));
         assert_eq!(c.ack_delay, Duration::from_millis(5));
+
+        let pem = "-----BEGIN CERTIFICATE-----\n…";
+        let c = sdk::ClientConfig::from(ClientConfig {
+            endpoint: "https://chat.example.com".into(),
+            tls_ca_pem: Some(pem.into()),
+            ..base
+        });
+        assert_eq!(c.tls_ca_pem.as_deref(), Some(pem));
     }
 
     #[test]

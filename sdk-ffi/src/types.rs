@@ -375,4 +375,8 @@ pub struct ClientConfig {
     /// Events waiting for the app at most (default 1024).
     #[uniffi(default)]
     pub event_buffer: Option<u32>,
+    /// For an `https://` endpoint: a CA certificate (PEM) trusted besides the public roots (a
+    /// private CA). Unset: the public roots only.
+    #[uniffi(default)]
+    pub tls_ca_pem: Option<String>,
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Largest page the server serves.
 pub const MAX_PAGE_SIZE: u32 = 200;
@@ -74,21 +74,45 @@ impl Interceptor for Credentials {
 pub(crate) type Grpc = ChatServiceClient<InterceptedService<Channel, Credentials>>;
 
 /// A lazily connecting channel to `endpoint` with HTTP/2 keepalive and no per-request deadline
-/// (the Connect stream lives for hours; unary calls set their own).
+/// (the Connect stream lives for hours; unary calls set their own). An `https://` endpoint is
+/// reached over TLS (rustls with ring) trusting the public roots and `ca_pem`.
 pub(crate) fn channel(
     endpoint: &str,
+    ca_pem: Option<&str>,
     connect_timeout: Duration,
     keepalive_interval: Duration,
     keepalive_timeout: Duration,
 ) -> Result<Channel> {
-    let ep = Endpoint::from_shared(endpoint.to_string())
+    let mut ep = Endpoint::from_shared(endpoint.to_string())
         .map_err(|e| SdkError::Config(format!("endpoint {endpoint:?}: {e}")))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(keepalive_interval)
         .keep_alive_timeout(keepalive_timeout)
         .keep_alive_while_idle(true);
+    if endpoint.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().with_webpki_roots();
+        if let Some(pem) = ca_pem {
+            check_ca_pem(pem)?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        ep = ep
+            .tls_config(tls)
+            .map_err(|e| SdkError::Config(format!("TLS for {endpoint:?}: {e}")))?;
+    }
     Ok(ep.connect_lazy())
+}
+
+/// tonic parses the CA only when it connects, where a bad one would look like a network
+/// failure and be retried for ever: a PEM without a certificate is refused up front.
+pub(crate) fn check_ca_pem(pem: &str) -> Result<()> {
+    if pem.contains("-----BEGIN CERTIFICATE-----") {
+        Ok(())
+    } else {
+        Err(SdkError::Config(
+            "tls_ca_pem holds no PEM CERTIFICATE block".into(),
+        ))
+    }
 }
 
 /// Unary calls on behalf of one user (and optionally one device). Cheap to clone.
@@ -101,11 +125,24 @@ pub struct Api {
 }
 
 impl Api {
-    /// A client for `endpoint` (`http://host:port`). `device_id` is needed by the calls that act
-    /// for a device (`mark_read`, `ack_delivered`); a backend service may leave it out.
+    /// A client for `endpoint` (`http://host:port`, or `https://` trusting the public roots).
+    /// `device_id` is needed by the calls that act for a device (`mark_read`,
+    /// `ack_delivered`); a backend service may leave it out.
     pub fn new(endpoint: &str, token: &str, device_id: Option<&str>) -> Result<Api> {
+        Api::with_tls_ca(endpoint, None, token, device_id)
+    }
+
+    /// [`Api::new`] for an `https://` endpoint whose certificate a private CA (`ca_pem`, PEM)
+    /// issued; the public roots are trusted too.
+    pub fn with_tls_ca(
+        endpoint: &str,
+        ca_pem: Option<&str>,
+        token: &str,
+        device_id: Option<&str>,
+    ) -> Result<Api> {
         let ch = channel(
             endpoint,
+            ca_pem,
             Duration::from_secs(20),
             Duration::from_secs(30),
             Duration::from_secs(10),

@@ -60,6 +60,7 @@ impl Client {
         let creds = Credentials::new(&cfg.token, Some(&cfg.device_id))?;
         let channel = api::channel(
             &cfg.endpoint,
+            cfg.tls_ca_pem.as_deref(),
             cfg.connect_timeout,
             cfg.keepalive_interval,
             cfg.keepalive_timeout,

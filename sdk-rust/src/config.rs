@@ -11,6 +11,10 @@ use std::time::Duration;
 pub struct ClientConfig {
     /// `http://host:port` (or `https://…`) of a chatd node or its load balancer.
     pub endpoint: String,
+    /// For an `https://` endpoint: a CA certificate (PEM, one or more `CERTIFICATE` blocks)
+    /// trusted besides the public roots (Mozilla's, from webpki-roots): a private CA, a test
+    /// server. `None`: the public roots only.
+    pub tls_ca_pem: Option<String>,
     /// The bearer token (JWT) of the user; replace it later with `Client::set_token`.
     pub token: String,
     /// This device's id: 1..64 of `[A-Za-z0-9._-]`, stable across app restarts.
@@ -44,6 +48,7 @@ impl std::fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientConfig")
             .field("endpoint", &self.endpoint)
+            .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|_| "<set>"))
             .field("token", &"<redacted>")
             .field("device_id", &self.device_id)
             .field("data_dir", &self.data_dir)
@@ -74,6 +79,7 @@ impl ClientConfig {
     ) -> Self {
         ClientConfig {
             endpoint: endpoint.into(),
+            tls_ca_pem: None,
             token: token.into(),
             device_id: device_id.into(),
             data_dir: None,
@@ -94,6 +100,12 @@ impl ClientConfig {
         self
     }
 
+    /// Trust `pem` (a CA certificate) for an `https://` endpoint, besides the public roots.
+    pub fn with_tls_ca_pem(mut self, pem: impl Into<String>) -> Self {
+        self.tls_ca_pem = Some(pem.into());
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(SdkError::Config(m));
         if !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://")) {
@@ -101,6 +113,12 @@ impl ClientConfig {
                 "endpoint {:?} must start with http:// or https://",
                 self.endpoint
             ));
+        }
+        if let Some(pem) = &self.tls_ca_pem {
+            crate::api::check_ca_pem(pem)?;
+            if !self.endpoint.starts_with("https://") {
+                return bad("tls_ca_pem is set but the endpoint is not https://".into());
+            }
         }
         check_device_id(&self.device_id).map_err(SdkError::Config)?;
         if self.token.trim().is_empty() {
@@ -154,6 +172,15 @@ mod tests {
             (ClientConfig::new("http://x", "t", "bad id"), "device_id"),
             (ClientConfig::new("http://x", "t", ""), "device_id"),
             (ClientConfig::new("http://x", " ", "d"), "token"),
+            (
+                ClientConfig::new("https://x", "t", "d").with_tls_ca_pem("not a certificate"),
+                "tls_ca_pem",
+            ),
+            (
+                ClientConfig::new("http://x", "t", "d")
+                    .with_tls_ca_pem("-----BEGIN CERTIFICATE-----\n"),
+                "not https",
+            ),
             (
                 ClientConfig {
                     send_window: 0,

@@ -19,6 +19,8 @@ use std::{
 pub struct Config {
     /// Address of the one port that serves gRPC, gRPC reflection/health and HTTP probes.
     pub listen: SocketAddr,
+    /// TLS for clients on `listen`: off unless both files are set.
+    pub tls: TlsConfig,
     /// Where the embedded store and the generated JWT secret live.
     pub data_dir: PathBuf,
     /// HS256 secret; when unset, one is generated in `data_dir` on first start.
@@ -79,6 +81,51 @@ pub struct Config {
     pub push: PushConfig,
     /// How log lines are written to stderr.
     pub log_format: LogFormat,
+}
+
+/// TLS on the node's port (README, "TLS"). Both files or neither: see [`TlsConfig::files`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM, leaf first).
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: Option<PathBuf>,
+    /// How often the two files are looked at for a change.
+    pub reload_interval_ms: u32,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            reload_interval_ms: 5_000,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The two files when TLS is on; `None` when it is off; an error naming both settings when
+    /// only one is given (a node that silently served plain text would be worse than none).
+    pub fn files(&self) -> Result<Option<crate::transport::tls::Files>, ConfigError> {
+        const CERT: &str = "tls_cert (--tls-cert, CHATD_TLS_CERT)";
+        const KEY: &str = "tls_key (--tls-key, CHATD_TLS_KEY)";
+        match (&self.cert, &self.key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(crate::transport::tls::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (Some(_), None) => Err(ConfigError::IncompleteTls {
+                set: CERT,
+                missing: KEY,
+            }),
+            (None, Some(_)) => Err(ConfigError::IncompleteTls {
+                set: KEY,
+                missing: CERT,
+            }),
+        }
+    }
 }
 
 /// The abuse limits: each refuses what goes past it with RESOURCE_EXHAUSTED naming the setting.
@@ -230,6 +277,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            tls: TlsConfig::default(),
             data_dir: PathBuf::from("./chatd-data"),
             jwt_secret: None,
             jwt_leeway_secs: 5,
@@ -301,6 +349,15 @@ pub struct Overrides {
     /// Address to listen on [default: 127.0.0.1:50051]
     #[arg(long, env = "CHATD_LISTEN")]
     pub listen: Option<Text>,
+    /// TLS certificate chain (PEM, leaf first) for clients; reloaded on change [default: plain text]
+    #[arg(long, env = "CHATD_TLS_CERT")]
+    pub tls_cert: Option<Text>,
+    /// Private key (PEM: PKCS#8, RSA or EC) of --tls-cert; reloaded on change
+    #[arg(long, env = "CHATD_TLS_KEY")]
+    pub tls_key: Option<Text>,
+    /// How often the TLS files are checked for a change, in ms [default: 5000]
+    #[arg(long, env = "CHATD_TLS_RELOAD_INTERVAL_MS")]
+    pub tls_reload_interval_ms: Option<Text>,
     /// Data directory of the embedded store [default: ./chatd-data]
     #[arg(long, env = "CHATD_DATA_DIR")]
     pub data_dir: Option<Text>,
@@ -551,6 +608,9 @@ impl Overrides {
             };
         }
         set!(listen, Raw::parse);
+        set!(tls_cert => tls.cert, Raw::file);
+        set!(tls_key => tls.key, Raw::file);
+        set!(tls_reload_interval_ms => tls.reload_interval_ms, |r| r.range(100, 3_600_000));
         set!(data_dir, |r| r
             .ensure(!r.text.is_empty(), "must not be empty")
             .map(PathBuf::from));
@@ -692,6 +752,11 @@ pub enum ConfigError {
     File { path: String, reason: String },
     #[error("incomplete cluster configuration: {set} set but {missing} missing; a cluster node needs PostgreSQL, Redis and Kafka (set all three, or none for the embedded default)")]
     IncompleteCluster { set: String, missing: String },
+    #[error("incomplete TLS configuration: {set} set but {missing} missing; TLS needs the certificate chain and its private key (set both, or neither for plain text)")]
+    IncompleteTls {
+        set: &'static str,
+        missing: &'static str,
+    },
 }
 
 /// Where a value came from, so that an error can name it.
@@ -893,6 +958,7 @@ impl Config {
         }
         cfg.oidc.check()?;
         cfg.check_backend_tls()?;
+        cfg.tls.files()?;
         if cfg.heartbeat_timeout_ms <= cfg.heartbeat_interval_ms {
             return Err(ConfigError::Invalid {
                 source_name: "heartbeat_timeout_ms".into(),
@@ -1036,7 +1102,7 @@ mod tests {
     #[test]
     fn every_setting_has_its_flag_variable_and_key() {
         let args = Overrides::args();
-        assert_eq!(args.len(), 56);
+        assert_eq!(args.len(), 59);
         for arg in &args {
             let id = arg.get_id().as_str();
             assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()));
@@ -1503,6 +1569,69 @@ mod tests {
             (cfg.database_url, cfg.migrate_auto, cfg.kafka_brokers),
             (None, false, None)
         );
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_each_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, "c").unwrap();
+        std::fs::write(&key, "k").unwrap();
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+
+        let off = Config::resolve(None, none(), none()).unwrap();
+        assert_eq!(off.tls.files(), Ok(None));
+        assert_eq!(off.tls.reload_interval_ms, 5_000);
+
+        let on = Config::resolve(
+            Some(file(&format!("tls_cert = {cert:?}\n")).unwrap()),
+            env(&[("CHATD_TLS_KEY", key)]),
+            flags(&["chatd", "--tls-reload-interval-ms", "250"]),
+        )
+        .unwrap();
+        let files = on.tls.files().unwrap().unwrap();
+        assert_eq!(
+            (files.cert.to_str(), files.key.to_str()),
+            (Some(cert), Some(key))
+        );
+        assert_eq!(on.tls.reload_interval_ms, 250);
+
+        let err = Config::resolve(None, none(), flags(&["chatd", "--tls-cert", cert]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "incomplete TLS configuration: tls_cert (--tls-cert, CHATD_TLS_CERT) set but tls_key \
+             (--tls-key, CHATD_TLS_KEY) missing; TLS needs the certificate chain and its private \
+             key (set both, or neither for plain text)"
+        );
+        let err = Config::resolve(None, env(&[("CHATD_TLS_KEY", key)]), none()).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("tls_key (--tls-key, CHATD_TLS_KEY) set but tls_cert"));
+
+        let missing = dir.path().join("nope.pem");
+        let err = Config::resolve(
+            None,
+            none(),
+            flags(&[
+                "chatd",
+                "--tls-cert",
+                missing.to_str().unwrap(),
+                "--tls-key",
+                key,
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("flag --tls-cert: invalid value") && err.contains("nope.pem"),
+            "{err}"
+        );
+        let err = Config::resolve(None, env(&[("CHATD_TLS_RELOAD_INTERVAL_MS", "5")]), none())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CHATD_TLS_RELOAD_INTERVAL_MS"), "{err}");
     }
 
     #[test]

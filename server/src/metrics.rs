@@ -80,6 +80,12 @@ pub struct Metrics {
     pub websockets_open: AtomicU64,
     /// WebSocket connections upgraded since the start.
     pub websockets_total: AtomicU64,
+    /// TLS handshakes that failed or timed out (plain-text clients, bad hellos, silence).
+    pub tls_handshake_failures: AtomicU64,
+    /// Certificate reloads that took, and changed files that did not load (the previous
+    /// certificate kept).
+    pub tls_reloads_ok: AtomicU64,
+    pub tls_reloads_failed: AtomicU64,
     /// Pushes by provider (FCM, APNs, Web Push, webhook) and what became of them.
     pub push: [PushCounters; 4],
     /// Dead letters kept now for every provider together, where the queue cannot count them
@@ -103,6 +109,9 @@ pub static METRICS: Metrics = Metrics {
     resyncs: AtomicU64::new(0),
     websockets_open: AtomicU64::new(0),
     websockets_total: AtomicU64::new(0),
+    tls_handshake_failures: AtomicU64::new(0),
+    tls_reloads_ok: AtomicU64::new(0),
+    tls_reloads_failed: AtomicU64::new(0),
     push: [const { PushCounters::new() }; 4],
     push_dlq_depth_all: AtomicI64::new(-1),
     errors: [const { AtomicU64::new(0) }; CODES],
@@ -247,6 +256,18 @@ pub fn render(gauges: &[Gauge]) -> String {
         "chatd_websockets_total",
         "WebSocket connections upgraded since the start.",
         m.websockets_total.load(Relaxed),
+    );
+    counter(
+        &mut out,
+        "chatd_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out.",
+        m.tls_handshake_failures.load(Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP chatd_tls_reloads_total Certificate reloads after the files changed, by outcome (error: the previous certificate kept).\n# TYPE chatd_tls_reloads_total counter\nchatd_tls_reloads_total{{outcome=\"ok\"}} {}\nchatd_tls_reloads_total{{outcome=\"error\"}} {}",
+        m.tls_reloads_ok.load(Relaxed),
+        m.tls_reloads_failed.load(Relaxed)
     );
     type Read = fn(&PushCounters) -> &AtomicU64;
     let push: [(&str, &str, Read); 4] = [

@@ -58,7 +58,7 @@ impl TestCluster {
 
     /// Like [`Self::start_opts`], with more environment for every node made from the backend
     /// once it is provisioned (its database and namespace exist then): e.g. the same database
-    /// reached another way ([`crate::tls::TlsServices::node_env`]).
+    /// reached another way ([`crate::backend_tls::TlsServices::node_env`]).
     pub async fn start_with_backend_env(
         n: usize,
         opts: ServerOptions,

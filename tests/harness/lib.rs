@@ -30,6 +30,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod backend_tls;
 pub mod cluster;
 pub mod http;
 pub mod idp;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// How long the server gets to print its listening line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -72,6 +72,9 @@ pub struct ServerOptions {
     pub config_toml: Option<String>,
     /// The subcommand: `serve`, or `push-worker` for a cluster's push sender.
     pub command: &'static str,
+    /// CA certificates (PEM) the harness's clients trust; any set: the server is reached over
+    /// TLS (`https://`, `wss://`). See [`ServerOptions::tls`].
+    pub tls_ca: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -83,6 +86,7 @@ impl Default for ServerOptions {
             args: Vec::new(),
             config_toml: None,
             command: "serve",
+            tls_ca: Vec::new(),
         }
     }
 }
@@ -107,6 +111,16 @@ impl ServerOptions {
     }
     pub fn config(mut self, toml: &str) -> Self {
         self.config_toml = Some(toml.to_string());
+        self
+    }
+    /// Serve TLS from `files` (`--tls-cert`, `--tls-key`); the harness's clients trust
+    /// `ca_pem` and connect over TLS.
+    pub fn tls(mut self, files: &crate::tls::CertFiles, ca_pem: &str) -> Self {
+        self.args.push("--tls-cert".into());
+        self.args.push(files.cert.display().to_string());
+        self.args.push("--tls-key".into());
+        self.args.push(files.key.display().to_string());
+        self.tls_ca.push(ca_pem.to_string());
         self
     }
     pub fn without_secret(mut self) -> Self {
@@ -471,10 +485,27 @@ impl TestServer {
     }
 
     pub fn endpoint(&self) -> Endpoint {
-        Endpoint::from_shared(format!("http://{}", self.addr))
+        let endpoint = Endpoint::from_shared(self.url())
             .expect("endpoint")
             .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if self.opts.tls_ca.is_empty() {
+            return endpoint;
+        }
+        let cas = self.opts.tls_ca.iter().map(Certificate::from_pem);
+        endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificates(cas))
+            .expect("TLS config")
+    }
+
+    /// `http://ADDR`, or `https://ADDR` for a server on TLS.
+    pub fn url(&self) -> String {
+        let scheme = if self.opts.tls_ca.is_empty() {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Client with `authorization: Bearer <token>` and `x-device-id: device`.

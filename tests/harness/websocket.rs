@@ -7,6 +7,7 @@ use crate::server::TestServer;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -46,19 +47,26 @@ pub struct WsClient {
     pub replayed: Option<u64>,
 }
 
-/// `ws://ADDR/ws` of `server`.
+/// `ws://ADDR/ws` of `server` (`wss://` for a server on TLS).
 pub fn ws_url(server: &TestServer) -> String {
-    format!("ws://{}/ws", server.addr)
+    let scheme = if server.options().tls_ca.is_empty() {
+        "ws"
+    } else {
+        "wss"
+    };
+    format!("{scheme}://{}/ws", server.addr)
 }
 
-/// An open socket with nothing sent yet.
+/// An open socket with nothing sent yet (over TLS trusting the server's test CA when it
+/// serves TLS).
 pub async fn ws_open(server: &TestServer, user: &str, device: &str) -> WsClient {
     let url = ws_url(server);
-    let (stream, response) =
-        tokio::time::timeout(crate::RECV_TIMEOUT, tokio_tungstenite::connect_async(&url))
-            .await
-            .unwrap_or_else(|_| panic!("WebSocket handshake with {url} timed out"))
-            .unwrap_or_else(|e| panic!("WebSocket handshake with {url}: {e}"));
+    let connector = tls_connector(&server.options().tls_ca);
+    let connect = tokio_tungstenite::connect_async_tls_with_config(&url, None, true, connector);
+    let (stream, response) = tokio::time::timeout(crate::RECV_TIMEOUT, connect)
+        .await
+        .unwrap_or_else(|_| panic!("WebSocket handshake with {url} timed out"))
+        .unwrap_or_else(|e| panic!("WebSocket handshake with {url}: {e}"));
     assert_eq!(response.status().as_u16(), 101, "{response:?}");
     WsClient {
         user: user.to_string(),
@@ -72,6 +80,30 @@ pub async fn ws_open(server: &TestServer, user: &str, device: &str) -> WsClient 
         backlog: Vec::new(),
         replayed: None,
     }
+}
+
+/// rustls (ring) trusting `cas` (PEM), offering HTTP/1.1; `None` for plain text.
+fn tls_connector(cas: &[String]) -> Option<tokio_tungstenite::Connector> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    if cas.is_empty() {
+        return None;
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in cas {
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(cert.expect("CA PEM")).expect("CA certificate");
+        }
+    }
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Some(tokio_tungstenite::Connector::Rustls(Arc::new(cfg)))
 }
 
 /// Open, `connect` with a valid token, then wait for `welcome`, the backlog and

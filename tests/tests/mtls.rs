@@ -7,8 +7,8 @@
 //! hand-off and the registry (Redis Pub/Sub) — the nodes never talk to each other directly, so
 //! TLS to Redis and Kafka is TLS between the nodes.
 
+use chat_tests::backend_tls::TlsServices;
 use chat_tests::cluster::node_name;
-use chat_tests::tls::TlsServices;
 use chat_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

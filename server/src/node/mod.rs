@@ -25,7 +25,7 @@ use crate::quota::Quotas;
 use crate::registry::Registry;
 use crate::session::{self, Directory};
 use crate::store::Store;
-use crate::transport::{admin::AdminApi, grpc::ChatApi, http, listener, web, ws::WebSockets};
+use crate::transport::{admin::AdminApi, grpc::ChatApi, http, listener, tls, web, ws::WebSockets};
 use chat_proto::v1::{
     admin_service_server::AdminServiceServer, chat_service_server::ChatServiceServer,
 };
@@ -65,6 +65,8 @@ pub enum StartError {
     Reflection(String),
     #[error("cannot set up the client of the identity provider's key set: {0}")]
     Jwks(crate::https::HttpError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// The node's listening socket and the address it got (`--listen` may ask for port 0).
@@ -73,6 +75,34 @@ async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr),
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
     let local = listener.local_addr().map_err(failed)?;
     Ok((listener, local))
+}
+
+/// The TLS side of the node's port when `--tls-cert` and `--tls-key` are set: loaded now, so
+/// that a bad file stops the start with an error naming its setting.
+fn server_tls(config: &Config) -> Result<Option<tls::ServerTls>, StartError> {
+    match config.tls.files()? {
+        Some(files) => Ok(Some(tls::ServerTls::load(files)?)),
+        None => Ok(None),
+    }
+}
+
+/// The connections of the node's port: at most `max` open, over TLS when `tls` is set (its
+/// files watched for a new certificate until `shutdown`).
+fn accept(
+    listener: tokio::net::TcpListener,
+    max: usize,
+    rate: Option<listener::ConnectionRate>,
+    tls: Option<&tls::ServerTls>,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> tls::Incoming {
+    let accepted = listener::incoming(listener, max, rate);
+    if let Some(tls) = tls {
+        let every = Duration::from_millis(config.tls.reload_interval_ms.into());
+        // Ends with `shutdown`.
+        drop(tls.watch(every, shutdown.clone()));
+    }
+    tls::incoming(tls, accepted)
 }
 
 /// A random node id for `Welcome.node_id` and session ids.
@@ -110,6 +140,7 @@ pub async fn run(
     shutdown: CancellationToken,
     on_listen: impl FnOnce(SocketAddr),
 ) -> Result<(), StartError> {
+    let server_tls = server_tls(&config)?;
     let directory = Arc::new(Directory::default());
     let typing = Arc::new(Typing::default());
     let (ephemeral_tx, ephemeral_rx) = mpsc::channel(EPHEMERAL_QUEUE);
@@ -258,13 +289,20 @@ pub async fn run(
 
     let (listener, local) = bind(config.listen).await?;
     on_listen(local);
-    tracing::info!(%local, node_id, "chatd serving");
+    tracing::info!(%local, node_id, tls = server_tls.is_some(), "chatd serving");
 
     let max_connections = listener::connection_limit();
     let per_ip = config.limits.connections_per_ip_per_sec;
     tracing::info!(max_connections, per_ip, "accepting connections");
     let rate = listener::ConnectionRate::new(per_ip);
-    let incoming = listener::incoming(listener, max_connections, rate);
+    let incoming = accept(
+        listener,
+        max_connections,
+        rate,
+        server_tls.as_ref(),
+        &config,
+        &shutdown,
+    );
     let keepalive = Duration::from_millis(config.heartbeat_interval_ms.into());
     // tonic's server cannot upgrade HTTP/1.1: WebSocket handshakes are served beside it.
     let (grpc_router, grpc_shutdown) = (router.clone(), shutdown.clone());

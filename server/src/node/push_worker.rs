@@ -1,7 +1,7 @@
 //! `chatd push-worker`: a cluster's push sender, as its own process (as many as wanted: they
 //! share the `push.<provider>` consumer groups, one per provider). It reads the jobs the fan-out puts on `chat.push`, sends
 //! them through the configured providers, and serves `/healthz`, `/readyz` and `/metrics` on
-//! `--listen` (the `chatd_push_*` counters live here).
+//! `--listen` (the `chatd_push_*` counters live here), over TLS with `--tls-cert` / `--tls-key`.
 
 use super::StartError;
 use crate::bus::kafka::{push::PushJobs, KafkaSettings};
@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::push::{self, kafka::KafkaQueue, worker::Worker};
 use crate::store::postgres::{PgOptions, PgStore};
 use crate::store::Store;
-use crate::transport::http;
+use crate::transport::{http, listener, tls};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,7 @@ pub async fn run(
                 .into(),
         )));
     };
+    let server_tls = super::server_tls(&config)?;
     let senders = push::setup::senders(&config.push)?;
     if senders.is_empty() {
         return Err(StartError::Push(push::setup::SetupError::Provider(
@@ -73,11 +74,21 @@ pub async fn run(
         ));
     }
 
-    let (listener, addr) = super::bind(config.listen).await?;
+    let (socket, addr) = super::bind(config.listen).await?;
     let no_gauges: http::GaugeSource = Arc::new(Vec::new);
     let router = http::routes(store, no_gauges);
-    let probes =
-        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // The same port rules as a node's: a connection limit, TLS when set (no per-address rate:
+    // only probes and scrapes come here).
+    let incoming = super::accept(
+        socket,
+        listener::connection_limit(),
+        None,
+        server_tls.as_ref(),
+        &config,
+        &shutdown,
+    );
+    let probes = axum::serve(tls::accept::Listener::new(incoming), router)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     on_listen(addr);
     tracing::info!(%addr, "push worker listening");
     let lanes: Vec<_> = workers

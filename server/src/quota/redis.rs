@@ -118,7 +118,9 @@ mod tests {
         }
         assert_eq!(taken, 3);
         // Forgotten (the user's data erased): the quota starts afresh.
-        let q = RedisQuotas::connect(&url, &ns).await.unwrap();
+        let q = RedisQuotas::connect(&RedisTarget::plain(&url), &ns)
+            .await
+            .unwrap();
         assert_ne!(q.take("race", 3, 60_000, t0).await.unwrap(), Taken::Yes);
         q.forget("race").await.unwrap();
         assert_eq!(q.take("race", 3, 60_000, t0).await.unwrap(), Taken::Yes);

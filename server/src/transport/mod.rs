@@ -7,5 +7,6 @@ pub mod grpc;
 pub mod http;
 pub mod listener;
 pub mod status;
+pub mod tls;
 pub mod web;
 pub mod ws;

@@ -71,6 +71,24 @@ impl TestPki {
         &self.ca_der
     }
 
+    /// The server certificate (the leaf) as DER: what a client sees presented.
+    pub fn server_cert_der(&self) -> &CertificateDer<'static> {
+        &self.server_chain[0]
+    }
+
+    /// The server's chain (leaf, then the CA) as PEM, for a server that reads files.
+    pub fn server_chain_pem(&self) -> String {
+        self.server_chain
+            .iter()
+            .map(|c| pem("CERTIFICATE", c))
+            .collect()
+    }
+
+    /// The server's private key as PKCS#8 PEM.
+    pub fn server_key_pem(&self) -> String {
+        pem("PRIVATE KEY", &self.server_key)
+    }
+
     /// Writes the CA certificate as PEM to `path` (the client's extra CA file).
     pub fn write_ca_pem(&self, path: &Path) -> std::io::Result<()> {
         std::fs::write(path, &self.ca_pem)
