@@ -293,4 +293,18 @@ async fn erasure_ends_sessions_leaves_chats_and_keeps_every_chat_gap_free() {
     // A later direct chat of the two is a new one.
     let fresh = open_direct(&mut bob, "alice").await;
     assert_ne!(fresh.chat_id, direct.chat_id);
+
+    // Audited: who erased whom, with what outcome; the refused call too.
+    let token = server.token("mallory", "phone").await;
+    let mut mallory = server.admin_client_with_auth(Auth::bearer(&token, "phone"));
+    delete(&mut mallory, "bob").await.unwrap_err();
+    let log = server.stderr();
+    let audited = |action: &str, who: &str, outcome: &str| {
+        log.lines().any(|l| {
+            l.contains("audit") && l.contains(action) && l.contains(who) && l.contains(outcome)
+        })
+    };
+    assert!(audited("DeleteUserData", "ops", "ok"), "{log}");
+    assert!(audited("DeleteUserData", "mallory", "refused"), "{log}");
+    assert!(audited("ExportUserData", "ops", "ok"), "{log}");
 }

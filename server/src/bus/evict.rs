@@ -3,8 +3,10 @@
 //! registry says which nodes hold sessions of the user.
 
 use super::{wire, LocalSessions, NodeLink};
+use crate::domain::user_data::SessionEvictions;
 use crate::registry::Registry;
 use crate::Result;
+use async_trait::async_trait;
 use std::{sync::Arc, time::Duration};
 
 /// How often [`Evictions::evict`] looks whether the sessions are gone.
@@ -36,11 +38,27 @@ impl Evictions {
         }
     }
 
-    /// Ends every session of `user_id` and waits (at most `limit`) until the registry holds
-    /// none, so that their going away is recorded before what follows. Returns whether they
-    /// are all gone: a node that cannot be reached keeps its sessions until they end by
-    /// themselves.
-    pub async fn evict(&self, user_id: &str, limit: Duration) -> Result<bool> {
+    async fn evict_on(&self, node: &str, user_id: &str) -> Result<()> {
+        match &self.link {
+            Some(link) if node != self.node_id => {
+                link.send_to_node(node, wire::encode_eviction(user_id))
+                    .await
+            }
+            // The embedded registry names no nodes: every session is here.
+            _ => {
+                self.local.evict(user_id);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SessionEvictions for Evictions {
+    /// Waits until the registry holds none of the user's sessions, so that their going away
+    /// is recorded before what follows. A node that cannot be reached keeps its sessions until
+    /// they end by themselves.
+    async fn evict(&self, user_id: &str, limit: Duration) -> Result<bool> {
         let users = [user_id.to_string()];
         let start = tokio::time::Instant::now();
         let mut asked: Option<tokio::time::Instant> = None;
@@ -59,20 +77,6 @@ impl Evictions {
                 asked = Some(tokio::time::Instant::now());
             }
             tokio::time::sleep(POLL).await;
-        }
-    }
-
-    async fn evict_on(&self, node: &str, user_id: &str) -> Result<()> {
-        match &self.link {
-            Some(link) if node != self.node_id => {
-                link.send_to_node(node, wire::encode_eviction(user_id))
-                    .await
-            }
-            // The embedded registry names no nodes: every session is here.
-            _ => {
-                self.local.evict(user_id);
-                Ok(())
-            }
         }
     }
 }

@@ -7,11 +7,11 @@
 use super::chats::chats_created_key;
 use super::membership;
 use super::model::{ChatKind, Message, Role};
-use crate::bus::evict::Evictions;
 use crate::quota::Quotas;
 use crate::registry::Registry;
 use crate::store::{ActivityKey, Store};
 use crate::Result;
+use async_trait::async_trait;
 use base64::{engine::general_purpose::STANDARD, Engine};
 use serde::Serialize;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -118,6 +118,15 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// How long erasure waits for the user's sessions to end.
 const EVICTION_WAIT: Duration = Duration::from_secs(5);
 
+/// Ends a user's sessions wherever they are connected: the seam between the embedded default
+/// (every session is on this node) and a cluster (`bus::evict`).
+#[async_trait]
+pub trait SessionEvictions: Send + Sync + 'static {
+    /// Ends every session of `user_id` and waits (at most `limit`) until none is left; whether
+    /// they all went.
+    async fn evict(&self, user_id: &str, limit: Duration) -> Result<bool>;
+}
+
 /// What an erasure did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Erasure {
@@ -132,7 +141,7 @@ pub struct UserData {
     store: Arc<dyn Store>,
     registry: Arc<dyn Registry>,
     quotas: Arc<dyn Quotas>,
-    evictions: Evictions,
+    evictions: Arc<dyn SessionEvictions>,
 }
 
 impl UserData {
@@ -140,7 +149,7 @@ impl UserData {
         store: Arc<dyn Store>,
         registry: Arc<dyn Registry>,
         quotas: Arc<dyn Quotas>,
-        evictions: Evictions,
+        evictions: Arc<dyn SessionEvictions>,
     ) -> Self {
         UserData {
             store,

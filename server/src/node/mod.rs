@@ -206,7 +206,12 @@ pub async fn run(
         store.clone(),
         registry.clone(),
         quotas.clone(),
-        Evictions::new(node_id.clone(), directory.clone(), registry.clone(), link),
+        Arc::new(Evictions::new(
+            node_id.clone(),
+            directory.clone(),
+            registry.clone(),
+            link,
+        )),
     ));
     let presence = Arc::new(PresenceService::new(registry, store.clone()));
     let sessions = Arc::new(session::Services {
