@@ -1,11 +1,12 @@
 //! `chat.v1.AdminService`: operator calls, for tokens with the admin role only. Every call is
 //! written to the log's `audit` target (who, what, whom, the outcome) whatever its outcome.
 
+use super::grpc::authorization;
 use super::http::GaugeSource;
 use crate::auth::{check_user_id, Authenticator, Caller};
 use crate::clock::now_ms;
 use crate::domain::user_data::UserData;
-use crate::metrics::{Throughput, METRICS};
+use crate::metrics::{Gauge, Throughput, METRICS};
 use crate::Error;
 use chat_proto::v1::{self as pb, admin_service_server::AdminService};
 use futures_util::Stream;
@@ -43,14 +44,8 @@ impl AdminApi {
 
     /// The caller, if an admin; anyone else is refused (and audited).
     async fn admin<T>(&self, req: &Request<T>, action: &'static str) -> Result<Caller, Status> {
-        let header = match req.metadata().get("authorization") {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .map_err(|_| Status::unauthenticated("authorization header is not ASCII"))?,
-            ),
-        };
-        let caller = self.auth.authenticate_header(header).await?;
+        let header = authorization(req)?;
+        let caller = self.auth.authenticate_header(header.as_deref()).await?;
         if !caller.admin {
             tracing::warn!(target: "audit", action, caller = caller.user_id, outcome = "refused: not an admin");
             return Err(Error::PermissionDenied(format!(
@@ -61,14 +56,16 @@ impl AdminApi {
         Ok(caller)
     }
 
-    /// The gauge named `name` as the metrics endpoint shows it; 0 when this node has none.
-    fn gauge(&self, name: &str) -> u64 {
-        (self.gauges)()
-            .iter()
-            .filter(|g| g.name == name)
-            .map(|g| g.value.max(0.0) as u64)
-            .sum()
-    }
+}
+
+/// The gauge named `name` among `gauges` (as the metrics endpoint shows them); 0 when this
+/// node has none.
+fn gauge(gauges: &[Gauge], name: &str) -> u64 {
+    gauges
+        .iter()
+        .filter(|g| g.name == name)
+        .map(|g| g.value.max(0.0) as u64)
+        .sum()
 }
 
 fn target_user(user_id: &str) -> Result<(), Status> {
@@ -85,14 +82,16 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::Stats>, Status> {
         let caller = self.admin(&req, "GetStats").await?;
         tracing::info!(target: "audit", action = "GetStats", caller = caller.user_id, outcome = "ok");
+        let gauges = (self.gauges)();
         Ok(Response::new(pb::Stats {
             node_id: self.node_id.clone(),
-            sessions: self.gauge("chatd_sessions"),
-            users_online: self.gauge("chatd_users_online"),
+            sessions: gauge(&gauges, "chatd_sessions"),
+            users_online: gauge(&gauges, "chatd_users_online"),
             messages_total: METRICS.messages_received.load(Relaxed),
             messages_per_second: self.throughput.per_second(),
-            fanout_lag: self.gauge("chatd_fanout_backlog") + self.gauge("chatd_outbox_depth"),
-            store_write_queue: self.gauge("chatd_store_write_queue"),
+            fanout_lag: gauge(&gauges, "chatd_fanout_backlog")
+                + gauge(&gauges, "chatd_outbox_depth"),
+            store_write_queue: gauge(&gauges, "chatd_store_write_queue"),
             push_dead_letters: METRICS.push_dead_letters(),
         }))
     }

@@ -27,6 +27,17 @@ use tonic::{Request, Response, Status, Streaming};
 /// buffering is the session's event queue.
 const OUT_QUEUE: usize = 32;
 
+/// The request's `authorization` header, if any; one that is not ASCII is refused.
+pub(super) fn authorization<T>(req: &Request<T>) -> Result<Option<String>, Status> {
+    match req.metadata().get("authorization") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|v| Some(v.to_string()))
+            .map_err(|_| Status::unauthenticated("authorization header is not ASCII")),
+    }
+}
+
 pub struct ChatApi {
     auth: Authenticator,
     chats: Arc<Chats>,
@@ -58,13 +69,7 @@ impl ChatApi {
         &self,
         req: &Request<T>,
     ) -> impl std::future::Future<Output = Result<Caller, Status>> + Send + '_ {
-        let header = match req.metadata().get("authorization") {
-            None => Ok(None),
-            Some(v) => v
-                .to_str()
-                .map(|v| Some(v.to_string()))
-                .map_err(|_| Status::unauthenticated("authorization header is not ASCII")),
-        };
+        let header = authorization(req);
         async move { Ok(self.auth.authenticate_header(header?.as_deref()).await?) }
     }
 
