@@ -68,7 +68,11 @@ async fn the_push_worker_sends_the_clusters_jobs_and_a_killed_one_loses_none() {
     .await;
 
     // The worker dies while the gateway stalls: the webhook's jobs are not committed, and the
-    // worker that comes back sends them again; the other groups committed theirs.
+    // worker that comes back sends them again; the other groups committed theirs. A lane
+    // commits just after its provider answered, so the kill waits for those commits: killed
+    // in between, a lane sends again (at least once, by design), which is not what this step
+    // checks.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     worker.kill_and_restart().await;
     until("the push sent again by the restarted worker", || {
         f.hook.notifications().len() == 3
