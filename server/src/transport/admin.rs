@@ -55,7 +55,6 @@ impl AdminApi {
         }
         Ok(caller)
     }
-
 }
 
 /// The gauge named `name` among `gauges` (as the metrics endpoint shows them); 0 when this
