@@ -2,6 +2,7 @@
 """Turns a scripts/bench result directory into BENCHMARKS.md and a latency SVG.
 
 usage: bench_report.py RESULT_DIR OUT_MD OUT_SVG
+       bench_report.py --compare BASE_DIR HEAD_DIR OUT_MD BASE_LABEL
 
 Every figure comes from the chat-loadgen JSON lines in RESULT_DIR; the analysis text (what bounds
 each figure) is kept by hand in docs/bench/analysis.md and included as it is. Cluster runs
@@ -30,6 +31,12 @@ CLUSTER_TARGETS = {
     "direct-10k": "steady 10,000 msgs/s, p99 <= 25 ms send->receive",
 }
 CLUSTER_ORDER = ["direct-1k", "direct-2k", "direct-5k", "direct-10k", "direct-max", "group-1x1000"]
+# The latency curve (curve-1k ... curve-20k): direct, open loop, server and loadgen on a core each.
+CURVE_RATES = [1, 2, 5, 10, 20]
+# ejabberd's send->receive p99 in the side-by-side run of issue 15 (the same external harness
+# against each server, server pinned to one core and harness to the other, on this box). It
+# stores nothing for online users; only these two points were published.
+EJABBERD_P99_MS = {1000: 1.5, 5000: 4.7}
 ORDER = ["idle-1to1", "idle-shared", "direct-max", "direct-10k", "group-100x100", "group-1x1000", "resume-10k", "mixed"]
 
 
@@ -143,7 +150,151 @@ def svg(runs, out):
     out.write_text("\n".join(parts) + "\n")
 
 
+def read_json(path):
+    try:
+        return json.loads(path.read_text().strip() or "{}")
+    except (OSError, json.JSONDecodeError) as e:
+        return {"error": f"unreadable {path.name}: {e}"}
+
+
+def load_curve(result_dir):
+    """[(offered msgs/s, result)] for the curve runs present, by rate."""
+    points = []
+    for k in CURVE_RATES:
+        path = result_dir / f"curve-{k}k.json"
+        if path.exists():
+            points.append((k * 1000, read_json(path)))
+    return points
+
+
+def curve_svg(points, out):
+    """p50 and p99 send->receive against offered msgs/s (both log scale), ejabberd's p99 beside."""
+    width, height, left, right, top, bottom = 640, 380, 70, 150, 40, 50
+    plot_w, plot_h = width - left - right, height - top - bottom
+    rates = [r for r, _ in points] + list(EJABBERD_P99_MS)
+    values = [v for _, d in points for v in ((d.get("latency_us") or {}).get("p50"), (d.get("latency_us") or {}).get("p99")) if v]
+    values = [v / 1000 for v in values] + list(EJABBERD_P99_MS.values())
+    x_lo, x_hi = min(rates), max(rates)
+    y_lo = 10 ** math.floor(math.log10(max(min(values), 0.01)))
+    y_hi = 10 ** math.ceil(math.log10(max(values)))
+
+    def x(r):
+        return left + (math.log10(r) - math.log10(x_lo)) / max(math.log10(x_hi) - math.log10(x_lo), 1e-9) * plot_w
+
+    def y(v):
+        v = max(v, y_lo)
+        return top + plot_h - (math.log10(v) - math.log10(y_lo)) / (math.log10(y_hi) - math.log10(y_lo)) * plot_h
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+             f'<rect width="{width}" height="{height}" fill="white"/>',
+             f'<text x="{left + plot_w/2}" y="20" text-anchor="middle" font-size="14">send→receive latency against load (log–log)</text>']
+    decade = y_lo
+    while decade <= y_hi * 1.0001:
+        parts.append(f'<line x1="{left}" y1="{y(decade):.1f}" x2="{left+plot_w}" y2="{y(decade):.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="{left-6}" y="{y(decade)+4:.1f}" text-anchor="end">{decade:g} ms</text>')
+        decade *= 10
+    for r in sorted(set(rates)):
+        parts.append(f'<line x1="{x(r):.1f}" y1="{top}" x2="{x(r):.1f}" y2="{top+plot_h}" stroke="#eee"/>')
+        parts.append(f'<text x="{x(r):.1f}" y="{top+plot_h+16}" text-anchor="middle">{r:,}</text>')
+    parts.append(f'<text x="{left + plot_w/2}" y="{height-12}" text-anchor="middle">offered msgs/s</text>')
+    series = [("chatd p50", "#4c78a8", "p50", ""), ("chatd p99", "#f58518", "p99", "")]
+    legend_y = top + 10
+    for label, color, key, dash in series:
+        pts = [(x(r), y(d["latency_us"][key] / 1000)) for r, d in points if (d.get("latency_us") or {}).get(key)]
+        if pts:
+            path = " ".join(f"{'M' if i == 0 else 'L'}{px:.1f},{py:.1f}" for i, (px, py) in enumerate(pts))
+            parts.append(f'<path d="{path}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
+            parts += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{color}"/>' for px, py in pts]
+        parts.append(f'<rect x="{left+plot_w+12}" y="{legend_y-8}" width="10" height="10" fill="{color}"/>')
+        parts.append(f'<text x="{left+plot_w+26}" y="{legend_y+1}">{label}</text>')
+        legend_y += 18
+    ej = sorted(EJABBERD_P99_MS.items())
+    path = " ".join(f"{'M' if i == 0 else 'L'}{x(r):.1f},{y(v):.1f}" for i, (r, v) in enumerate(ej))
+    parts.append(f'<path d="{path}" fill="none" stroke="#54a24b" stroke-width="2" stroke-dasharray="5,4"/>')
+    parts += [f'<rect x="{x(r)-3:.1f}" y="{y(v)-3:.1f}" width="6" height="6" fill="#54a24b"><title>ejabberd p99 {v} ms at {r}/s</title></rect>' for r, v in ej]
+    parts.append(f'<rect x="{left+plot_w+12}" y="{legend_y-8}" width="10" height="10" fill="#54a24b"/>')
+    parts.append(f'<text x="{left+plot_w+26}" y="{legend_y+1}">ejabberd p99</text>')
+    parts.append("</svg>")
+    out.write_text("\n".join(parts) + "\n")
+
+
+def curve_section(points, svg_path, out_md):
+    if not points:
+        return []
+    lines = ["", "## Latency against load", "",
+             "`direct`, 100 connections, open loop at each rate for 15 s after 3 s of warm-up; the server",
+             "pinned to one core and the load generator to the other (`taskset`), as in the side-by-side",
+             "run against ejabberd of issue 15, whose p99 is drawn beside (that run published two points;",
+             "ejabberd stores nothing for an online recipient, chatd commits every message to disk first).", "",
+             f"![latency against load]({os.path.relpath(svg_path, out_md.parent)})", "",
+             "| offered msgs/s | acked/s | deliveries/s | p50 ms | p90 ms | p99 ms | max ms | server CPU % | errors | ejabberd p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for rate, d in points:
+        l = d.get("latency_us") or {}
+        lines.append(f"| {rate:,} | {fmt(d.get('acked_per_sec'))} | {fmt(d.get('deliveries_per_sec'))} | {ms(l.get('p50'))} "
+                     f"| {ms(l.get('p90'))} | {ms(l.get('p99'))} | {ms(l.get('max'))} | {fmt(d.get('server_cpu_percent'))} "
+                     f"| {fmt(d.get('errors_total'))} | {EJABBERD_P99_MS.get(rate, '')} |")
+    return lines
+
+
+# What --compare reports per scenario: (label, JSON path, unit, higher is better).
+COMPARED = [
+    ("acked/s", ("acked_per_sec",), "", True),
+    ("deliveries/s", ("deliveries_per_sec",), "", True),
+    ("p50 ms", ("latency_us", "p50"), "ms", False),
+    ("p99 ms", ("latency_us", "p99"), "ms", False),
+    ("RSS/session KiB", ("rss_per_session_bytes",), "KiB", False),
+    ("resume ms", ("resume_us",), "ms", False),
+    ("server CPU %", ("server_cpu_percent",), "", False),
+    ("errors", ("errors_total",), "", False),
+]
+
+
+def figure(d, path, unit):
+    for key in path:
+        d = d.get(key) if isinstance(d, dict) else None
+    if not isinstance(d, (int, float)):
+        return None
+    return d / 1000 if unit == "ms" else d / 1024 if unit == "KiB" else d
+
+
+def compare(base_dir, head_dir, out_md, base_label):
+    """One table: each scenario's figures on the base build and on this tree, and the change.
+    A change for the worse beyond 15 % (the noise of this VM) is marked."""
+    names = sorted(p.stem for p in head_dir.glob("*.json"))
+    lines = [f"# scripts/bench --compare: {base_label} → this tree", "",
+             "Each scenario ran on the base build, then on this tree's, on fresh servers, back to back.",
+             "**worse** marks a change for the worse beyond 15 %.", "",
+             "| scenario | figure | base | this tree | change |", "|---|---|---|---|---|"]
+    worse = 0
+    for name in names:
+        base, head = read_json(base_dir / f"{name}.json"), read_json(head_dir / f"{name}.json")
+        for label, path, unit, higher_better in COMPARED:
+            b, h = figure(base, path, unit), figure(head, path, unit)
+            if b is None and h is None:
+                continue
+            change = ""
+            if b is not None and h is not None and b != 0:
+                pct = (h - b) / abs(b) * 100
+                bad = pct < -15 if higher_better else pct > 15
+                worse += bad
+                change = f"{pct:+.0f} %" + (" **worse**" if bad else "")
+            elif b == 0 and h:
+                change = "**worse**" if not higher_better else "better"
+                worse += not higher_better
+            lines.append(f"| {name} | {label} | {fmt(b)} | {fmt(h)} | {change} |")
+        for key in ("error",):
+            for side, d in (("base", base), ("this tree", head)):
+                if key in d and not d.get("scenario"):
+                    lines.append(f"| {name} | failed on {side} | {d[key]} | | |")
+    lines += ["", f"{worse} figure(s) worse beyond 15 %."]
+    out_md.write_text("\n".join(lines) + "\n")
+
+
 def main():
+    if sys.argv[1] == "--compare":
+        compare(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5])
+        return
     result_dir, out_md, out_svg = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     runs = load(result_dir)
     svg(runs, out_svg)
@@ -176,6 +327,11 @@ def main():
         l = runs[name][0].get("latency_us") or {}
         if l.get("count"):
             lines.append(f"| {name} | {fmt(l.get('count'))} | {fmt(l.get('p50'))} | {fmt(l.get('p90'))} | {fmt(l.get('p99'))} | {fmt(l.get('p999'))} | {fmt(l.get('max'))} |")
+    curve = load_curve(result_dir)
+    if curve:
+        curve_path = out_svg.with_name("latency-curve.svg")
+        curve_svg(curve, curve_path)
+        lines += curve_section(curve, curve_path, out_md)
     analysis = Path("docs/bench/analysis.md")
     if analysis.exists():
         lines += ["", analysis.read_text().rstrip()]
