@@ -5,6 +5,7 @@
 //! reads to a small pool of read-only connections ([`reads`]), which WAL lets run beside the
 //! writer.
 
+mod cache;
 mod reads;
 #[cfg(test)]
 mod tests;

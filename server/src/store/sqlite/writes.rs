@@ -4,6 +4,7 @@
 //! error leaves the transaction half-written and the writer rolls the whole batch back. Each
 //! pushes the events others must hear of, which the writer hands to the outbox after the commit.
 
+use super::cache::WriterCache;
 use super::reads::{load_chat, membership, message_from_row, push_position};
 use super::{db_err, DeadLetter, MESSAGE_COLUMNS};
 use crate::domain::cursors::{self, Cursor};
@@ -16,8 +17,14 @@ use crate::{domain::ids, Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::Arc;
 
-pub(super) fn append(c: &Connection, m: NewMessage, events: &mut Vec<Event>) -> Result<Appended> {
-    let last_seq = membership(c, &m.chat_id, &m.sender_user_id)?
+pub(super) fn append(
+    c: &Connection,
+    cache: &mut WriterCache,
+    m: NewMessage,
+    events: &mut Vec<Event>,
+) -> Result<Appended> {
+    let last_seq = cache
+        .membership(c, &m.chat_id, &m.sender_user_id)?
         .require(&m.chat_id)?
         .last_seq;
     let existing = c
@@ -32,10 +39,6 @@ pub(super) fn append(c: &Connection, m: NewMessage, events: &mut Vec<Event>) -> 
         return idempotency::repeated(Arc::new(original), &m.chat_id);
     }
     let seq = last_seq + 1;
-    c.prepare_cached("UPDATE chats SET last_seq = ?1, last_activity_at = ?2 WHERE chat_id = ?3")
-        .map_err(db_err)?
-        .execute(params![seq as i64, m.created_at, m.chat_id])
-        .map_err(db_err)?;
     let message = Message {
         message_id: ids::new_id(),
         chat_id: m.chat_id,
@@ -71,6 +74,8 @@ pub(super) fn append(c: &Connection, m: NewMessage, events: &mut Vec<Event>) -> 
         message.created_at,
     ])
     .map_err(db_err)?;
+    // The chat's row follows at the batch's end (WriterCache::flush).
+    cache.appended(&message.chat_id, seq, message.created_at);
     let message = Arc::new(message);
     events.push(Event::Message(message.clone()));
     Ok(Appended {
@@ -265,8 +270,14 @@ pub(super) fn unregister_push_token(
 /// beyond the chat's last seq is an error, a `seq` at or below the cursor changes nothing.
 /// Reading implies having received: a read moves the device's delivered cursor up with it.
 /// The cursor rule is `domain::cursors::advance`; this reads and persists its result.
-pub(super) fn move_cursor(c: &Connection, m: CursorMove, events: &mut Vec<Event>) -> Result<()> {
-    let last_seq = membership(c, &m.chat_id, &m.user_id)?
+pub(super) fn move_cursor(
+    c: &Connection,
+    cache: &mut WriterCache,
+    m: CursorMove,
+    events: &mut Vec<Event>,
+) -> Result<()> {
+    let last_seq = cache
+        .membership(c, &m.chat_id, &m.user_id)?
         .require(&m.chat_id)?
         .last_seq;
     let cursor = c
