@@ -6,7 +6,7 @@
 
 use super::cache::WriterCache;
 use super::reads::{load_chat, membership, message_from_row, push_position};
-use super::{db_err, DeadLetter, MESSAGE_COLUMNS};
+use super::{db_err, DeadLetter};
 use crate::domain::cursors::{self, Cursor};
 use crate::domain::idempotency;
 use crate::domain::model::{
@@ -16,6 +16,18 @@ use crate::store::{Appended, CursorMove, MemberRule, NewChat, NewMessage, ERASED
 use crate::{domain::ids, Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::Arc;
+
+const INSERT_MESSAGE: &str = concat!(
+    "INSERT INTO messages (",
+    message_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+);
+
+const SELECT_BY_KEY: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE sender_user_id = ?1 AND client_msg_id = ?2"
+);
 
 pub(super) fn append(
     c: &Connection,
@@ -28,9 +40,7 @@ pub(super) fn append(
         .require(&m.chat_id)?
         .last_seq;
     let existing = c
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_user_id = ?1 AND client_msg_id = ?2"
-        ))
+        .prepare_cached(SELECT_BY_KEY)
         .map_err(db_err)?
         .query_row(params![m.sender_user_id, m.client_msg_id], message_from_row)
         .optional()
@@ -57,23 +67,21 @@ pub(super) fn append(
     };
     let ciphertext =
         (!message.content.ciphertext.is_empty()).then_some(&message.content.ciphertext);
-    c.prepare_cached(&format!(
-        "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-    ))
-    .map_err(db_err)?
-    .execute(params![
-        message.message_id,
-        message.chat_id,
-        seq as i64,
-        message.sender_user_id,
-        message.sender_device_id,
-        message.client_msg_id,
-        message.content.text,
-        ciphertext,
-        attributes,
-        message.created_at,
-    ])
-    .map_err(db_err)?;
+    c.prepare_cached(INSERT_MESSAGE)
+        .map_err(db_err)?
+        .execute(params![
+            message.message_id,
+            message.chat_id,
+            seq as i64,
+            message.sender_user_id,
+            message.sender_device_id,
+            message.client_msg_id,
+            message.content.text,
+            ciphertext,
+            attributes,
+            message.created_at,
+        ])
+        .map_err(db_err)?;
     // The chat's row follows at the batch's end (WriterCache::flush).
     cache.appended(&message.chat_id, seq, message.created_at);
     let message = Arc::new(message);
