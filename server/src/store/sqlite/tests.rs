@@ -559,3 +559,36 @@ async fn a_repeated_key_takes_no_seq_within_or_across_batches() {
     );
     f.store.close().await;
 }
+
+/// The append's insert skips only a repeated `(sender, client_msg_id)`: a clash on the primary
+/// key (a seq taken twice, which would be a bug) still fails it, and so fails the batch.
+#[tokio::test]
+async fn the_insert_skips_a_repeated_key_and_nothing_else() {
+    let f = open();
+    let chat = group(&*f.store, "g", &["alice", "bob"]).await.chat_id;
+    f.store
+        .append_message(new_message(&chat, "alice", "k1", 1))
+        .await
+        .unwrap();
+    let conn = f.raw();
+    let insert = |seq: i64, key: &str| {
+        conn.execute(
+            super::writes::INSERT_MESSAGE,
+            rusqlite::params![
+                "id",
+                chat,
+                seq,
+                "alice",
+                "phone",
+                key,
+                "",
+                None::<Vec<u8>>,
+                None::<String>,
+                2
+            ],
+        )
+    };
+    assert_eq!(insert(2, "k1").unwrap(), 0, "a repeated key is skipped");
+    assert!(insert(1, "k2").is_err(), "a taken seq is an error");
+    assert_eq!(insert(2, "k2").unwrap(), 1);
+}

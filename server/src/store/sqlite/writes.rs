@@ -17,10 +17,13 @@ use crate::{domain::ids, Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::Arc;
 
-const INSERT_MESSAGE: &str = concat!(
+/// `ON CONFLICT` names the idempotency index alone, so a violation of any other constraint
+/// (the primary key, NOT NULL) still fails the insert, never skipped as with `OR IGNORE`.
+pub(super) const INSERT_MESSAGE: &str = concat!(
     "INSERT INTO messages (",
     message_columns!(),
-    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+     ON CONFLICT (sender_user_id, client_msg_id) DO NOTHING"
 );
 
 const SELECT_BY_KEY: &str = concat!(
@@ -39,15 +42,9 @@ pub(super) fn append(
         .membership(c, &m.chat_id, &m.sender_user_id)?
         .require(&m.chat_id)?
         .last_seq;
-    let existing = c
-        .prepare_cached(SELECT_BY_KEY)
-        .map_err(db_err)?
-        .query_row(params![m.sender_user_id, m.client_msg_id], message_from_row)
-        .optional()
-        .map_err(db_err)?;
-    if let Some(original) = existing {
-        return idempotency::repeated(Arc::new(original), &m.chat_id);
-    }
+    // The `(sender, client_msg_id)` check rides on the insert: the insert probes the unique
+    // index anyway, so a look-up before it searched that B-tree twice per message. The seq is
+    // taken only if the row goes in (the cache is bumped after the insert).
     let seq = last_seq + 1;
     let message = Message {
         message_id: ids::new_id(),
@@ -67,7 +64,8 @@ pub(super) fn append(
     };
     let ciphertext =
         (!message.content.ciphertext.is_empty()).then_some(&message.content.ciphertext);
-    c.prepare_cached(INSERT_MESSAGE)
+    let inserted = c
+        .prepare_cached(INSERT_MESSAGE)
         .map_err(db_err)?
         .execute(params![
             message.message_id,
@@ -82,6 +80,21 @@ pub(super) fn append(
             message.created_at,
         ])
         .map_err(db_err)?;
+    if inserted == 0 {
+        // Only the idempotency index can make the insert do nothing (any other constraint
+        // still fails it): the key was used before. The original is read on this rare path.
+        let original = c
+            .prepare_cached(SELECT_BY_KEY)
+            .map_err(db_err)?
+            .query_row(
+                params![message.sender_user_id, message.client_msg_id],
+                message_from_row,
+            )
+            .optional()
+            .map_err(db_err)?
+            .ok_or_else(|| Error::internal("an idempotency conflict without its message"))?;
+        return idempotency::repeated(Arc::new(original), &message.chat_id);
+    }
     // The chat's row follows at the batch's end (WriterCache::flush).
     cache.appended(&message.chat_id, seq, message.created_at);
     let message = Arc::new(message);
