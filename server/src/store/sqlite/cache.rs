@@ -15,7 +15,7 @@
 use super::db_err;
 use super::reads::membership;
 use crate::store::{Access, Membership};
-use crate::Result;
+use crate::{Error, Result};
 use rusqlite::{params, Connection};
 use std::collections::HashMap;
 
@@ -86,17 +86,18 @@ impl WriterCache {
     }
 
     /// `chat_id` (just looked up by [`Self::membership`]) gained `seq`, appended at `at`.
-    pub(super) fn appended(&mut self, chat_id: &str, seq: u64, at: i64) {
-        let Some(entry) = self.chats.get_mut(chat_id) else {
-            // Not reachable: the append looked the chat up a moment ago. Dropping the bump
-            // would lose the chat's row update, so refuse loudly in tests.
-            debug_assert!(false, "appended to a chat the cache does not hold");
-            return;
-        };
+    pub(super) fn appended(&mut self, chat_id: &str, seq: u64, at: i64) -> Result<()> {
+        // The append looked the chat up a moment ago, so it is here; if it were not, the
+        // chat's row would miss this seq: fail the write (and so its batch) instead.
+        let entry = self
+            .chats
+            .get_mut(chat_id)
+            .ok_or_else(|| Error::internal("appended to a chat the writer cache does not hold"))?;
         entry.last_seq = seq;
         if entry.dirty.replace(at).is_none() {
             self.dirty.push(chat_id.to_string());
         }
+        Ok(())
     }
 
     /// Writes the dirty chats' rows, inside the caller's transaction. Run before any write that

@@ -96,7 +96,7 @@ pub(super) fn append(
         return idempotency::repeated(Arc::new(original), &message.chat_id);
     }
     // The chat's row follows at the batch's end (WriterCache::flush).
-    cache.appended(&message.chat_id, seq, message.created_at);
+    cache.appended(&message.chat_id, seq, message.created_at)?;
     let message = Arc::new(message);
     events.push(Event::Message(message.clone()));
     Ok(Appended {
