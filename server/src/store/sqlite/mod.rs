@@ -5,6 +5,15 @@
 //! reads to a small pool of read-only connections ([`reads`]), which WAL lets run beside the
 //! writer.
 
+/// The columns of a message row, in the order `reads::message_from_row` reads them; a macro so
+/// the statements can be `concat!`ed into constants (no `format!` per call).
+macro_rules! message_columns {
+    () => {
+        "message_id, chat_id, seq, sender_user_id, sender_device_id, client_msg_id, text, ciphertext, attributes, created_at"
+    };
+}
+
+mod cache;
 mod reads;
 #[cfg(test)]
 mod tests;
@@ -43,9 +52,10 @@ const MIGRATIONS: &[&str] = &[
 const WRITE_QUEUE: usize = 8192;
 const OUTBOX_QUEUE: usize = 8192;
 const READERS: usize = 4;
-
-const MESSAGE_COLUMNS: &str =
-    "message_id, chat_id, seq, sender_user_id, sender_device_id, client_msg_id, text, ciphertext, attributes, created_at";
+/// Prepared statements kept per connection. rusqlite keeps 16 by default and the writer alone
+/// runs more distinct statements than that (appends, cursors, members, push, erasure), so a
+/// rarer write could push the hot ones out and have them parsed again.
+const STATEMENT_CACHE: usize = 64;
 
 /// A push that failed for good, kept for the operator.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -96,6 +106,7 @@ impl SqliteStore {
         )
         .map_err(db_err)?;
         migrate(&mut conn)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let stopping = Arc::new(AtomicBool::new(false));
         let checkpointer = Connection::open(&path).map_err(db_err)?;
         let stop = stopping.clone();
@@ -108,6 +119,7 @@ impl SqliteStore {
             let r = Connection::open(&path).map_err(db_err)?;
             r.execute_batch("PRAGMA query_only=1; PRAGMA busy_timeout=5000;")
                 .map_err(db_err)?;
+            r.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             readers.push(r);
         }
         let (writes, rx) = mpsc::channel(WRITE_QUEUE);

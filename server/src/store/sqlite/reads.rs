@@ -2,7 +2,7 @@
 //! beside the writer. A few of them (membership, loading a chat, a message row) also serve the
 //! writes' checks inside the writer's transaction, so they take any connection.
 
-use super::{db_err, stopped, MESSAGE_COLUMNS};
+use super::{db_err, stopped};
 use crate::domain::model::{
     Chat, ChatKind, ChatView, Content, Member, Message, PushProvider, PushToken, Receipt,
     ReceiptKind, Role,
@@ -14,6 +14,29 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tokio::sync::Semaphore;
+
+// Message queries as constants (the columns are `message_columns!`), so a call hashes the text
+// for the statement cache without building it first.
+const SELECT_ONE: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE chat_id = ?1 AND seq = ?2"
+);
+const SELECT_RANGE: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE chat_id = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq ASC LIMIT ?4"
+);
+const SELECT_RANGE_NEWEST_FIRST: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE chat_id = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
+);
+const SELECT_SENT: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE sender_user_id = ?1 AND client_msg_id > ?2 ORDER BY client_msg_id LIMIT ?3"
+);
 
 fn kind_from(code: i64) -> ChatKind {
     if code == 1 {
@@ -145,13 +168,11 @@ pub(super) fn chat_view(c: &Connection, chat_id: &str, user_id: &str) -> Result<
         .query_row(params![chat_id, read_seq as i64, user_id], |r| r.get(0))
         .map_err(db_err)?;
     let last_message = if chat.last_seq > joined_seq {
-        c.prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2"
-        ))
-        .map_err(db_err)?
-        .query_row(params![chat_id, chat.last_seq as i64], message_from_row)
-        .optional()
-        .map_err(db_err)?
+        c.prepare_cached(SELECT_ONE)
+            .map_err(db_err)?
+            .query_row(params![chat_id, chat.last_seq as i64], message_from_row)
+            .optional()
+            .map_err(db_err)?
     } else {
         None
     };
@@ -353,12 +374,12 @@ pub(super) fn messages(
     range: SeqRange,
     limit: u32,
 ) -> Result<Vec<Message>> {
-    let order = if range.newest_first { "DESC" } else { "ASC" };
-    let mut stmt = c
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq {order} LIMIT ?4"
-        ))
-        .map_err(db_err)?;
+    let sql = if range.newest_first {
+        SELECT_RANGE_NEWEST_FIRST
+    } else {
+        SELECT_RANGE
+    };
+    let mut stmt = c.prepare_cached(sql).map_err(db_err)?;
     let before = range.before.min(i64::MAX as u64) as i64;
     let rows = stmt
         .query_map(
@@ -490,11 +511,7 @@ pub(super) fn push_intents(
         .map_err(db_err)?
         .collect::<std::result::Result<_, _>>()
         .map_err(db_err)?;
-    let mut message = c
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2"
-        ))
-        .map_err(db_err)?;
+    let mut message = c.prepare_cached(SELECT_ONE).map_err(db_err)?;
     intents
         .into_iter()
         .map(|(id, chat_id, seq)| {
@@ -616,12 +633,7 @@ pub(super) fn sent_messages(
     after: Option<&str>,
     limit: u32,
 ) -> Result<Vec<Message>> {
-    let mut stmt = c
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages
-             WHERE sender_user_id = ?1 AND client_msg_id > ?2 ORDER BY client_msg_id LIMIT ?3"
-        ))
-        .map_err(db_err)?;
+    let mut stmt = c.prepare_cached(SELECT_SENT).map_err(db_err)?;
     let rows = stmt
         .query_map(
             params![user_id, after.unwrap_or(""), limit],

@@ -325,3 +325,270 @@ async fn dead_letters_are_counted_per_provider() {
     assert_eq!(count(PushProvider::Webhook).await.unwrap(), 1);
     assert_eq!(count(PushProvider::Apns).await.unwrap(), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The writer's cache (seqs and memberships): several writes in one batch, as under load
+
+impl Fixture {
+    /// Holds the write lock from a second connection until the returned connection commits, so
+    /// that the writes queued meanwhile land in one batch (the writer takes one write first and
+    /// waits for the lock with it).
+    async fn hold_writer(&self) -> Connection {
+        let holder = self.raw();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        self.store.record_last_seen("zed", 42).await.unwrap();
+        wait_for("the writer to take the first write", || {
+            self.store.write_queue_depth() == 0
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        holder
+    }
+
+    /// Queues `write` behind the writes already queued (spawned, so its answer can be awaited
+    /// later), and waits until it is in the queue.
+    async fn queue<T: Send + 'static>(
+        &self,
+        write: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> tokio::task::JoinHandle<Result<T>> {
+        let depth = self.store.write_queue_depth();
+        let handle = tokio::spawn(write);
+        wait_for("the write to queue", || {
+            self.store.write_queue_depth() == depth + 1
+        })
+        .await;
+        handle
+    }
+
+    async fn queue_append(&self, m: NewMessage) -> tokio::task::JoinHandle<Result<Appended>> {
+        let store = self.store.clone();
+        self.queue(async move { store.append_message(m).await })
+            .await
+    }
+}
+
+/// Appends that bumped the cached seq of a chat, in a batch that rolls back, leave no seq
+/// behind: the next append takes the seq after the last committed one, and the chat's row and
+/// the cursor rule agree.
+#[tokio::test]
+async fn a_rolled_back_batch_leaves_no_cached_seq_behind() {
+    let mut f = open();
+    let chat = group(&*f.store, "g", &["alice", "bob"]).await.chat_id;
+    // Cached now, at seq 1.
+    f.store
+        .append_message(new_message(&chat, "alice", "a1", 1))
+        .await
+        .unwrap();
+    f.committed();
+
+    let holder = f.hold_writer().await;
+    let lost = [
+        f.queue_append(new_message(&chat, "alice", "a2", 2)).await,
+        f.queue_append(new_message(&chat, "bob", "b1", 3)).await,
+    ];
+    let store = f.store.clone();
+    let bad = f
+        .queue(async move {
+            store
+                .create_chat(NewChat {
+                    kind: ChatKind::Group,
+                    title: "bad".into(),
+                    direct_key: None,
+                    members: vec![
+                        ("carol".into(), Role::Admin),
+                        ("carol".into(), Role::Member),
+                    ],
+                    created_at: 5,
+                })
+                .await
+        })
+        .await;
+    let also_lost = f.queue_append(new_message(&chat, "alice", "a3", 4)).await;
+    holder.execute_batch("COMMIT").unwrap();
+    for append in lost.into_iter().chain([also_lost]) {
+        assert!(matches!(append.await.unwrap(), Err(Error::Unavailable(_))));
+    }
+    assert!(matches!(bad.await.unwrap(), Err(Error::Unavailable(_))));
+    assert_eq!(f.store.chat(&chat).await.unwrap().unwrap().last_seq, 1);
+    // The cursor rule sees the committed last seq, not a lost one.
+    assert!(matches!(
+        f.store
+            .move_cursor(cursor(&chat, "bob", "phone", 2, ReceiptKind::Delivered))
+            .await,
+        Err(Error::InvalidArgument { field: "seq", .. })
+    ));
+
+    let next = f
+        .store
+        .append_message(new_message(&chat, "bob", "b1", 6))
+        .await
+        .unwrap();
+    assert_eq!((next.message.seq, next.duplicate), (2, false));
+    assert_eq!(f.store.chat(&chat).await.unwrap().unwrap().last_seq, 2);
+    let stored = f.store.messages(&chat, all(0), 10).await.unwrap();
+    assert_eq!(seqs(&stored), [1, 2]);
+    assert_eq!(message_events(&f.committed()), [(chat.clone(), 2)]);
+    f.store.close().await;
+}
+
+/// Member changes in the same batch as appends: an added member may send at once and joins
+/// after the appends before it, a removed one is refused, and the seqs stay gap-free.
+#[tokio::test]
+async fn a_member_change_is_seen_by_the_appends_of_its_batch() {
+    use crate::domain::membership::{adding, removing};
+    let mut f = open();
+    let chat = group(&*f.store, "g", &["alice", "bob"]).await.chat_id;
+    // Both cached as members.
+    for (user, key) in [("alice", "a0"), ("bob", "b0")] {
+        f.store
+            .append_message(new_message(&chat, user, key, 1))
+            .await
+            .unwrap();
+    }
+
+    let holder = f.hold_writer().await;
+    let a1 = f.queue_append(new_message(&chat, "alice", "a1", 10)).await;
+    let store = f.store.clone();
+    let id = chat.clone();
+    let add = f
+        .queue(async move {
+            store
+                .change_members(&id, adding("alice".into(), vec!["carol".into()], 100), 11)
+                .await
+        })
+        .await;
+    let c1 = f.queue_append(new_message(&chat, "carol", "c1", 12)).await;
+    let store = f.store.clone();
+    let id = chat.clone();
+    let leave = f
+        .queue(async move {
+            store
+                .change_members(&id, removing("bob".into(), "bob".into()), 13)
+                .await
+        })
+        .await;
+    let b1 = f.queue_append(new_message(&chat, "bob", "b1", 14)).await;
+    let a2 = f.queue_append(new_message(&chat, "alice", "a2", 15)).await;
+    holder.execute_batch("COMMIT").unwrap();
+
+    assert_eq!(a1.await.unwrap().unwrap().message.seq, 3);
+    let added = add.await.unwrap().unwrap();
+    let carol = added.member("carol").expect("carol joined");
+    assert_eq!(
+        carol.joined_seq, 3,
+        "carol joins after the append before her"
+    );
+    assert_eq!(c1.await.unwrap().unwrap().message.seq, 4);
+    assert!(leave.await.unwrap().unwrap().member("bob").is_none());
+    assert!(matches!(b1.await.unwrap(), Err(Error::PermissionDenied(_))));
+    assert_eq!(a2.await.unwrap().unwrap().message.seq, 5);
+
+    let stored = f.store.messages(&chat, all(0), 10).await.unwrap();
+    assert_eq!(seqs(&stored), [1, 2, 3, 4, 5]);
+    let row = f.store.chat(&chat).await.unwrap().unwrap();
+    assert_eq!((row.last_seq, row.last_activity_at), (5, 15));
+    let events: Vec<u64> = message_events(&f.committed())
+        .into_iter()
+        .map(|(_, seq)| seq)
+        .collect();
+    assert_eq!(events, [1, 2, 3, 4, 5]);
+    f.store.close().await;
+}
+
+/// A repeated client_msg_id, in the same batch as its original and in a later one, gets the
+/// original back and takes no seq; used in another chat it is refused and takes none there.
+#[tokio::test]
+async fn a_repeated_key_takes_no_seq_within_or_across_batches() {
+    let mut f = open();
+    let chat = group(&*f.store, "g", &["alice", "bob"]).await.chat_id;
+    let other = group(&*f.store, "h", &["alice", "bob"]).await.chat_id;
+
+    let holder = f.hold_writer().await;
+    let first = f.queue_append(new_message(&chat, "alice", "k1", 10)).await;
+    let again = f.queue_append(new_message(&chat, "alice", "k1", 11)).await;
+    let elsewhere = f.queue_append(new_message(&other, "alice", "k1", 12)).await;
+    let second = f.queue_append(new_message(&chat, "alice", "k2", 13)).await;
+    let bobs = f.queue_append(new_message(&chat, "bob", "k1", 14)).await;
+    holder.execute_batch("COMMIT").unwrap();
+
+    let first = first.await.unwrap().unwrap();
+    assert_eq!((first.message.seq, first.duplicate), (1, false));
+    let again = again.await.unwrap().unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message, first.message);
+    assert!(matches!(
+        elsewhere.await.unwrap(),
+        Err(Error::InvalidArgument {
+            field: "client_msg_id",
+            ..
+        })
+    ));
+    assert_eq!(second.await.unwrap().unwrap().message.seq, 2);
+    // The key is the sender's own: another sender's same key is a new message.
+    assert_eq!(bobs.await.unwrap().unwrap().message.seq, 3);
+
+    let later = f
+        .store
+        .append_message(new_message(&chat, "alice", "k1", 20))
+        .await
+        .unwrap();
+    assert!(later.duplicate);
+    assert_eq!(later.message, first.message);
+    let next = f
+        .store
+        .append_message(new_message(&chat, "alice", "k3", 21))
+        .await
+        .unwrap();
+    assert_eq!((next.message.seq, next.duplicate), (4, false));
+
+    let stored = f.store.messages(&chat, all(0), 10).await.unwrap();
+    assert_eq!(seqs(&stored), [1, 2, 3, 4]);
+    assert_eq!(stored[0].content.text, "text of k1");
+    assert_eq!(f.store.chat(&chat).await.unwrap().unwrap().last_seq, 4);
+    assert_eq!(f.store.chat(&other).await.unwrap().unwrap().last_seq, 0);
+    assert!(f
+        .store
+        .messages(&other, all(0), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // Only new messages went out, once each.
+    assert_eq!(
+        message_events(&f.committed()),
+        [1, 2, 3, 4].map(|s| (chat.clone(), s))
+    );
+    f.store.close().await;
+}
+
+/// The append's insert skips only a repeated `(sender, client_msg_id)`: a clash on the primary
+/// key (a seq taken twice, which would be a bug) still fails it, and so fails the batch.
+#[tokio::test]
+async fn the_insert_skips_a_repeated_key_and_nothing_else() {
+    let f = open();
+    let chat = group(&*f.store, "g", &["alice", "bob"]).await.chat_id;
+    f.store
+        .append_message(new_message(&chat, "alice", "k1", 1))
+        .await
+        .unwrap();
+    let conn = f.raw();
+    let insert = |seq: i64, key: &str| {
+        conn.execute(
+            super::writes::INSERT_MESSAGE,
+            rusqlite::params![
+                "id",
+                chat,
+                seq,
+                "alice",
+                "phone",
+                key,
+                "",
+                None::<Vec<u8>>,
+                None::<String>,
+                2
+            ],
+        )
+    };
+    assert_eq!(insert(2, "k1").unwrap(), 0, "a repeated key is skipped");
+    assert!(insert(1, "k2").is_err(), "a taken seq is an error");
+    assert_eq!(insert(2, "k2").unwrap(), 1);
+}

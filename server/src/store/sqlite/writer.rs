@@ -7,6 +7,7 @@
 //! outbox channel in commit order, and only then answers the callers, so nobody hears of a
 //! write the fan-out could miss.
 
+use super::cache::WriterCache;
 use super::{db_err, writes, DeadLetter};
 use crate::domain::model::{Chat, Committed, Event, PushProvider, PushToken};
 use crate::store::{Appended, CursorMove, MemberRule, NewChat, NewMessage};
@@ -82,6 +83,8 @@ pub(super) struct Writer {
     commit_id: u64,
     /// Leave a push intent for every message, in the message's transaction.
     push_intents: bool,
+    /// Seqs and memberships of the chats written to (see [`WriterCache`]).
+    cache: WriterCache,
 }
 
 impl Writer {
@@ -95,6 +98,7 @@ impl Writer {
             outbox,
             commit_id: 0,
             push_intents,
+            cache: WriterCache::default(),
         }
     }
 }
@@ -153,13 +157,46 @@ impl Writer {
         };
         let mut broken = None;
         for op in batch.drain(..) {
+            // Appends and cursor moves take seqs and memberships from the cache; every other
+            // write may read `chats` or `members` through SQL, so the cache's rows go first,
+            // and what the write changes is forgotten after it.
+            let forget = match &op {
+                WriteOp::Append(..) | WriteOp::Cursor(..) => Forget::Nothing,
+                other => {
+                    if let Err(e) = self.cache.flush(&tx) {
+                        broken.get_or_insert(e);
+                    }
+                    match other {
+                        WriteOp::ChangeMembers { chat_id, .. } => Forget::Chat(chat_id.clone()),
+                        WriteOp::EraseUser { .. } => Forget::All,
+                        _ => Forget::Nothing,
+                    }
+                }
+            };
             let mark = events.len();
-            let (answer, ok) = apply(&tx, op, &mut events, &mut shutdown, &mut broken);
+            let (answer, ok) = apply(
+                &tx,
+                &mut self.cache,
+                op,
+                &mut events,
+                &mut shutdown,
+                &mut broken,
+            );
             if !ok {
                 events.truncate(mark);
             }
             if let Some(answer) = answer {
                 answers.push(answer);
+            }
+            match forget {
+                Forget::Nothing => {}
+                Forget::Chat(chat_id) => self.cache.forget_chat(&chat_id),
+                Forget::All => self.cache.clear(),
+            }
+        }
+        if broken.is_none() {
+            if let Err(e) = self.cache.flush(&tx) {
+                broken = Some(e);
             }
         }
         if self.push_intents && broken.is_none() {
@@ -169,7 +206,9 @@ impl Writer {
         }
         if let Some(err) = broken {
             // A write failed midway: nothing of this batch may stay, and nobody gets an ack.
+            // The cache may hold seqs of the lost writes.
             let _ = tx.rollback();
+            self.cache.clear();
             let err = Error::Unavailable(format!("the store could not commit: {err}"));
             for answer in answers {
                 answer(Some(&err));
@@ -179,6 +218,7 @@ impl Writer {
         self.commit_id += 1;
         match tx.commit() {
             Ok(()) => {
+                self.cache.committed();
                 for event in events {
                     if self
                         .outbox
@@ -196,6 +236,7 @@ impl Writer {
                 }
             }
             Err(e) => {
+                self.cache.clear();
                 let err = db_err(e);
                 for answer in answers {
                     answer(Some(&err));
@@ -204,6 +245,13 @@ impl Writer {
         }
         shutdown
     }
+}
+
+/// What a write may have changed of what the cache holds.
+enum Forget {
+    Nothing,
+    Chat(String),
+    All,
 }
 
 fn fail(op: WriteOp, err: &Error) {
@@ -235,6 +283,7 @@ fn fail(op: WriteOp, err: &Error) {
 /// changed anything (its events are dropped if not).
 fn apply(
     tx: &rusqlite::Transaction<'_>,
+    cache: &mut WriterCache,
     op: WriteOp,
     events: &mut Vec<Event>,
     shutdown: &mut Option<oneshot::Sender<()>>,
@@ -254,7 +303,7 @@ fn apply(
         }};
     }
     match op {
-        WriteOp::Append(m, reply) => run!(reply, |c| writes::append(c, m, events)),
+        WriteOp::Append(m, reply) => run!(reply, |c| writes::append(c, cache, m, events)),
         WriteOp::CreateChat(chat, reply) => run!(reply, |c| writes::create_chat(c, chat, events)),
         WriteOp::ChangeMembers {
             chat_id,
@@ -274,7 +323,7 @@ fn apply(
                 c, &user_id, &device_id, now
             ))
         }
-        WriteOp::Cursor(m, reply) => run!(reply, |c| writes::move_cursor(c, m, events)),
+        WriteOp::Cursor(m, reply) => run!(reply, |c| writes::move_cursor(c, cache, m, events)),
         WriteOp::SetMuted {
             chat_id,
             user_id,

@@ -4,8 +4,9 @@
 //! error leaves the transaction half-written and the writer rolls the whole batch back. Each
 //! pushes the events others must hear of, which the writer hands to the outbox after the commit.
 
+use super::cache::WriterCache;
 use super::reads::{load_chat, membership, message_from_row, push_position};
-use super::{db_err, DeadLetter, MESSAGE_COLUMNS};
+use super::{db_err, DeadLetter};
 use crate::domain::cursors::{self, Cursor};
 use crate::domain::idempotency;
 use crate::domain::model::{
@@ -16,26 +17,35 @@ use crate::{domain::ids, Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::Arc;
 
-pub(super) fn append(c: &Connection, m: NewMessage, events: &mut Vec<Event>) -> Result<Appended> {
-    let last_seq = membership(c, &m.chat_id, &m.sender_user_id)?
+/// `ON CONFLICT` names the idempotency index alone, so a violation of any other constraint
+/// (the primary key, NOT NULL) still fails the insert, never skipped as with `OR IGNORE`.
+pub(super) const INSERT_MESSAGE: &str = concat!(
+    "INSERT INTO messages (",
+    message_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+     ON CONFLICT (sender_user_id, client_msg_id) DO NOTHING"
+);
+
+const SELECT_BY_KEY: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE sender_user_id = ?1 AND client_msg_id = ?2"
+);
+
+pub(super) fn append(
+    c: &Connection,
+    cache: &mut WriterCache,
+    m: NewMessage,
+    events: &mut Vec<Event>,
+) -> Result<Appended> {
+    let last_seq = cache
+        .membership(c, &m.chat_id, &m.sender_user_id)?
         .require(&m.chat_id)?
         .last_seq;
-    let existing = c
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_user_id = ?1 AND client_msg_id = ?2"
-        ))
-        .map_err(db_err)?
-        .query_row(params![m.sender_user_id, m.client_msg_id], message_from_row)
-        .optional()
-        .map_err(db_err)?;
-    if let Some(original) = existing {
-        return idempotency::repeated(Arc::new(original), &m.chat_id);
-    }
+    // The `(sender, client_msg_id)` check rides on the insert: the insert probes the unique
+    // index anyway, so a look-up before it searched that B-tree twice per message. The seq is
+    // taken only if the row goes in (the cache is bumped after the insert).
     let seq = last_seq + 1;
-    c.prepare_cached("UPDATE chats SET last_seq = ?1, last_activity_at = ?2 WHERE chat_id = ?3")
-        .map_err(db_err)?
-        .execute(params![seq as i64, m.created_at, m.chat_id])
-        .map_err(db_err)?;
     let message = Message {
         message_id: ids::new_id(),
         chat_id: m.chat_id,
@@ -54,23 +64,39 @@ pub(super) fn append(c: &Connection, m: NewMessage, events: &mut Vec<Event>) -> 
     };
     let ciphertext =
         (!message.content.ciphertext.is_empty()).then_some(&message.content.ciphertext);
-    c.prepare_cached(&format!(
-        "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-    ))
-    .map_err(db_err)?
-    .execute(params![
-        message.message_id,
-        message.chat_id,
-        seq as i64,
-        message.sender_user_id,
-        message.sender_device_id,
-        message.client_msg_id,
-        message.content.text,
-        ciphertext,
-        attributes,
-        message.created_at,
-    ])
-    .map_err(db_err)?;
+    let inserted = c
+        .prepare_cached(INSERT_MESSAGE)
+        .map_err(db_err)?
+        .execute(params![
+            message.message_id,
+            message.chat_id,
+            seq as i64,
+            message.sender_user_id,
+            message.sender_device_id,
+            message.client_msg_id,
+            message.content.text,
+            ciphertext,
+            attributes,
+            message.created_at,
+        ])
+        .map_err(db_err)?;
+    if inserted == 0 {
+        // Only the idempotency index can make the insert do nothing (any other constraint
+        // still fails it): the key was used before. The original is read on this rare path.
+        let original = c
+            .prepare_cached(SELECT_BY_KEY)
+            .map_err(db_err)?
+            .query_row(
+                params![message.sender_user_id, message.client_msg_id],
+                message_from_row,
+            )
+            .optional()
+            .map_err(db_err)?
+            .ok_or_else(|| Error::internal("an idempotency conflict without its message"))?;
+        return idempotency::repeated(Arc::new(original), &message.chat_id);
+    }
+    // The chat's row follows at the batch's end (WriterCache::flush).
+    cache.appended(&message.chat_id, seq, message.created_at)?;
     let message = Arc::new(message);
     events.push(Event::Message(message.clone()));
     Ok(Appended {
@@ -265,8 +291,14 @@ pub(super) fn unregister_push_token(
 /// beyond the chat's last seq is an error, a `seq` at or below the cursor changes nothing.
 /// Reading implies having received: a read moves the device's delivered cursor up with it.
 /// The cursor rule is `domain::cursors::advance`; this reads and persists its result.
-pub(super) fn move_cursor(c: &Connection, m: CursorMove, events: &mut Vec<Event>) -> Result<()> {
-    let last_seq = membership(c, &m.chat_id, &m.user_id)?
+pub(super) fn move_cursor(
+    c: &Connection,
+    cache: &mut WriterCache,
+    m: CursorMove,
+    events: &mut Vec<Event>,
+) -> Result<()> {
+    let last_seq = cache
+        .membership(c, &m.chat_id, &m.user_id)?
         .require(&m.chat_id)?
         .last_seq;
     let cursor = c
