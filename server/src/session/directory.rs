@@ -25,10 +25,12 @@ struct Entry {
     session_id: u64,
     device_id: Arc<str>,
     queue: mpsc::Sender<Committed>,
-    /// Cancelled when the queue overflowed: the session must end.
-    overflow: CancellationToken,
-    /// Cancelled when the user's data is being erased: the session must end.
-    evicted: CancellationToken,
+    /// Cancelled when the session must end: its queue overflowed, or it was evicted.
+    closed: CancellationToken,
+    /// Why, when it was evicted (its user's data is being erased). A flag beside the one token
+    /// rather than a token of its own: an eviction is rare, and a token is an allocation of
+    /// ~100 bytes per session.
+    evicted: bool,
     resync: Arc<Notify>,
 }
 
@@ -48,11 +50,23 @@ pub struct Registration {
     /// The sending side of `events`, for deliveries that don't go through the directory
     /// (presence events to watchers).
     pub queue: mpsc::Sender<Committed>,
-    pub overflow: CancellationToken,
-    /// Cancelled by [`Directory::evict`].
-    pub evicted: CancellationToken,
+    /// Cancelled when the session must end: its queue overflowed, or [`Directory::evict`]
+    /// (then [`Registration::evicted`] says so).
+    pub closed: CancellationToken,
     /// Notified when the session must re-read its backlog (see [`Directory::resync_all`]).
     pub resync: Arc<Notify>,
+}
+
+impl Registration {
+    /// Whether [`Directory::evict`] closed this session.
+    pub fn evicted(&self) -> bool {
+        let shard = self.directory.shard(&self.user_id).lock();
+        shard.get(&self.user_id).is_some_and(|entries| {
+            entries
+                .iter()
+                .any(|e| e.session_id == self.session_id && e.evicted)
+        })
+    }
 }
 
 impl Drop for Registration {
@@ -85,8 +99,7 @@ impl Directory {
     ) -> Registration {
         let session_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (queue, events) = mpsc::channel(capacity.max(1));
-        let overflow = CancellationToken::new();
-        let evicted = CancellationToken::new();
+        let closed = CancellationToken::new();
         let resync = Arc::new(Notify::new());
         let user_id: Arc<str> = Arc::from(user_id);
         self.shard(&user_id)
@@ -97,8 +110,8 @@ impl Directory {
                 session_id,
                 device_id: Arc::from(device_id),
                 queue: queue.clone(),
-                overflow: overflow.clone(),
-                evicted: evicted.clone(),
+                closed: closed.clone(),
+                evicted: false,
                 resync: resync.clone(),
             });
         self.sessions.fetch_add(1, Ordering::Relaxed);
@@ -108,8 +121,7 @@ impl Directory {
             session_id,
             events,
             queue,
-            overflow,
-            evicted,
+            closed,
             resync,
         }
     }
@@ -140,7 +152,7 @@ impl Directory {
             }
             match e.queue.try_send(event.clone()) {
                 Ok(()) => {}
-                Err(TrySendError::Full(_)) => e.overflow.cancel(),
+                Err(TrySendError::Full(_)) => e.closed.cancel(),
                 Err(TrySendError::Closed(_)) => {}
             }
         }
@@ -165,10 +177,14 @@ impl Directory {
     /// Ends every session of `user_id` on this node (their data is being erased); returns how
     /// many there were.
     pub fn evict(&self, user_id: &str) -> usize {
-        let shard = self.shard(user_id).lock();
-        let entries = shard.get(user_id).map(Vec::as_slice).unwrap_or_default();
-        for e in entries {
-            e.evicted.cancel();
+        let mut shard = self.shard(user_id).lock();
+        let Some(entries) = shard.get_mut(user_id) else {
+            return 0;
+        };
+        for e in entries.iter_mut() {
+            // The flag first: the session reads it once the token wakes it.
+            e.evicted = true;
+            e.closed.cancel();
         }
         entries.len()
     }
@@ -238,8 +254,26 @@ mod tests {
             dir.deliver("a", None, &event(seq));
             dir.deliver("b", None, &event(seq));
         }
-        assert!(slow.overflow.is_cancelled());
-        assert!(!fast.overflow.is_cancelled());
+        assert!(slow.closed.is_cancelled());
+        assert!(!slow.evicted(), "an overflow is not an eviction");
+        assert!(!fast.closed.is_cancelled());
         assert_eq!(fast.events.try_recv().map(|c| c.commit_id).ok(), Some(1));
+    }
+
+    #[test]
+    fn evict_closes_every_session_of_the_user_and_says_why() {
+        let dir = Arc::new(Directory::default());
+        let phone = dir.register("a", "phone", 4);
+        let laptop = dir.register("a", "laptop", 4);
+        let other = dir.register("b", "phone", 4);
+        assert!(!phone.evicted());
+        assert_eq!(dir.evict("a"), 2);
+        for r in [&phone, &laptop] {
+            assert!(r.closed.is_cancelled());
+            assert!(r.evicted());
+        }
+        assert!(!other.closed.is_cancelled());
+        assert!(!other.evicted());
+        assert_eq!(dir.evict("nobody"), 0);
     }
 }

@@ -195,14 +195,8 @@ async fn run_session<S>(
         device_id: hello.device_id.clone(),
         session_id: registration.session_id,
     };
-    let online = match OnlineGuard::new(
-        &svc.presence,
-        key,
-        svc.settings.max_sessions_per_user,
-        registration.evicted.clone(),
-    )
-    .await
-    {
+    let max_sessions = svc.settings.max_sessions_per_user;
+    let online = match Box::pin(OnlineGuard::new(&svc.presence, key, max_sessions)).await {
         Ok(online) => online,
         Err(e) => return end(outlet, e),
     };
@@ -217,7 +211,11 @@ async fn run_session<S>(
         seqs: SeqTracker::default(),
         acks: Arc::new(Semaphore::new(ACKS_IN_FLIGHT)),
     };
-    let stop = match session.start(&hello).await {
+    // The start (welcome, replay) runs once: boxed, so its state does not size the task that
+    // an idle session keeps for hours (a future is as large as its largest await point).
+    let started = Box::pin(session.start(&hello)).await;
+    drop(hello);
+    let stop = match started {
         Ok(()) => session.live(inbound).await,
         Err(stop) => stop,
     };
@@ -250,9 +248,20 @@ impl Session {
                 }
                 sent.map_err(|_| Stop::Gone)
             }
-            _ = self.registration.overflow.cancelled() => Err(slow_consumer()),
-            _ = self.registration.evicted.cancelled() => Err(evicted()),
+            _ = self.registration.closed.cancelled() => Err(self.closed()),
             _ = self.svc.shutdown.cancelled() => Err(shutting_down()),
+        }
+    }
+
+    /// Why the directory closed this session: an eviction if it was marked so (the rare
+    /// case), otherwise its queue overflowed.
+    fn closed(&mut self) -> Stop {
+        if self.registration.evicted() {
+            // Its going away then records no last seen.
+            self.online.evicted = true;
+            evicted()
+        } else {
+            slow_consumer()
         }
     }
 
@@ -279,16 +288,19 @@ impl Session {
         // A Subscribe client cannot ping, so the server speaks up every heartbeat interval: a
         // write to a connection that silently died fails and ends the session (marking the
         // device offline), and the client learns that a silent stream is a dead one.
+        // Only a Subscribe session has one: an interval is a timer allocation of its own.
         let interval = Duration::from_millis(self.svc.settings.heartbeat_interval_ms.into());
-        let mut keepalive = tokio::time::interval_at(Instant::now() + interval, interval);
-        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut keepalive = inbound.is_none().then(|| {
+            let mut k = tokio::time::interval_at(Instant::now() + interval, interval);
+            k.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            k
+        });
         loop {
             let step = tokio::select! {
                 biased;
-                _ = self.registration.overflow.cancelled() => Err(slow_consumer()),
-                _ = self.registration.evicted.cancelled() => Err(evicted()),
+                _ = self.registration.closed.cancelled() => Err(self.closed()),
                 _ = self.svc.shutdown.cancelled() => {
-                    self.finish_sends().await;
+                    Box::pin(self.finish_sends()).await;
                     Err(shutting_down())
                 }
                 // A Subscribe client has no frames to end with: its stream being dropped is
@@ -302,22 +314,26 @@ impl Session {
                     None => Err(Stop::Gone),
                 },
                 // The node may have missed deliveries (its link to the other nodes was down).
-                _ = self.registration.resync.notified() => self.replay(&HashMap::new()).await.map(|_| ()),
+                _ = self.registration.resync.notified() => {
+                    Box::pin(self.replay(&HashMap::new())).await.map(|_| ())
+                }
                 // With MAX_SENDS_IN_FLIGHT sends pending, the client waits for an answer.
                 frame = next_frame(&mut inbound), if self.sends.len() < MAX_SENDS_IN_FLIGHT => match frame {
                     Some(Ok(cmd)) => {
                         deadline = Instant::now() + timeout;
-                        self.handle(cmd).await
+                        // Boxed: the commands' states (a submit, a presence watch) are the
+                        // largest in the session and an idle session never holds them.
+                        Box::pin(self.handle(cmd)).await
                     }
                     Some(Err(e)) => Err(Stop::Abort(e)),
                     // The client is done sending but may still read: answer what it sent
                     // (bounded, in case it stopped reading too), then end the stream.
                     None => {
-                        let _ = tokio::time::timeout(timeout, self.finish_sends()).await;
+                        let _ = tokio::time::timeout(timeout, Box::pin(self.finish_sends())).await;
                         Err(Stop::Gone)
                     }
                 },
-                _ = keepalive.tick(), if inbound.is_none() => {
+                _ = tick(&mut keepalive), if keepalive.is_some() => {
                     self.emit(Output::Pong { nonce: 0, server_time: now_ms() }).await
                 }
                 _ = sleep_until(deadline), if inbound.is_some() => Err(Stop::Abort(Error::Unavailable(format!(
@@ -469,6 +485,15 @@ where
 {
     match inbound {
         Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick(keepalive: &mut Option<tokio::time::Interval>) {
+    match keepalive {
+        Some(k) => {
+            k.tick().await;
+        }
         None => std::future::pending().await,
     }
 }

@@ -9,7 +9,6 @@ use crate::clock::now_ms;
 use crate::domain::{model::*, presence::PresenceService};
 use crate::registry::{SessionKey, Watcher};
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 /// A session's presence footprint: its device counts as online and its watches are
 /// registered until this is dropped, however the session ends.
@@ -18,9 +17,9 @@ pub(super) struct OnlineGuard {
     key: SessionKey,
     /// The users this session watches (those it may see).
     watched: Vec<String>,
-    /// Cancelled when the session was ended because its user's data is being erased: its
-    /// going away then records no last seen.
-    evicted: CancellationToken,
+    /// Set when the session was ended because its user's data is being erased: its going
+    /// away then records no last seen.
+    pub(super) evicted: bool,
 }
 
 impl OnlineGuard {
@@ -29,14 +28,13 @@ impl OnlineGuard {
         presence: &Arc<PresenceService>,
         key: SessionKey,
         max_sessions: u32,
-        evicted: CancellationToken,
     ) -> crate::Result<Self> {
         presence.device_connected(&key, max_sessions).await?;
         Ok(OnlineGuard {
             presence: presence.clone(),
             key,
             watched: Vec::new(),
-            evicted,
+            evicted: false,
         })
     }
 }
@@ -49,7 +47,7 @@ impl Drop for OnlineGuard {
             return;
         }
         let watched = std::mem::take(&mut self.watched);
-        let last_seen = (!self.evicted.is_cancelled()).then(now_ms);
+        let last_seen = (!self.evicted).then(now_ms);
         self.presence
             .spawn_disconnected(self.key.clone(), watched, last_seen);
     }
@@ -60,7 +58,7 @@ impl Session {
     pub(super) async fn watch_presence(&mut self, user_ids: Vec<String>) -> Result<(), Stop> {
         let watcher = Watcher {
             queue: self.registration.queue.clone(),
-            overflow: self.registration.overflow.clone(),
+            overflow: self.registration.closed.clone(),
         };
         let presence = self.svc.presence.clone();
         let watched = presence

@@ -175,7 +175,8 @@ impl Session {
             Next::Duplicate => return Ok(()),
             Next::Gap { after } => {
                 METRICS.gaps_filled.fetch_add(1, Relaxed);
-                self.pass_range(&m.chat_id, after, m.seq).await?;
+                // Rare: boxed, so the store read's state is not part of every idle session.
+                Box::pin(self.pass_range(&m.chat_id, after, m.seq)).await?;
             }
             Next::Emit => {}
         }
