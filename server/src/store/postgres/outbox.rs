@@ -31,6 +31,7 @@
 //! deletes of relayed rows, and a delete lost in a crash only publishes those rows again.
 
 use super::{is_transient, OUTBOX_CHANNEL};
+use crate::metrics::{ClusterHop, METRICS};
 use crate::store::outbox::{OutboxRecord, OutboxSink};
 use crate::Result;
 use sqlx::{
@@ -273,8 +274,17 @@ impl OutboxRelay {
                 continue;
             }
             let read_at = started.elapsed();
+            let stamps = message_stamps(&read.rows);
+            let now = crate::clock::now_ms();
+            for created_at in &stamps {
+                METRICS.cluster_hop_at(ClusterHop::Relayed, *created_at, now);
+            }
             match self.sink.publish(&read.rows).await {
                 Ok(()) => {
+                    let now = crate::clock::now_ms();
+                    for created_at in &stamps {
+                        METRICS.cluster_hop_at(ClusterHop::Produced, *created_at, now);
+                    }
                     backoff = FIRST_BACKOFF;
                     at.relayed = read.rows.iter().map(|r| r.id).collect();
                     at.advance(covered, read.rows.last().map(|r| r.id));
@@ -391,6 +401,24 @@ async fn read_batch(
         }
     }
     Ok(read)
+}
+
+/// The `created_at` of the messages among `rows`, for the hop metrics: read from the JSON
+/// without building the events (every other field is skipped).
+fn message_stamps(rows: &[OutboxRecord]) -> Vec<i64> {
+    #[derive(serde::Deserialize)]
+    struct Stamp {
+        created_at: i64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        #[serde(rename = "Message")]
+        message: Option<Stamp>,
+    }
+    rows.iter()
+        .filter_map(|r| serde_json::from_slice::<Peek>(&r.payload).ok()?.message)
+        .map(|s| s.created_at)
+        .collect()
 }
 
 /// Wakes the relay on each NOTIFY of a commit that filled the outbox. Runs on a connection of
