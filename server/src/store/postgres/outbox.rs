@@ -458,3 +458,57 @@ async fn listen(pool: PgPool, wake: Arc<Notify>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::{Content, Event, Message, Receipt, ReceiptKind};
+    use crate::store::outbox::encode_event;
+
+    fn row(id: i64, event: &Event) -> OutboxRecord {
+        OutboxRecord {
+            id,
+            key: "c1".into(),
+            payload: encode_event(event),
+        }
+    }
+
+    #[test]
+    fn message_stamps_come_from_messages_only() {
+        let message = |created_at| {
+            Event::Message(Arc::new(Message {
+                message_id: "m".into(),
+                chat_id: "c1".into(),
+                seq: 1,
+                sender_user_id: "a".into(),
+                sender_device_id: "d".into(),
+                client_msg_id: "x".into(),
+                content: Content {
+                    text: "{\"created_at\": 1}".into(),
+                    ..Default::default()
+                },
+                created_at,
+                wire: Default::default(),
+            }))
+        };
+        let receipt = Event::Receipt(Arc::new(Receipt {
+            chat_id: "c1".into(),
+            user_id: "b".into(),
+            device_id: "d".into(),
+            kind: ReceiptKind::Delivered,
+            seq: 1,
+            at: 99,
+        }));
+        let rows = [
+            row(1, &message(1_000)),
+            row(2, &receipt),
+            row(3, &message(2_000)),
+            OutboxRecord {
+                id: 4,
+                key: "c1".into(),
+                payload: b"not json".to_vec(),
+            },
+        ];
+        assert_eq!(message_stamps(&rows), vec![1_000, 2_000]);
+    }
+}
