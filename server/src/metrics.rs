@@ -13,6 +13,12 @@ const LATENCY_BUCKETS: [f64; 14] = [
 ];
 /// Upper bounds of the commit batch size buckets, in writes.
 const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+/// Upper bounds of the cluster hop buckets, in seconds: finer than [`LATENCY_BUCKETS`] where
+/// the hops of a healthy cluster fall (a few ms to a few hundred).
+const HOP_BUCKETS: [f64; 20] = [
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2,
+    0.3, 0.5, 1.0, 2.5, 10.0,
+];
 /// gRPC codes 0..=16.
 const CODES: usize = 17;
 
@@ -35,6 +41,11 @@ impl<const N: usize> Histogram<N> {
         }
     }
 
+    /// Observations so far.
+    fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Relaxed)).sum::<u64>() + self.overflow.load(Relaxed)
+    }
+
     pub fn observe(&self, value: f64) {
         match self.bounds.iter().position(|b| value <= *b) {
             Some(i) => self.counts[i].fetch_add(1, Relaxed),
@@ -45,19 +56,29 @@ impl<const N: usize> Histogram<N> {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// The samples only, each with `labels` (`key="value",` or empty) before `le`.
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         for (bound, count) in self.bounds.iter().zip(&self.counts) {
             cumulative += count.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
         }
         cumulative += self.overflow.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
+        let plain = labels.trim_end_matches(',');
+        let braces = match plain.is_empty() {
+            true => String::new(),
+            false => format!("{{{plain}}}"),
+        };
         let _ = writeln!(
             out,
-            "{name}_sum {}",
+            "{name}_sum{braces} {}",
             self.sum_micros.load(Relaxed) as f64 / 1e6
         );
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
     }
 }
 
@@ -97,6 +118,46 @@ pub struct Metrics {
     pub send_latency: Histogram<14>,
     /// Writes per store commit.
     pub commit_batch: Histogram<10>,
+    /// Age of a message (since its send arrived) as it passes each cluster hop, by
+    /// [`ClusterHop`].
+    pub cluster_hops: [Histogram<20>; ClusterHop::ALL.len()],
+}
+
+/// Where a message on its way between nodes is timed: its age since the send arrived on the
+/// committing node (`created_at`, wall clock in ms: a measurement across the nodes of one
+/// cluster, whose clocks must agree to a millisecond or so to read it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterHop {
+    /// The outbox relay read its row.
+    Relayed,
+    /// Kafka acknowledged it to the relay.
+    Produced,
+    /// A fan-out consumer took it from Kafka.
+    Consumed,
+    /// Redis took the fan-out's envelopes for the member nodes.
+    HandedOff,
+    /// A member node's subscriber received its envelope.
+    NodeReceived,
+}
+
+impl ClusterHop {
+    pub const ALL: [ClusterHop; 5] = [
+        ClusterHop::Relayed,
+        ClusterHop::Produced,
+        ClusterHop::Consumed,
+        ClusterHop::HandedOff,
+        ClusterHop::NodeReceived,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ClusterHop::Relayed => "relay_read",
+            ClusterHop::Produced => "kafka_acked",
+            ClusterHop::Consumed => "fanout_consumed",
+            ClusterHop::HandedOff => "redis_published",
+            ClusterHop::NodeReceived => "node_received",
+        }
+    }
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -117,6 +178,7 @@ pub static METRICS: Metrics = Metrics {
     errors: [const { AtomicU64::new(0) }; CODES],
     send_latency: Histogram::new(LATENCY_BUCKETS),
     commit_batch: Histogram::new(BATCH_BUCKETS),
+    cluster_hops: [const { Histogram::new(HOP_BUCKETS) }; ClusterHop::ALL.len()],
 };
 
 /// What became of one provider's pushes.
@@ -167,6 +229,17 @@ impl Metrics {
         if let Some(i) = Limit::ALL.iter().position(|l| *l == limit) {
             self.limited[i].fetch_add(1, Relaxed);
         }
+    }
+
+    /// A message with `created_at` (unix ms) passed `hop` now.
+    pub fn cluster_hop(&self, hop: ClusterHop, created_at: i64) {
+        self.cluster_hop_at(hop, created_at, crate::clock::now_ms());
+    }
+
+    /// [`Metrics::cluster_hop`] with the time read once for a batch.
+    pub fn cluster_hop_at(&self, hop: ClusterHop, created_at: i64, now_ms: i64) {
+        let age = now_ms.saturating_sub(created_at).max(0) as f64 / 1e3;
+        self.cluster_hops[hop as usize].observe(age);
     }
 
     pub fn error(&self, code: tonic::Code) {
@@ -334,6 +407,14 @@ pub fn render(gauges: &[Gauge]) -> String {
         "chatd_commit_batch_writes",
         "Writes folded into one store commit.",
     );
+    // Only a cluster node times these; the embedded default would show empty series.
+    if m.cluster_hops.iter().any(|h| h.count() > 0) {
+        let name = "chatd_cluster_message_age_seconds";
+        let _ = writeln!(out, "# HELP {name} Age of a message since its send arrived, as it passes each hop between nodes (relay_read, kafka_acked, fanout_consumed, redis_published, node_received; wall clocks of the nodes, ms resolution).\n# TYPE {name} histogram");
+        for (hop, h) in ClusterHop::ALL.iter().zip(&m.cluster_hops) {
+            h.render_series(&mut out, name, &format!("hop=\"{}\",", hop.label()));
+        }
+    }
     out
 }
 
@@ -367,6 +448,20 @@ mod tests {
             out.contains("x_count 3\n") && out.contains("x_sum 5\n"),
             "{out}"
         );
+        let mut out = String::new();
+        h.render_series(&mut out, "x", "hop=\"a\",");
+        assert!(out.contains("x_bucket{hop=\"a\",le=\"2\"} 2\n"), "{out}");
+        assert!(out.contains("x_count{hop=\"a\"} 3\n"), "{out}");
+    }
+
+    #[test]
+    fn cluster_hops_are_rendered_by_hop_once_timed() {
+        METRICS.cluster_hop_at(ClusterHop::HandedOff, 1_000, 1_012);
+        let out = render(&[]);
+        let line =
+            "chatd_cluster_message_age_seconds_bucket{hop=\"redis_published\",le=\"0.015\"} ";
+        assert!(out.contains(line), "{out}");
+        assert!(out.contains("hop=\"node_received\""), "{out}");
     }
 }
 

@@ -5,6 +5,7 @@
 use super::{audience, members::MemberCache, wire, AfterCommits, LocalSessions, NodeLink};
 use crate::domain::model::{Committed, Event, EPHEMERAL};
 use crate::domain::typing::Typing;
+use crate::metrics::{ClusterHop, METRICS};
 use crate::redis::pubsub::RedisPubSub;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -39,6 +40,9 @@ const MEMBERS_MAX_AGE: Duration = Duration::from_secs(5);
 pub fn deliver_envelope(directory: &dyn LocalSessions, payload: &[u8]) {
     match wire::decode_node_message(payload) {
         Ok(wire::NodeMessage::Deliver(targets, event)) => {
+            if let Event::Message(m) = &event {
+                METRICS.cluster_hop(ClusterHop::NodeReceived, m.created_at);
+            }
             let committed = Committed {
                 commit_id: EPHEMERAL,
                 event,

@@ -13,6 +13,7 @@ use crate::bus::members::MemberCache;
 use crate::bus::wire::{self, PushJob};
 use crate::bus::NodeLink;
 use crate::domain::model::Event;
+use crate::metrics::{ClusterHop, METRICS};
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::{Error, Result};
@@ -207,6 +208,7 @@ impl Fanout<'_> {
             self.members.clear();
         }
         let mut items = Vec::with_capacity(batch.len());
+        let now = crate::clock::now_ms();
         for msg in batch {
             let event = match wire::decode_event(msg.payload().unwrap_or_default()) {
                 Ok(event) => event,
@@ -217,6 +219,9 @@ impl Fanout<'_> {
                     continue;
                 }
             };
+            if let Event::Message(m) = &event {
+                METRICS.cluster_hop_at(ClusterHop::Consumed, m.created_at, now);
+            }
             let members = match self.members_for(msg, &event).await {
                 Some(Ok(members)) => members,
                 Some(Err(reason)) => {
@@ -283,7 +288,15 @@ impl Fanout<'_> {
         let mut retry = Retry::default();
         let last = loop {
             match self.deliver(items).await {
-                Ok(()) => return true,
+                Ok(()) => {
+                    let now = crate::clock::now_ms();
+                    for item in items {
+                        if let Event::Message(m) = &item.event {
+                            METRICS.cluster_hop_at(ClusterHop::HandedOff, m.created_at, now);
+                        }
+                    }
+                    return true;
+                }
                 Err(e) => {
                     if retry.failed(&e, "fanning out", items[0].msg) {
                         break e;

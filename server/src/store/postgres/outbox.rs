@@ -31,6 +31,7 @@
 //! deletes of relayed rows, and a delete lost in a crash only publishes those rows again.
 
 use super::{is_transient, OUTBOX_CHANNEL};
+use crate::metrics::{ClusterHop, METRICS};
 use crate::store::outbox::{OutboxRecord, OutboxSink};
 use crate::Result;
 use sqlx::{
@@ -273,8 +274,17 @@ impl OutboxRelay {
                 continue;
             }
             let read_at = started.elapsed();
+            let stamps = message_stamps(&read.rows);
+            let now = crate::clock::now_ms();
+            for created_at in &stamps {
+                METRICS.cluster_hop_at(ClusterHop::Relayed, *created_at, now);
+            }
             match self.sink.publish(&read.rows).await {
                 Ok(()) => {
+                    let now = crate::clock::now_ms();
+                    for created_at in &stamps {
+                        METRICS.cluster_hop_at(ClusterHop::Produced, *created_at, now);
+                    }
                     backoff = FIRST_BACKOFF;
                     at.relayed = read.rows.iter().map(|r| r.id).collect();
                     at.advance(covered, read.rows.last().map(|r| r.id));
@@ -393,6 +403,24 @@ async fn read_batch(
     Ok(read)
 }
 
+/// The `created_at` of the messages among `rows`, for the hop metrics: read from the JSON
+/// without building the events (every other field is skipped).
+fn message_stamps(rows: &[OutboxRecord]) -> Vec<i64> {
+    #[derive(serde::Deserialize)]
+    struct Stamp {
+        created_at: i64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        #[serde(rename = "Message")]
+        message: Option<Stamp>,
+    }
+    rows.iter()
+        .filter_map(|r| serde_json::from_slice::<Peek>(&r.payload).ok()?.message)
+        .map(|s| s.created_at)
+        .collect()
+}
+
 /// Wakes the relay on each NOTIFY of a commit that filled the outbox. Runs on a connection of
 /// its own, not one of the store's pool.
 async fn listen(pool: PgPool, wake: Arc<Notify>) {
@@ -428,5 +456,59 @@ async fn listen(pool: PgPool, wake: Arc<Notify>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::{Content, Event, Message, Receipt, ReceiptKind};
+    use crate::store::outbox::encode_event;
+
+    fn row(id: i64, event: &Event) -> OutboxRecord {
+        OutboxRecord {
+            id,
+            key: "c1".into(),
+            payload: encode_event(event),
+        }
+    }
+
+    #[test]
+    fn message_stamps_come_from_messages_only() {
+        let message = |created_at| {
+            Event::Message(Arc::new(Message {
+                message_id: "m".into(),
+                chat_id: "c1".into(),
+                seq: 1,
+                sender_user_id: "a".into(),
+                sender_device_id: "d".into(),
+                client_msg_id: "x".into(),
+                content: Content {
+                    text: "{\"created_at\": 1}".into(),
+                    ..Default::default()
+                },
+                created_at,
+                wire: Default::default(),
+            }))
+        };
+        let receipt = Event::Receipt(Arc::new(Receipt {
+            chat_id: "c1".into(),
+            user_id: "b".into(),
+            device_id: "d".into(),
+            kind: ReceiptKind::Delivered,
+            seq: 1,
+            at: 99,
+        }));
+        let rows = [
+            row(1, &message(1_000)),
+            row(2, &receipt),
+            row(3, &message(2_000)),
+            OutboxRecord {
+                id: 4,
+                key: "c1".into(),
+                payload: b"not json".to_vec(),
+            },
+        ];
+        assert_eq!(message_stamps(&rows), vec![1_000, 2_000]);
     }
 }
