@@ -237,16 +237,17 @@ def curve_section(points, svg_path, out_md):
     return lines
 
 
-# What --compare reports per scenario: (label, JSON path, unit, higher is better).
+# What --compare reports per scenario: (label, JSON path, unit, higher is better, the smallest
+# absolute change that counts: below it a percentage of a small figure is only jitter).
 COMPARED = [
-    ("acked/s", ("acked_per_sec",), "", True),
-    ("deliveries/s", ("deliveries_per_sec",), "", True),
-    ("p50 ms", ("latency_us", "p50"), "ms", False),
-    ("p99 ms", ("latency_us", "p99"), "ms", False),
-    ("RSS/session KiB", ("rss_per_session_bytes",), "KiB", False),
-    ("resume ms", ("resume_us",), "ms", False),
-    ("server CPU %", ("server_cpu_percent",), "", False),
-    ("errors", ("errors_total",), "", False),
+    ("acked/s", ("acked_per_sec",), "", True, 0),
+    ("deliveries/s", ("deliveries_per_sec",), "", True, 0),
+    ("p50 ms", ("latency_us", "p50"), "ms", False, 0.5),
+    ("p99 ms", ("latency_us", "p99"), "ms", False, 1.0),
+    ("RSS/session KiB", ("rss_per_session_bytes",), "KiB", False, 0.5),
+    ("resume ms", ("resume_us",), "ms", False, 1.0),
+    ("server CPU %", ("server_cpu_percent",), "", False, 5),
+    ("errors", ("errors_total",), "", False, 0),
 ]
 
 
@@ -258,36 +259,72 @@ def figure(d, path, unit):
     return d / 1000 if unit == "ms" else d / 1024 if unit == "KiB" else d
 
 
+def runs_by_scenario(result_dir):
+    """Scenario name -> its runs' JSON, in repeat order (NAME.json, or NAME.rK.json with --repeat)."""
+    out = {}
+    for path in sorted(result_dir.glob("*.json")):
+        stem = path.stem
+        name, _, rep = stem.rpartition(".r")
+        if not (name and rep.isdigit()):
+            name, rep = stem, "0"
+        out.setdefault(name, []).append((int(rep), read_json(path)))
+    return {name: [d for _, d in sorted(runs, key=lambda r: r[0])] for name, runs in out.items()}
+
+
+def median(values):
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+def verdict(base, head, higher_better, floor):
+    """(change text, worse?) for two lists of one figure. Worse means the medians differ by more
+    than 15 % the wrong way and, with repeats, the ranges do not overlap: one noisy run on this
+    VM (an fsync stall is 15 ms) must not read as a regression."""
+    b, h = median(base), median(head)
+    if b == 0:
+        return ("", False) if h == 0 else ("new" if higher_better else "was 0", False)
+    pct = (h - b) / abs(b) * 100
+    bad = (pct < -15 if higher_better else pct > 15) and abs(h - b) > floor
+    if bad and len(base) > 1 and len(head) > 1:
+        bad = max(head) < min(base) if higher_better else min(head) > max(base)
+    return f"{pct:+.0f} %" + (" **worse**" if bad else ""), bad
+
+
+def spread(values):
+    if len(values) < 2:
+        return fmt(values[0])
+    return f"{fmt(median(values))} ({fmt(min(values))}–{fmt(max(values))})"
+
+
 def compare(base_dir, head_dir, out_md, base_label):
-    """One table: each scenario's figures on the base build and on this tree, and the change.
-    A change for the worse beyond 15 % (the noise of this VM) is marked."""
-    names = sorted(p.stem for p in head_dir.glob("*.json"))
+    """One table: each scenario's figures on the base build and on this tree, and the change."""
+    base_runs, head_runs = runs_by_scenario(base_dir), runs_by_scenario(head_dir)
+    names = [n for n in ORDER if n in head_runs] + sorted(n for n in head_runs if n not in ORDER)
+    repeats = max((len(r) for r in head_runs.values()), default=1)
     lines = [f"# scripts/bench --compare: {base_label} → this tree", "",
-             "Each scenario ran on the base build, then on this tree's, on fresh servers, back to back.",
-             "**worse** marks a change for the worse beyond 15 %.", "",
+             "Each scenario ran on the base build, then on this tree's, on fresh servers, back to back"
+             + (f", {repeats} times; figures are medians (min–max)." if repeats > 1 else "."),
+             "**worse** marks a median worse by more than 15 % and by more than a small absolute floor"
+             + (", whose range does not overlap the base's." if repeats > 1 else
+                "; one run each, so rerun with --repeat 3 before believing one."), "",
              "| scenario | figure | base | this tree | change |", "|---|---|---|---|---|"]
     worse = 0
     for name in names:
-        base, head = read_json(base_dir / f"{name}.json"), read_json(head_dir / f"{name}.json")
-        for label, path, unit, higher_better in COMPARED:
-            b, h = figure(base, path, unit), figure(head, path, unit)
-            if b is None and h is None:
+        base, head = base_runs.get(name, []), head_runs[name]
+        for label, path, unit, higher_better, floor in COMPARED:
+            b = [v for v in (figure(d, path, unit) for d in base) if v is not None]
+            h = [v for v in (figure(d, path, unit) for d in head) if v is not None]
+            if not b and not h:
                 continue
-            change = ""
-            if b is not None and h is not None and b != 0:
-                pct = (h - b) / abs(b) * 100
-                bad = pct < -15 if higher_better else pct > 15
-                worse += bad
-                change = f"{pct:+.0f} %" + (" **worse**" if bad else "")
-            elif b == 0 and h:
-                change = "**worse**" if not higher_better else "better"
-                worse += not higher_better
-            lines.append(f"| {name} | {label} | {fmt(b)} | {fmt(h)} | {change} |")
-        for key in ("error",):
-            for side, d in (("base", base), ("this tree", head)):
-                if key in d and not d.get("scenario"):
-                    lines.append(f"| {name} | failed on {side} | {d[key]} | | |")
-    lines += ["", f"{worse} figure(s) worse beyond 15 %."]
+            change, bad = verdict(b, h, higher_better, floor) if b and h else ("", False)
+            worse += bad
+            lines.append(f"| {name} | {label} | {spread(b) if b else 'n/a'} | {spread(h) if h else 'n/a'} | {change} |")
+        for side, runs in (("base", base), ("this tree", head)):
+            for d in runs:
+                if "error" in d and not d.get("scenario"):
+                    lines.append(f"| {name} | failed on {side} | {d['error']} | | |")
+    lines += ["", f"{worse} figure(s) worse."]
     out_md.write_text("\n".join(lines) + "\n")
 
 
