@@ -17,6 +17,7 @@ mod cache;
 mod reads;
 #[cfg(test)]
 mod tests;
+mod wal;
 mod writer;
 mod writes;
 
@@ -30,14 +31,7 @@ use crate::{Error, Result};
 use async_trait::async_trait;
 use reads::Readers;
 use rusqlite::{Connection, ErrorCode};
-use std::{
-    collections::HashMap,
-    path::Path,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-};
+use std::{collections::HashMap, path::Path, sync::Arc};
 use tokio::sync::{mpsc, oneshot};
 use writer::{Reply, WriteOp, Writer};
 
@@ -73,7 +67,7 @@ pub struct SqliteStore {
     writes: mpsc::Sender<WriteOp>,
     readers: Readers,
     /// Tells the checkpoint thread to finish.
-    stopping: Arc<AtomicBool>,
+    wal: Arc<wal::WalReset>,
     /// The writer's side of the outbox, to count what waits in it (weak: the fan-out must see
     /// the channel close when the writer stops).
     outbox: mpsc::WeakSender<Committed>,
@@ -105,14 +99,16 @@ impl SqliteStore {
              PRAGMA wal_autocheckpoint=0;",
         )
         .map_err(db_err)?;
+        conn.pragma_update(None, "journal_size_limit", wal::SIZE_LIMIT_BYTES)
+            .map_err(db_err)?;
         migrate(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        let stopping = Arc::new(AtomicBool::new(false));
+        let wal = Arc::new(wal::WalReset::default());
         let checkpointer = Connection::open(&path).map_err(db_err)?;
-        let stop = stopping.clone();
+        let reset = wal.clone();
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint_until(checkpointer, stop))
+            .spawn(move || wal::checkpoint_until(checkpointer, reset))
             .map_err(|e| Error::internal(format!("cannot start the checkpoint thread: {e}")))?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
@@ -125,7 +121,7 @@ impl SqliteStore {
         let (writes, rx) = mpsc::channel(WRITE_QUEUE);
         let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
         let outbox = outbox_tx.downgrade();
-        let writer = Writer::new(conn, outbox_tx, push_intents);
+        let writer = Writer::new(conn, outbox_tx, push_intents, wal.clone());
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer.run(rx))
@@ -133,7 +129,7 @@ impl SqliteStore {
         let store = SqliteStore {
             writes,
             readers: Readers::new(readers),
-            stopping,
+            wal,
             outbox,
         };
         Ok((Arc::new(store), outbox_rx))
@@ -205,19 +201,6 @@ impl SqliteStore {
         self.writes.send(op(tx)).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
-}
-
-/// Copies the WAL back into the database beside the writer, so that the writer's commits never
-/// pay for it (SQLite would otherwise checkpoint inside a commit every 1000 pages). PASSIVE
-/// never waits for the writer; a last TRUNCATE at shutdown leaves a small WAL behind.
-fn checkpoint_until(conn: Connection, stopping: Arc<AtomicBool>) {
-    while !stopping.load(Ordering::Acquire) {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "wal checkpoint");
-        }
-    }
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 fn stopped() -> Error {
@@ -530,6 +513,6 @@ impl Store for SqliteStore {
         if self.writes.send(WriteOp::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
         }
-        self.stopping.store(true, Ordering::Release);
+        self.wal.stop();
     }
 }

@@ -8,11 +8,13 @@
 //! write the fan-out could miss.
 
 use super::cache::WriterCache;
+use super::wal::WalReset;
 use super::{db_err, writes, DeadLetter};
 use crate::domain::model::{Chat, Committed, Event, PushProvider, PushToken};
 use crate::store::{Appended, CursorMove, MemberRule, NewChat, NewMessage};
 use crate::{Error, Result};
 use rusqlite::{Connection, TransactionBehavior};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most writes folded into one transaction; bounds the latency a batch adds to its last write.
@@ -85,6 +87,8 @@ pub(super) struct Writer {
     push_intents: bool,
     /// Seqs and memberships of the chats written to (see [`WriterCache`]).
     cache: WriterCache,
+    /// Asks for a checkpoint between batches when the WAL grew long (see [`WalReset`]).
+    wal: Arc<WalReset>,
 }
 
 impl Writer {
@@ -92,6 +96,7 @@ impl Writer {
         conn: Connection,
         outbox: mpsc::Sender<Committed>,
         push_intents: bool,
+        wal: Arc<WalReset>,
     ) -> Writer {
         Writer {
             conn,
@@ -99,6 +104,7 @@ impl Writer {
             commit_id: 0,
             push_intents,
             cache: WriterCache::default(),
+            wal,
         }
     }
 }
@@ -131,6 +137,8 @@ impl Writer {
                 let _ = done.send(());
                 return;
             }
+            // After the batch's answers, so that its callers do not wait for the pass.
+            self.wal.between_batches(&self.conn);
         }
     }
 
