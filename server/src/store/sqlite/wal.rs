@@ -113,11 +113,50 @@ fn passive(conn: &Connection) -> rusqlite::Result<Pass> {
 mod tests {
     use super::*;
 
-    fn open(path: &std::path::Path) -> Connection {
-        let c = Connection::open(path).unwrap();
-        c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;")
+    /// A database in WAL mode with one table, as the store opens it: nothing checkpoints on
+    /// its own.
+    struct Db {
+        path: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Db {
+        fn new() -> (Db, Connection) {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Db {
+                path: dir.path().join("t.db"),
+                _dir: dir,
+            };
+            let writer = db.open();
+            writer
+                .execute_batch("CREATE TABLE t (x BLOB NOT NULL)")
+                .unwrap();
+            (db, writer)
+        }
+
+        fn open(&self) -> Connection {
+            let c = Connection::open(&self.path).unwrap();
+            c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;")
+                .unwrap();
+            c
+        }
+    }
+
+    fn insert(writer: &Connection, bytes: usize) {
+        writer
+            .execute("INSERT INTO t (x) VALUES (zeroblob(?1))", [bytes])
             .unwrap();
-        c
+    }
+
+    fn rows(c: &Connection) -> i64 {
+        c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Opens a read transaction on the current commit, which keeps its frames needed.
+    fn begin_read(reader: &Connection) {
+        reader.execute_batch("BEGIN").unwrap();
+        rows(reader);
     }
 
     fn wal_frames(c: &Connection) -> i64 {
@@ -129,26 +168,13 @@ mod tests {
     /// commit whenever the checkpoint thread passes, so no pass ever copies everything back.
     #[test]
     fn a_long_wal_starts_over_after_the_writers_pass() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let writer = open(&path);
-        writer
-            .execute_batch("CREATE TABLE t (x BLOB NOT NULL)")
-            .unwrap();
-        let checkpointer = open(&path);
-        let reader = open(&path);
+        let (db, writer) = Db::new();
+        let checkpointer = db.open();
+        let reader = db.open();
         let reset = WalReset::after(16);
-        let insert = || {
-            writer
-                .execute("INSERT INTO t (x) VALUES (zeroblob(16384))", [])
-                .unwrap()
-        };
         for _ in 0..20 {
-            reader.execute_batch("BEGIN").unwrap();
-            let _: i64 = reader
-                .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-                .unwrap();
-            insert();
+            begin_read(&reader);
+            insert(&writer, 16384);
             reset.pass(&checkpointer);
             reader.execute_batch("COMMIT").unwrap();
         }
@@ -159,38 +185,23 @@ mod tests {
         // A pass in the writer, with nobody between it and the next write: the WAL starts over.
         reset.between_batches(&writer);
         assert!(!reset.wanted.load(Ordering::Relaxed));
-        insert();
+        insert(&writer, 16384);
         let after = wal_frames(&checkpointer);
         assert!(
             after < 16,
             "the WAL should have started over: {after} frames"
         );
-        let rows: i64 = reader
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(rows, 21);
+        assert_eq!(rows(&reader), 21);
     }
 
     #[test]
     fn a_reader_on_old_frames_keeps_the_request_for_the_next_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let writer = open(&path);
-        writer
-            .execute_batch("CREATE TABLE t (x BLOB NOT NULL)")
-            .unwrap();
-        let reader = open(&path);
+        let (db, writer) = Db::new();
+        let reader = db.open();
         let reset = WalReset::after(1);
-        writer
-            .execute("INSERT INTO t (x) VALUES (zeroblob(8192))", [])
-            .unwrap();
-        reader.execute_batch("BEGIN").unwrap();
-        let _: i64 = reader
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        writer
-            .execute("INSERT INTO t (x) VALUES (zeroblob(8192))", [])
-            .unwrap();
+        insert(&writer, 8192);
+        begin_read(&reader);
+        insert(&writer, 8192);
         reset.pass(&writer);
         assert!(reset.wanted.load(Ordering::Relaxed));
         reset.between_batches(&writer);
