@@ -46,10 +46,7 @@ def load(result_dir):
         path = result_dir / f"{name}.json"
         if not path.exists():
             continue
-        try:
-            data = json.loads(path.read_text().strip() or "{}")
-        except json.JSONDecodeError as e:
-            data = {"error": f"unparseable output: {e}"}
+        data = read_json(path)
         cmd = (result_dir / f"{name}.cmd").read_text().strip() if (result_dir / f"{name}.cmd").exists() else ""
         runs[name] = (data, cmd)
     return runs
@@ -103,6 +100,33 @@ def headline(name, d):
     return "; ".join(parts)
 
 
+def log_scale(lo, hi, start, length, flip=False):
+    """Maps a value between lo and hi (log scale) to a pixel between start and start + length;
+    flipped for a y axis, where more is higher up."""
+    span = max(math.log10(hi) - math.log10(lo), 1e-9)
+
+    def at(v):
+        f = (math.log10(max(v, lo)) - math.log10(lo)) / span
+        return start + ((1 - f) if flip else f) * length
+    return at
+
+
+def svg_start(width, height, title_x, title):
+    return [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+            f'<rect width="{width}" height="{height}" fill="white"/>',
+            f'<text x="{title_x}" y="20" text-anchor="middle" font-size="14">{title}</text>']
+
+
+def decade_lines(lo, hi, y, x1, x2, unit=""):
+    """A grid line and a label at each power of ten from lo to hi."""
+    parts, decade = [], lo
+    while decade <= hi * 1.0001:
+        parts.append(f'<line x1="{x1}" y1="{y(decade):.1f}" x2="{x2}" y2="{y(decade):.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="{x1-6}" y="{y(decade)+4:.1f}" text-anchor="end">{decade:g}{unit}</text>')
+        decade *= 10
+    return parts
+
+
 def svg(runs, out):
     """Latency percentiles per scenario, log scale, as grouped bars."""
     pcts = [("p50", "#4c78a8"), ("p90", "#72b7b2"), ("p99", "#f58518"), ("p999", "#e45756")]
@@ -119,19 +143,9 @@ def svg(runs, out):
     lo = 10 ** math.floor(math.log10(lo))
     hi = 10 ** math.ceil(math.log10(hi))
 
-    def y(v):
-        v = max(v, lo)
-        return top + plot_h - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * plot_h
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
-             f'<rect width="{width}" height="{height}" fill="white"/>',
-             f'<text x="{width/2}" y="20" text-anchor="middle" font-size="14">chatd send→receive latency (ms, log scale)</text>']
-    decade = lo
-    while decade <= hi * 1.0001:
-        yy = y(decade)
-        parts.append(f'<line x1="{left}" y1="{yy:.1f}" x2="{width-20}" y2="{yy:.1f}" stroke="#ddd"/>')
-        parts.append(f'<text x="{left-6}" y="{yy+4:.1f}" text-anchor="end">{decade:g}</text>')
-        decade *= 10
+    y = log_scale(lo, hi, top, plot_h, flip=True)
+    parts = svg_start(width, height, width / 2, "chatd send→receive latency (ms, log scale)")
+    parts += decade_lines(lo, hi, y, left, width - 20)
     group_w = plot_w / max(len(rows), 1)
     bar_w = group_w / (len(pcts) + 1)
     for i, (name, l) in enumerate(rows):
@@ -178,21 +192,10 @@ def curve_svg(points, out):
     y_lo = 10 ** math.floor(math.log10(max(min(values), 0.01)))
     y_hi = 10 ** math.ceil(math.log10(max(values)))
 
-    def x(r):
-        return left + (math.log10(r) - math.log10(x_lo)) / max(math.log10(x_hi) - math.log10(x_lo), 1e-9) * plot_w
-
-    def y(v):
-        v = max(v, y_lo)
-        return top + plot_h - (math.log10(v) - math.log10(y_lo)) / (math.log10(y_hi) - math.log10(y_lo)) * plot_h
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
-             f'<rect width="{width}" height="{height}" fill="white"/>',
-             f'<text x="{left + plot_w/2}" y="20" text-anchor="middle" font-size="14">send→receive latency against load (log–log)</text>']
-    decade = y_lo
-    while decade <= y_hi * 1.0001:
-        parts.append(f'<line x1="{left}" y1="{y(decade):.1f}" x2="{left+plot_w}" y2="{y(decade):.1f}" stroke="#ddd"/>')
-        parts.append(f'<text x="{left-6}" y="{y(decade)+4:.1f}" text-anchor="end">{decade:g} ms</text>')
-        decade *= 10
+    x = log_scale(x_lo, x_hi, left, plot_w)
+    y = log_scale(y_lo, y_hi, top, plot_h, flip=True)
+    parts = svg_start(width, height, left + plot_w / 2, "send→receive latency against load (log–log)")
+    parts += decade_lines(y_lo, y_hi, y, left, left + plot_w, " ms")
     for r in sorted(set(rates)):
         parts.append(f'<line x1="{x(r):.1f}" y1="{top}" x2="{x(r):.1f}" y2="{top+plot_h}" stroke="#eee"/>')
         parts.append(f'<text x="{x(r):.1f}" y="{top+plot_h+16}" text-anchor="middle">{r:,}</text>')
@@ -386,10 +389,7 @@ def cluster_section(result_dir):
         path = result_dir / f"cluster-{name}.json"
         if not path.exists():
             continue
-        try:
-            data = json.loads(path.read_text().strip() or "{}")
-        except json.JSONDecodeError as e:
-            data = {"error": f"unparseable output: {e}"}
+        data = read_json(path)
         cpu_path = result_dir / f"cluster-{name}.cpu.json"
         cpu = json.loads(cpu_path.read_text()) if cpu_path.exists() else {}
         runs[name] = (data, cpu)
