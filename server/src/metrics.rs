@@ -69,9 +69,10 @@ impl<const N: usize> Histogram<N> {
         cumulative += self.overflow.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
         let plain = labels.trim_end_matches(',');
-        let braces = match plain.is_empty() {
-            true => String::new(),
-            false => format!("{{{plain}}}"),
+        let braces = if plain.is_empty() {
+            String::new()
+        } else {
+            format!("{{{plain}}}")
         };
         let _ = writeln!(
             out,
