@@ -25,7 +25,7 @@ pub use directory::Directory;
 use futures_util::{stream::FuturesOrdered, Stream, StreamExt};
 use presence::OnlineGuard;
 use protocol::send_answer;
-pub use protocol::{Command, Hello, Outlet, Output};
+pub use protocol::{Command, FrameRefusal, Hello, Outlet, Output, SendRefusal, Welcome};
 use replay::SeqTracker;
 use std::sync::atomic::Ordering::Relaxed;
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -224,7 +224,11 @@ async fn run_session<S>(
         Stop::End(e) => {
             // After what is already queued (a SendAck the client waits for), if there is room;
             // a client that doesn't read gets the status at once instead.
-            if session.out.try_send(Output::End(e.clone())).is_err() {
+            if session
+                .out
+                .try_send(Output::End(Box::new(e.clone())))
+                .is_err()
+            {
                 let _ = outlet.abort.send(e);
             }
         }
@@ -268,12 +272,12 @@ impl Session {
     /// Welcome, the backlog, SyncComplete.
     async fn start(&mut self, hello: &Hello) -> Result<(), Stop> {
         let settings = &self.svc.settings;
-        self.emit(Output::Welcome {
+        self.emit(Output::Welcome(Box::new(Welcome {
             session_id: format!("{}-{}", settings.node_id, self.registration.session_id),
             node_id: settings.node_id.clone(),
             heartbeat_interval_ms: settings.heartbeat_interval_ms,
             heartbeat_timeout_ms: settings.heartbeat_timeout_ms,
-        })
+        })))
         .await?;
         let replayed = self.replay(&hello.delivered_seq).await?;
         self.emit(Output::SyncComplete { replayed }).await
@@ -397,12 +401,8 @@ impl Session {
             }
             Command::Hello(_) => {
                 let error = Error::invalid("hello", "the session already received its hello");
-                self.emit(Output::FrameError {
-                    frame: "hello",
-                    error: error.clone(),
-                    chat_id: String::new(),
-                })
-                .await?;
+                self.emit(Output::frame_error("hello", error.clone(), String::new()))
+                    .await?;
                 Err(Stop::End(error))
             }
             Command::Typing { chat_id, started } => {
@@ -417,24 +417,16 @@ impl Session {
                 match result {
                     Ok(()) => Ok(()),
                     Err(error) => {
-                        self.emit(Output::FrameError {
-                            frame: "typing",
-                            error,
-                            chat_id,
-                        })
-                        .await
+                        self.emit(Output::frame_error("typing", error, chat_id))
+                            .await
                     }
                 }
             }
             Command::WatchPresence { user_ids } => self.watch_presence(user_ids).await,
             Command::Empty => {
                 let error = Error::invalid("frame", "the client frame has no content");
-                self.emit(Output::FrameError {
-                    frame: "",
-                    error,
-                    chat_id: String::new(),
-                })
-                .await
+                self.emit(Output::frame_error("", error, String::new()))
+                    .await
             }
         }
     }
@@ -465,13 +457,7 @@ impl Session {
                     ReceiptKind::Delivered => "ack",
                     ReceiptKind::Read => "read",
                 };
-                let _ = out
-                    .send(Output::FrameError {
-                        frame,
-                        error,
-                        chat_id,
-                    })
-                    .await;
+                let _ = out.send(Output::frame_error(frame, error, chat_id)).await;
             }
             drop(permit);
         });

@@ -86,11 +86,7 @@ impl Session {
                 Ok(())
             }
             Err(error) => {
-                let frame = Output::FrameError {
-                    frame: "watch_presence",
-                    error,
-                    chat_id: String::new(),
-                };
+                let frame = Output::frame_error("watch_presence", error, String::new());
                 self.emit(frame).await
             }
         }

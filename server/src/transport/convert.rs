@@ -165,49 +165,36 @@ pub fn typing_state(state: i32) -> Option<bool> {
 /// A session output as a frame; `End` is not a frame but the stream's final status.
 pub fn output(o: Output) -> Result<pb::ServerFrame, tonic::Status> {
     let frame = match o {
-        Output::Welcome {
-            session_id,
-            node_id,
-            heartbeat_interval_ms,
-            heartbeat_timeout_ms,
-        } => Out::Welcome(pb::Welcome {
-            session_id,
-            node_id,
+        Output::Welcome(w) => Out::Welcome(pb::Welcome {
+            session_id: w.session_id,
+            node_id: w.node_id,
             server_time: crate::clock::now_ms(),
-            heartbeat_interval_ms,
-            heartbeat_timeout_ms,
+            heartbeat_interval_ms: w.heartbeat_interval_ms,
+            heartbeat_timeout_ms: w.heartbeat_timeout_ms,
         }),
         Output::Event(e) => event(&e),
         Output::SendAck {
-            client_msg_id,
             message: m,
             duplicate,
         } => Out::SendAck(pb::SendAck {
-            client_msg_id,
+            client_msg_id: m.client_msg_id.clone(),
             message: Some(message(&m)),
             duplicate,
         }),
-        Output::SendError {
-            client_msg_id,
-            error,
-        } => Out::SendError(pb::SendError {
-            client_msg_id,
-            code: super::status::counted(&error) as i32,
-            message: error.to_string(),
-            retry_after_ms: match error {
+        Output::SendError(r) => Out::SendError(pb::SendError {
+            client_msg_id: r.client_msg_id,
+            code: super::status::counted(&r.error) as i32,
+            message: r.error.to_string(),
+            retry_after_ms: match r.error {
                 crate::Error::RateLimited { retry_after_ms } => retry_after_ms,
                 _ => 0,
             },
         }),
-        Output::FrameError {
-            frame,
-            error,
-            chat_id,
-        } => Out::Error(pb::Error {
-            frame: frame.to_string(),
-            code: super::status::counted(&error) as i32,
-            message: error.to_string(),
-            chat_id,
+        Output::FrameError(r) => Out::Error(pb::Error {
+            frame: r.frame.to_string(),
+            code: super::status::counted(&r.error) as i32,
+            message: r.error.to_string(),
+            chat_id: r.chat_id,
         }),
         Output::SyncComplete { replayed } => Out::SyncComplete(pb::SyncComplete { replayed }),
         Output::Pong { nonce, server_time } => Out::Pong(pb::Pong { nonce, server_time }),

@@ -597,46 +597,32 @@ pub fn encode(o: &Output, peer: &Peer) -> Option<Result<Utf8Bytes, Error>> {
         return Some(json.and_then(|j| Utf8Bytes::try_from(j).map_err(Error::internal)));
     }
     let frame = match o {
-        Output::Welcome {
-            session_id,
-            node_id,
-            heartbeat_interval_ms,
-            heartbeat_timeout_ms,
-        } => ServerFrame::Welcome {
+        Output::Welcome(w) => ServerFrame::Welcome {
             user_id: peer.user_id,
             device_id: peer.device_id,
-            session_id: session_id.clone(),
-            node_id: node_id.clone(),
+            session_id: w.session_id.clone(),
+            node_id: w.node_id.clone(),
             server_time: crate::clock::now_ms(),
-            heartbeat_interval_ms: *heartbeat_interval_ms,
-            heartbeat_timeout_ms: *heartbeat_timeout_ms,
+            heartbeat_interval_ms: w.heartbeat_interval_ms,
+            heartbeat_timeout_ms: w.heartbeat_timeout_ms,
         },
         Output::Event(e) => event(e),
-        Output::SendAck {
-            message, duplicate, ..
-        } => ServerFrame::SendAck {
+        Output::SendAck { message, duplicate } => ServerFrame::SendAck {
             duplicate: *duplicate,
             message: MessageJson::of(message),
         },
-        Output::SendError {
-            client_msg_id,
-            error,
-        } => ServerFrame::SendError {
-            client_msg_id: client_msg_id.clone(),
-            error: ErrorJson::of(error),
-            retry_after_ms: match error {
-                Error::RateLimited { retry_after_ms } => Some(*retry_after_ms),
+        Output::SendError(r) => ServerFrame::SendError {
+            client_msg_id: r.client_msg_id.clone(),
+            error: ErrorJson::of(&r.error),
+            retry_after_ms: match r.error {
+                Error::RateLimited { retry_after_ms } => Some(retry_after_ms),
                 _ => None,
             },
         },
-        Output::FrameError {
-            frame,
-            error,
-            chat_id,
-        } => ServerFrame::Error {
-            frame: client_frame_type(frame),
-            error: ErrorJson::of(error),
-            chat_id: (!chat_id.is_empty()).then_some(chat_id.as_str()),
+        Output::FrameError(r) => ServerFrame::Error {
+            frame: client_frame_type(r.frame),
+            error: ErrorJson::of(&r.error),
+            chat_id: (!r.chat_id.is_empty()).then_some(r.chat_id.as_str()),
             client_msg_id: None,
         },
         Output::SyncComplete { replayed } => ServerFrame::SyncComplete {
@@ -862,7 +848,6 @@ mod tests {
             device_id: "web",
         };
         let out = Output::SendAck {
-            client_msg_id: "k".into(),
             message: m.clone(),
             duplicate: true,
         };
@@ -874,7 +859,11 @@ mod tests {
                 "chatId": "c", "seq": 3, "senderId": "alice", "senderDeviceId": "phone",
                 "clientMsgId": "k", "content": "hi", "createdAt": 9})
         );
-        assert!(encode(&Output::End(Error::Unavailable("x".into())), &peer).is_none());
+        assert!(encode(
+            &Output::End(Box::new(Error::Unavailable("x".into()))),
+            &peer
+        )
+        .is_none());
     }
 
     #[test]

@@ -479,7 +479,7 @@ impl Relay<'_> {
                     // What was queued before it goes out first.
                     self.conn.socket.flush().await.map_err(|_| Close::Gone)?;
                     return Err(match self.last_error.take() {
-                        Some(last) if last == *error => Close::error_unframed(error),
+                        Some(last) if last == **error => Close::error_unframed(error),
                         _ => Close::error(error),
                     });
                 }
@@ -487,7 +487,7 @@ impl Relay<'_> {
                 Output::Pong { .. } if self.pongs.pop_front() == Some(false) => {}
                 _ => {
                     self.last_error = match &output {
-                        Output::FrameError { error, .. } => Some(error.clone()),
+                        Output::FrameError(r) => Some(r.error.clone()),
                         _ => None,
                     };
                     let peer = Peer {
