@@ -65,6 +65,9 @@ pub struct Config {
     pub node_id: Option<String>,
     /// Apply pending PostgreSQL migrations at start (`CHATD_MIGRATE=auto`).
     pub migrate_auto: bool,
+    /// Cluster: messages of direct chats also go straight from the committing node to the
+    /// recipients' nodes, ahead of Kafka (`bus::direct`).
+    pub direct_copies: bool,
     /// Prefix of every Redis key and channel and Kafka topic and group, so that several
     /// deployments can share one Redis and one Kafka. Empty: the documented names exactly.
     pub namespace: String,
@@ -300,6 +303,7 @@ impl Default for Config {
             kafka_tls: BackendTls::default(),
             node_id: None,
             migrate_auto: false,
+            direct_copies: true,
             namespace: String::new(),
             kafka_partitions: 8,
             database_pool: 16,
@@ -460,6 +464,10 @@ pub struct Overrides {
     /// `auto` applies PostgreSQL migrations at start [default: off]
     #[arg(long, env = "CHATD_MIGRATE")]
     pub migrate: Option<Text>,
+    /// `on`: cluster nodes send direct chats' messages straight to the recipients' nodes
+    /// too, ahead of Kafka; `off`: Kafka only [default: on]
+    #[arg(long, env = "CHATD_DIRECT_COPIES")]
+    pub direct_copies: Option<Text>,
     /// Prefix of Redis keys/channels and Kafka topics/groups [default: none]
     #[arg(long, env = "CHATD_NAMESPACE")]
     pub namespace: Option<Text>,
@@ -694,6 +702,11 @@ impl Overrides {
             "auto" => Ok(true),
             "" | "off" => Ok(false),
             _ => Err(r.invalid("must be `auto` or `off`")),
+        });
+        set!(direct_copies, |r| match r.text.trim() {
+            "on" | "true" => Ok(true),
+            "off" | "false" => Ok(false),
+            _ => Err(r.invalid("must be `on` or `off`")),
         });
         set!(namespace, |r| r.plain_name(0));
         set!(kafka_partitions, |r| r.range(1, 10_000));
@@ -1102,7 +1115,7 @@ mod tests {
     #[test]
     fn every_setting_has_its_flag_variable_and_key() {
         let args = Overrides::args();
-        assert_eq!(args.len(), 59);
+        assert_eq!(args.len(), 60);
         for arg in &args {
             let id = arg.get_id().as_str();
             assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()));
@@ -1286,6 +1299,7 @@ mod tests {
             ("namespace", "a.b", name(0)),
             ("namespace", &long, name(0)),
             ("migrate", "yes", "must be `auto` or `off`".into()),
+            ("direct_copies", "maybe", "must be `on` or `off`".into()),
             ("kafka_partitions", "0", range(1, 10_000)),
             (
                 "cors_origins",

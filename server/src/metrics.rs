@@ -98,6 +98,15 @@ pub struct Metrics {
     pub gaps_filled: AtomicU64,
     /// Sessions told to re-read their backlog because the node may have missed deliveries.
     pub resyncs: AtomicU64,
+    /// Direct copies (cluster): messages this node handed to their recipients' nodes ahead of
+    /// Kafka, messages it did not copy (it was behind: the message was over 50 ms old or its
+    /// queue full; or the registry or link failed),
+    /// copies a session's queue had no room for, and copies its sessions passed on (they came
+    /// before the ordered copy).
+    pub direct_copies_sent: AtomicU64,
+    pub direct_copies_dropped: AtomicU64,
+    pub direct_copies_refused: AtomicU64,
+    pub direct_copies_delivered: AtomicU64,
     /// WebSocket connections open now (`/ws`, upgraded, whether or not `connect` came yet).
     pub websockets_open: AtomicU64,
     /// WebSocket connections upgraded since the start.
@@ -139,15 +148,18 @@ pub enum ClusterHop {
     HandedOff,
     /// A member node's subscriber received its envelope.
     NodeReceived,
+    /// A member node received a direct copy (from the committing node, ahead of Kafka).
+    DirectReceived,
 }
 
 impl ClusterHop {
-    pub const ALL: [ClusterHop; 5] = [
+    pub const ALL: [ClusterHop; 6] = [
         ClusterHop::Relayed,
         ClusterHop::Produced,
         ClusterHop::Consumed,
         ClusterHop::HandedOff,
         ClusterHop::NodeReceived,
+        ClusterHop::DirectReceived,
     ];
 
     fn label(self) -> &'static str {
@@ -157,6 +169,7 @@ impl ClusterHop {
             ClusterHop::Consumed => "fanout_consumed",
             ClusterHop::HandedOff => "redis_published",
             ClusterHop::NodeReceived => "node_received",
+            ClusterHop::DirectReceived => "direct_received",
         }
     }
 }
@@ -169,6 +182,10 @@ pub static METRICS: Metrics = Metrics {
     slow_consumers: AtomicU64::new(0),
     gaps_filled: AtomicU64::new(0),
     resyncs: AtomicU64::new(0),
+    direct_copies_sent: AtomicU64::new(0),
+    direct_copies_dropped: AtomicU64::new(0),
+    direct_copies_refused: AtomicU64::new(0),
+    direct_copies_delivered: AtomicU64::new(0),
     websockets_open: AtomicU64::new(0),
     websockets_total: AtomicU64::new(0),
     tls_handshake_failures: AtomicU64::new(0),
@@ -320,6 +337,19 @@ pub fn render(gauges: &[Gauge]) -> String {
         "Sessions told to re-read their backlog after the node's bus link came back.",
         m.resyncs.load(Relaxed),
     );
+    let _ = writeln!(out, "# HELP chatd_direct_copies_total Direct copies of messages (cluster): messages handed to the recipients' nodes ahead of Kafka (sent) or not (dropped: the node was behind, or the registry or link failed); copies a session had no room for (refused) or passed on before the ordered copy (delivered).\n# TYPE chatd_direct_copies_total counter");
+    for (outcome, c) in [
+        ("sent", &m.direct_copies_sent),
+        ("dropped", &m.direct_copies_dropped),
+        ("refused", &m.direct_copies_refused),
+        ("delivered", &m.direct_copies_delivered),
+    ] {
+        let _ = writeln!(
+            out,
+            "chatd_direct_copies_total{{outcome=\"{outcome}\"}} {}",
+            c.load(Relaxed)
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP chatd_websockets WebSocket connections open on this node.\n# TYPE chatd_websockets gauge\nchatd_websockets {}",
@@ -411,7 +441,7 @@ pub fn render(gauges: &[Gauge]) -> String {
     // Only a cluster node times these; the embedded default would show empty series.
     if m.cluster_hops.iter().any(|h| h.count() > 0) {
         let name = "chatd_cluster_message_age_seconds";
-        let _ = writeln!(out, "# HELP {name} Age of a message since its send arrived, as it passes each hop between nodes (relay_read, kafka_acked, fanout_consumed, redis_published, node_received; wall clocks of the nodes, ms resolution).\n# TYPE {name} histogram");
+        let _ = writeln!(out, "# HELP {name} Age of a message since its send arrived, as it passes each hop between nodes (relay_read, kafka_acked, fanout_consumed, redis_published, node_received; direct_received for direct copies; wall clocks of the nodes, ms resolution).\n# TYPE {name} histogram");
         for (hop, h) in ClusterHop::ALL.iter().zip(&m.cluster_hops) {
             h.render_series(&mut out, name, &format!("hop=\"{}\",", hop.label()));
         }

@@ -514,6 +514,30 @@ impl TestServer {
         self.client_with_auth(Auth::bearer(&token, device))
     }
 
+    /// The value of one series of the node's `/metrics` (`name` with its labels, as printed:
+    /// `chatd_direct_copies_total{outcome="sent"}`); panics, naming it, if it is not there.
+    pub async fn metric(&self, series: &str) -> u64 {
+        self.metric_if_any(series)
+            .await
+            .unwrap_or_else(|| panic!("no {series} in /metrics"))
+    }
+
+    /// [`TestServer::metric`] for a series the node prints only once it has counted something.
+    pub async fn metric_if_any(&self, series: &str) -> Option<u64> {
+        let r = crate::http::http_get(self.addr, "/metrics")
+            .await
+            .expect("GET /metrics");
+        let body = String::from_utf8_lossy(&r.body).to_string();
+        let prefix = format!("{series} ");
+        let value = body.lines().find_map(|l| l.strip_prefix(&prefix))?;
+        Some(
+            value
+                .trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("{series}: {value:?} is not a count: {e}")),
+        )
+    }
+
     /// An AdminService client with an admin token from `chatd token --admin`.
     pub async fn admin_client(&self, user: &str) -> AdminClient {
         let token = self.cli_token(user, "console", &["--admin"]).await;

@@ -148,6 +148,65 @@ async fn devices_of_one_user_on_different_nodes_get_every_message_once_in_order(
     expect_exactly(&mut bob_phone, &all[60..], "bob's sending device").await;
 }
 
+/// A direct chat's messages reach their nodes twice, as direct copies (`bus::direct`) and
+/// through Kafka; with small queues (64: direct copies may fill 32 of 96 slots) and 300
+/// pipelined sends, copies are refused for room, yet every device — on the committing node
+/// (in-process copies), on the other, the sender's own second device — gets each message once,
+/// in order, and no session is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full): scripts/test runs it"]
+async fn direct_copies_reach_every_device_once_in_order_under_queue_pressure() {
+    full_stack_only!("direct_copies_reach_every_device_once_in_order_under_queue_pressure");
+    let mut env = NO_RATE_LIMIT.to_vec();
+    env.push(("CHATD_SESSION_QUEUE", "128"));
+    let c = TestCluster::start_with(2, &env).await;
+    let chat = open_direct(&mut c.node(0).client("alice", "phone").await, "bob").await;
+    let id = chat.chat_id.as_str();
+    let readers = [
+        (
+            c.node(1).connect("bob", "phone").await,
+            "bob, on the other node",
+        ),
+        (
+            c.node(0).connect("bob", "tablet").await,
+            "bob, on the committing node",
+        ),
+        (
+            c.node(1).connect("alice", "laptop").await,
+            "the sender's other device",
+        ),
+    ]
+    .map(|(mut s, ctx)| {
+        tokio::spawn(async move {
+            let got = collect_messages(&mut s, 300).await;
+            (s, got, ctx)
+        })
+    });
+    let mut alice_phone = c.node(0).connect("alice", "phone").await;
+
+    let sent = stream_send_many(&mut alice_phone, id, "d", 300).await;
+    assert_seq_range(&sent, 1, 300, "acked seqs");
+    let all: Vec<&Message> = sent.iter().collect();
+    for reader in readers {
+        let (mut s, got, ctx) = reader.await.expect("reader task");
+        s.backlog = got;
+        expect_exactly(&mut s, &all, ctx).await;
+    }
+
+    let mut copies = BTreeMap::new();
+    for i in 0..2 {
+        for outcome in ["sent", "dropped", "refused", "delivered"] {
+            let series = format!("chatd_direct_copies_total{{outcome=\"{outcome}\"}}");
+            *copies.entry(outcome).or_insert(0) += c.node(i).metric(&series).await;
+        }
+        let closes = c.node(i).metric("chatd_slow_consumer_closes_total").await;
+        assert_eq!(closes, 0, "node {}: sessions closed by their queue", i + 1);
+    }
+    eprintln!("cluster: direct copies {copies:?}");
+    assert_eq!(copies["sent"], 300, "every message was copied");
+    assert!(copies["delivered"] > 0, "no stream took a direct copy");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL, Redis and Kafka (CHAT_TEST_BACKEND=full): scripts/test runs it"]
 async fn a_group_spread_over_every_node_gets_every_message() {
@@ -528,6 +587,15 @@ async fn membership_changes_cross_nodes() {
     bob_s.send_text(id, "b1", "let me in").await;
     let err = bob_s.expect_send_error("b1").await;
     assert_eq!(err.code, tonic::Code::PermissionDenied as i32, "{err:?}");
+    // A group's members may change between a commit and its fan-out: its messages take only
+    // the ordered path, never a direct copy (which would reach a removed member).
+    for i in 0..3 {
+        let sent = c
+            .node(i)
+            .metric(r#"chatd_direct_copies_total{outcome="sent"}"#)
+            .await;
+        assert_eq!(sent, 0, "node {}: direct copies of group messages", i + 1);
+    }
 }
 
 // --------------------------------------------------------------------------------- resume

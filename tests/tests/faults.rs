@@ -119,6 +119,8 @@ struct Rig {
     nodes: NodeList,
     goal_tx: watch::Sender<Option<Goal>>,
     receivers: Vec<JoinHandle<Receiver>>,
+    /// A member who reads the history.
+    historian: &'static str,
 }
 
 const SENDERS: [&str; 3] = ["s0", "s1", "s2"];
@@ -126,10 +128,7 @@ const READERS: [&str; 6] = ["r0", "r1", "r2", "r3", "r4", "r5"];
 
 impl Rig {
     async fn new() -> Rig {
-        let services = Services::from_env();
-        services.dir();
-        all_services_running(&services).await;
-        let cluster = TestCluster::start_with(3, NO_RATE_LIMIT).await;
+        let (services, cluster) = Rig::start().await;
         let members: Vec<&str> = SENDERS.iter().chain(READERS.iter()).copied().collect();
         let g = create_group(
             &mut cluster.node(0).client("s0", "setup").await,
@@ -137,19 +136,47 @@ impl Rig {
             &members[1..],
         )
         .await;
-        let nodes = NodeList::new(cluster.addrs());
-        let mut devices: Vec<(String, String, usize)> = READERS
+        let mut devices: Vec<(&str, &str, usize)> = READERS
             .iter()
             .enumerate()
-            .map(|(i, u)| (u.to_string(), "phone".to_string(), i % 3))
+            .map(|(i, u)| (*u, "phone", i % 3))
             .collect();
-        devices.push(("r0".into(), "tablet".into(), 1));
-        devices.push(("s1".into(), "laptop".into(), 0));
+        devices.push(("r0", "tablet", 1));
+        devices.push(("s1", "laptop", 0));
+        Rig::with_chat(services, cluster, g.chat_id, &devices, "r5").await
+    }
+
+    /// A direct chat between `s1` (who sends from node 2, `Rig::sender(1)`) and `r1`: r1's
+    /// devices on nodes 1 and 3, s1's second device on node 3. Its messages also travel as
+    /// direct copies (`bus::direct`).
+    async fn direct() -> Rig {
+        let (services, cluster) = Rig::start().await;
+        let chat = open_direct(&mut cluster.node(1).client("s1", "setup").await, "r1").await;
+        let devices = [("r1", "phone", 0), ("r1", "tablet", 2), ("s1", "laptop", 2)];
+        Rig::with_chat(services, cluster, chat.chat_id, &devices, "r1").await
+    }
+
+    async fn start() -> (Services, TestCluster) {
+        let services = Services::from_env();
+        services.dir();
+        all_services_running(&services).await;
+        (services, TestCluster::start_with(3, NO_RATE_LIMIT).await)
+    }
+
+    /// Connects `devices` (user, device, home node) as resilient receivers of `chat_id`.
+    async fn with_chat(
+        services: Services,
+        cluster: TestCluster,
+        chat_id: String,
+        devices: &[(&str, &str, usize)],
+        historian: &'static str,
+    ) -> Rig {
+        let nodes = NodeList::new(cluster.addrs());
         let (goal_tx, goal_rx) = watch::channel(None);
         let mut receivers = Vec::new();
-        for (user, device, home) in devices {
-            let token = cluster.node(home).token(&user, &device).await;
-            let mut r = Receiver::new(&user, &device, &token, nodes.clone(), home);
+        for &(user, device, home) in devices {
+            let token = cluster.node(home).token(user, device).await;
+            let mut r = Receiver::new(user, device, &token, nodes.clone(), home);
             assert!(
                 r.ensure_connected(Instant::now() + Duration::from_secs(60))
                     .await,
@@ -163,9 +190,10 @@ impl Rig {
             cluster,
             services,
             nodes,
-            chat_id: g.chat_id,
+            chat_id,
             goal_tx,
             receivers,
+            historian,
         }
     }
 
@@ -185,7 +213,7 @@ impl Rig {
 
     /// The chat's whole history through node `n`.
     async fn history(&self, n: usize) -> Vec<chat_tests::pb::Message> {
-        let mut c = self.cluster.node(n).client("r5", "history").await;
+        let mut c = self.cluster.node(n).client(self.historian, "history").await;
         full_history(&mut c, &self.chat_id).await
     }
 }
@@ -318,6 +346,32 @@ async fn wait_for_progress(p: &AtomicUsize, n: usize, timeout: Duration, what: &
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A stream that never broke saw every message once: the session dropped the second copy of
+/// each (a direct copy and Kafka's, see `bus::direct`), nothing reached the client twice.
+fn check_unbroken_streams_saw_no_duplicate(receivers: &[Receiver]) {
+    for r in receivers.iter().filter(|r| r.disconnects == 0) {
+        assert_eq!(
+            r.duplicates,
+            0,
+            "{}: a stream that never broke got a message twice\n{}",
+            r.who(),
+            r.report()
+        );
+    }
+}
+
+/// Direct copies the sessions of `nodes` passed on (before Kafka's copy).
+async fn direct_copies_delivered(cluster: &TestCluster, nodes: &[usize]) -> u64 {
+    let mut n = 0;
+    for &i in nodes {
+        n += cluster
+            .node(i)
+            .metric(r#"chatd_direct_copies_total{outcome="delivered"}"#)
+            .await;
+    }
+    n
 }
 
 // ---------------------------------------------------------------------------------- tests
@@ -520,6 +574,108 @@ async fn sends_are_acked_while_kafka_is_down_and_delivered_when_it_returns() {
     assert_eq!(history.len(), 250);
     let by_seq = check_history_has_acked(&history, &acked);
     check_receivers(&receivers, &rig.chat_id, 250, &by_seq);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "stops and starts PostgreSQL, Redis and Kafka (CHAT_TEST_FAULTS=1): scripts/test runs it"]
+async fn a_direct_chat_loses_and_repeats_nothing_when_its_committing_node_is_killed() {
+    require_fault_run("a_direct_chat_loses_and_repeats_nothing_when_its_committing_node_is_killed");
+    let _serial = SERIAL.lock().await;
+    let mut rig = Rig::direct().await;
+    let progress = Arc::new(AtomicUsize::new(0));
+    let mut cfg = SenderConfig::new(Duration::from_secs(240));
+    cfg.pace = Some(Duration::from_millis(5));
+    let task = rig.sender(1).await.spawn(
+        outgoing(&rig.chat_id, "s1", 600),
+        cfg,
+        Some(progress.clone()),
+    );
+    wait_for_progress(&progress, 200, Duration::from_secs(120), "before the kill").await;
+    // Node 2 commits s1's sends and sends their direct copies: it dies between a commit and
+    // its copies, its relay's reads and its Kafka produce.
+    rig.cluster.node_mut(1).kill().await;
+    let at_kill = progress.load(Ordering::SeqCst);
+    eprintln!("faults: SIGKILLed node-2, the committing node, after {at_kill} of 600 acks");
+    assert!(at_kill < 600, "the kill came too late to matter");
+
+    let senders = join_each(vec![task]).await;
+    check_senders(&senders, &[600]);
+    let acked = acked_by_seq(&senders);
+    assert_eq!(
+        acked.keys().copied().collect::<Vec<_>>(),
+        (1..=600).collect::<Vec<_>>(),
+        "600 messages acked, each stored once"
+    );
+    let receivers = rig.finish_receivers(600, Duration::from_secs(180)).await;
+    let history = rig.history(0).await;
+    assert_eq!(history.len(), 600, "history holds the 600 messages once");
+    let by_seq = check_history_has_acked(&history, &acked);
+    check_receivers(&receivers, &rig.chat_id, 600, &by_seq);
+    check_unbroken_streams_saw_no_duplicate(&receivers);
+    let delivered = direct_copies_delivered(&rig.cluster, &[0, 2]).await;
+    eprintln!("faults: {delivered} deliveries were direct copies");
+    assert!(
+        delivered > 0,
+        "no direct copy was used: the test did not test them"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "stops and starts PostgreSQL, Redis and Kafka (CHAT_TEST_FAULTS=1): scripts/test runs it"]
+async fn with_kafka_down_a_direct_chat_is_delivered_live_and_once() {
+    require_fault_run("with_kafka_down_a_direct_chat_is_delivered_live_and_once");
+    let _serial = SERIAL.lock().await;
+    let mut rig = Rig::direct().await;
+    let s1 = rig.sender(1).await;
+    let mut guard = ServiceGuard::stop(&rig.services, "kafka").await;
+    let mut cfg = SenderConfig::new(Duration::from_secs(120));
+    cfg.retry_unavailable = false;
+    cfg.pace = Some(Duration::from_millis(10));
+    let senders = join_each(vec![s1.spawn(
+        outgoing(&rig.chat_id, "down", 200),
+        cfg,
+        None,
+    )])
+    .await;
+    check_senders(&senders, &[200]);
+    let acked = acked_by_seq(&senders);
+
+    // Every device has all of it while Kafka is still down: the direct copies.
+    let mut receivers = rig.finish_receivers(200, Duration::from_secs(60)).await;
+    let history = rig.history(0).await;
+    let by_seq = check_history_has_acked(&history, &acked);
+    check_receivers(&receivers, &rig.chat_id, 200, &by_seq);
+    assert_eq!(
+        direct_copies_delivered(&rig.cluster, &[0, 2]).await,
+        3 * 200
+    );
+
+    // Kafka back: the ordered copies reach both receiving nodes, and no stream shows one.
+    guard.start().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for node in [0, 2] {
+        let series = r#"chatd_cluster_message_age_seconds_count{hop="node_received"}"#;
+        loop {
+            let n = rig.cluster.node(node).metric_if_any(series).await;
+            if n.unwrap_or(0) >= 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {}: {n:?} of 200 ordered copies within 120 s of Kafka's return",
+                node + 1
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for r in receivers.iter_mut() {
+        r.pump(QUIET_PERIOD).await;
+    }
+    check_receivers(&receivers, &rig.chat_id, 200, &by_seq);
+    for r in &receivers {
+        assert_eq!(r.disconnects, 0, "{}: {}", r.who(), r.report());
+    }
+    check_unbroken_streams_saw_no_duplicate(&receivers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -2,8 +2,11 @@
 //! sessions; typing events (never stored, so never on Kafka) are routed straight to the nodes
 //! of the chat's members; and this node's own commits end their senders' typing indicators.
 
-use super::{audience, members::MemberCache, wire, AfterCommits, LocalSessions, NodeLink};
-use crate::domain::model::{Committed, Event, EPHEMERAL};
+use super::{
+    audience, direct::DirectCopier, members::MemberCache, wire, AfterCommits, LocalSessions,
+    NodeLink,
+};
+use crate::domain::model::{Committed, Event, DIRECT_COPY, EPHEMERAL};
 use crate::domain::typing::Typing;
 use crate::metrics::{ClusterHop, METRICS};
 use crate::redis::pubsub::RedisPubSub;
@@ -51,6 +54,18 @@ pub fn deliver_envelope(directory: &dyn LocalSessions, payload: &[u8]) {
                 directory.deliver(&t.user_id, t.skip_device.as_deref(), &committed);
             }
         }
+        Ok(wire::NodeMessage::Offer(targets, event)) => {
+            if let Event::Message(m) = &event {
+                METRICS.cluster_hop(ClusterHop::DirectReceived, m.created_at);
+            }
+            let committed = Committed {
+                commit_id: DIRECT_COPY,
+                event,
+            };
+            for t in targets {
+                directory.offer(&t.user_id, t.skip_device.as_deref(), &committed);
+            }
+        }
         Ok(wire::NodeMessage::Evict(user_id)) => {
             let n = directory.evict(&user_id);
             tracing::info!(
@@ -72,6 +87,7 @@ pub struct EphemeralRouter {
     typing: Arc<Typing>,
     after_commits: Arc<dyn AfterCommits>,
     live_receipts_max_members: usize,
+    direct: Option<DirectCopier>,
 }
 
 impl EphemeralRouter {
@@ -91,7 +107,14 @@ impl EphemeralRouter {
             typing,
             after_commits,
             live_receipts_max_members,
+            direct: None,
         }
+    }
+
+    /// Hands each message this node commits to `copier` too (see [`super::direct`]).
+    pub fn with_direct_copies(mut self, copier: DirectCopier) -> Self {
+        self.direct = Some(copier);
+        self
     }
 
     /// Runs until `local_commits` (what this node committed, in commit order) closes or the
@@ -121,6 +144,9 @@ impl EphemeralRouter {
     /// A message ends its sender's typing: the STOPPED goes through the outbox behind the
     /// message, so members see the message first, as on a single node.
     async fn committed(&mut self, event: Event) {
+        if let (Some(copier), Event::Message(m)) = (&self.direct, &event) {
+            copier.copy(m);
+        }
         if let Event::Message(m) = &event {
             if let Some(stop) = self.typing.message_ended_typing(m) {
                 if let Err(e) = self.after_commits.enqueue(&m.chat_id, &stop).await {
@@ -181,13 +207,7 @@ pub async fn hand_off_batch(
     link: &dyn NodeLink,
     events: &[(&[audience::Target], &[u8])],
 ) -> crate::Result<Vec<Vec<String>>> {
-    let mut users: Vec<String> = events
-        .iter()
-        .flat_map(|(targets, _)| targets.iter().map(|t| t.user_id.clone()))
-        .collect();
-    users.sort_unstable();
-    users.dedup();
-    let located = Located::locate(registry, &users).await?;
+    let located = Located::locate_targets(registry, events.iter().map(|(t, _)| *t)).await?;
     let mut envelopes = Vec::new();
     let mut offline = Vec::with_capacity(events.len());
     for (targets, payload) in events {
@@ -208,12 +228,25 @@ pub async fn hand_off_batch(
 }
 
 /// Where some users are connected, from one registry lookup.
-struct Located {
+pub(super) struct Located {
     /// user → the nodes holding a live session of theirs.
     nodes_of: HashMap<String, Vec<String>>,
 }
 
 impl Located {
+    /// Where the users of some target lists are, from one lookup.
+    pub(super) async fn locate_targets<'a>(
+        registry: &dyn Registry,
+        targets: impl Iterator<Item = &'a [audience::Target]>,
+    ) -> crate::Result<Located> {
+        let mut users: Vec<String> = targets
+            .flat_map(|targets| targets.iter().map(|t| t.user_id.clone()))
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        Located::locate(registry, &users).await
+    }
+
     async fn locate(registry: &dyn Registry, users: &[String]) -> crate::Result<Located> {
         let mut nodes_of: HashMap<String, Vec<String>> = HashMap::new();
         for (node, held) in registry.locate(users).await? {
@@ -230,14 +263,27 @@ impl Located {
     }
 
     /// Appends one envelope of `payload` for each node holding sessions of `targets`,
-    /// addressed to the targets it holds (a user with devices on several nodes is under
-    /// each); nodes in the order they first appear among the targets.
+    /// addressed to the targets it holds (see [`Located::per_node`]).
     fn envelopes(
         &self,
         targets: &[audience::Target],
         payload: &[u8],
         out: &mut Vec<(String, Vec<u8>)>,
     ) {
+        out.extend(
+            self.per_node(targets).into_iter().map(|(node, on_node)| {
+                (node.to_string(), wire::encode_envelope(&on_node, payload))
+            }),
+        );
+    }
+
+    /// The nodes holding sessions of `targets`, each with the targets it holds (a user with
+    /// devices on several nodes is under each); nodes in the order they first appear among
+    /// the targets.
+    pub(super) fn per_node(
+        &self,
+        targets: &[audience::Target],
+    ) -> Vec<(&str, Vec<audience::Target>)> {
         let mut per_node: Vec<(&str, Vec<audience::Target>)> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
         for t in targets {
@@ -253,10 +299,6 @@ impl Located {
                 per_node[i].1.push(t.clone());
             }
         }
-        out.extend(
-            per_node.into_iter().map(|(node, on_node)| {
-                (node.to_string(), wire::encode_envelope(&on_node, payload))
-            }),
-        );
+        per_node
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod audience;
 pub mod cluster;
+pub mod direct;
 pub mod evict;
 pub mod kafka;
 pub mod local;
@@ -26,6 +27,11 @@ pub trait LocalSessions: Send + Sync + 'static {
     /// Queues `event` for every session of `user_id` on this node, except those of
     /// `skip_device`. Never blocks: a session whose queue is full is closed instead.
     fn deliver(&self, user_id: &str, skip_device: Option<&str>, event: &Committed);
+
+    /// Queues a direct copy of `event` (its ordered delivery comes too) for the sessions of
+    /// `user_id` on this node that have room for it, except those of `skip_device`; never
+    /// closes a session. Returns how many took it.
+    fn offer(&self, user_id: &str, skip_device: Option<&str>, event: &Committed) -> usize;
 
     /// Ends every session of `user_id` on this node; returns how many there were.
     fn evict(&self, user_id: &str) -> usize;

@@ -21,11 +21,24 @@ pub fn encode_envelope(targets: &[Target], event: &[u8]) -> Vec<u8> {
 /// sessions (their data is being erased).
 pub enum NodeMessage {
     Deliver(Vec<Target>, Event),
+    /// A direct copy of a committed message: offered to the sessions, which may drop it (the
+    /// ordered delivery brings it too).
+    Offer(Vec<Target>, Event),
     Evict(String),
 }
 
-/// An eviction starts with this byte; an envelope starts with its target line, a JSON array.
+/// An eviction starts with this byte, a direct copy with [`DIRECT_COPY`]; an envelope starts
+/// with its target line, a JSON array. A node that knows neither drops them with a log line,
+/// which costs a direct copy nothing.
 const EVICTION: u8 = b'!';
+const DIRECT_COPY: u8 = b'~';
+
+/// An envelope for a direct copy of `event` (encoded as the outbox encodes it).
+pub fn encode_direct_copy(targets: &[Target], event: &[u8]) -> Vec<u8> {
+    let mut out = vec![DIRECT_COPY];
+    out.extend_from_slice(&encode_envelope(targets, event));
+    out
+}
 
 /// Tells a node to end every session of `user_id` it holds.
 pub fn encode_eviction(user_id: &str) -> Vec<u8> {
@@ -39,6 +52,9 @@ pub fn decode_node_message(bytes: &[u8]) -> Result<NodeMessage> {
         Some((&EVICTION, user)) => std::str::from_utf8(user)
             .map(|u| NodeMessage::Evict(u.to_string()))
             .map_err(|_| Error::internal("an eviction whose user id is not UTF-8")),
+        Some((&DIRECT_COPY, envelope)) => {
+            decode_envelope(envelope).map(|(targets, event)| NodeMessage::Offer(targets, event))
+        }
         _ => decode_envelope(bytes).map(|(targets, event)| NodeMessage::Deliver(targets, event)),
     }
 }
@@ -99,6 +115,10 @@ mod tests {
         assert!(decode_envelope(b"no newline").is_err());
         let e = encode_envelope(&targets, &event);
         assert!(matches!(decode_node_message(&e), Ok(NodeMessage::Deliver(t, _)) if t == targets));
+        let copy = decode_node_message(&encode_direct_copy(&targets, &event));
+        assert!(
+            matches!(copy, Ok(NodeMessage::Offer(t, Event::Message(got))) if t == targets && *got == m)
+        );
         let evict = decode_node_message(&encode_eviction("ann\n[1]"));
         assert!(matches!(evict, Ok(NodeMessage::Evict(u)) if u == "ann\n[1]"));
     }

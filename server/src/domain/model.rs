@@ -311,6 +311,12 @@ pub struct Committed {
 /// The commit id of events that were never stored.
 pub const EPHEMERAL: u64 = 0;
 
+/// The commit id of a direct copy: a committed message sent by its committing node straight
+/// to the recipients' nodes, ahead of the ordered fan-out that guarantees its delivery. Best
+/// effort: a stream takes it only when it is exactly its chat's next message (see
+/// `session::replay`), else the ordered copy brings it.
+pub const DIRECT_COPY: u64 = u64::MAX;
+
 /// Bytes as base64 in serialized events: a third of the size of serde's default number array.
 mod base64_bytes {
     use base64::{engine::general_purpose::STANDARD, Engine};

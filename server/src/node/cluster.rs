@@ -5,6 +5,7 @@
 use super::{node_id, Backends, StartError, Wiring};
 use crate::bus::{
     cluster::{deliver_envelope, EphemeralRouter},
+    direct::DirectCopies,
     kafka::{KafkaBus, KafkaSettings},
     NodeLink,
 };
@@ -108,7 +109,7 @@ pub(super) async fn start(
         )),
     ];
     let link: Arc<dyn NodeLink> = pubsub.clone();
-    let router = EphemeralRouter::new(
+    let mut router = EphemeralRouter::new(
         store.clone(),
         registry.clone(),
         pubsub,
@@ -116,6 +117,17 @@ pub(super) async fn start(
         pg.clone(),
         config.live_receipts_max_members as usize,
     );
+    if config.direct_copies {
+        let (copier, copies) = DirectCopies::new(
+            store.clone(),
+            registry.clone(),
+            link.clone(),
+            w.directory.clone(),
+            node_id.clone(),
+        );
+        tasks.push(tokio::spawn(copies.run(shutdown.clone())));
+        router = router.with_direct_copies(copier);
+    }
     tasks.push(tokio::spawn(router.run(
         w.ephemeral,
         local_commits,

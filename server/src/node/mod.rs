@@ -141,7 +141,11 @@ pub async fn run(
     on_listen: impl FnOnce(SocketAddr),
 ) -> Result<(), StartError> {
     let server_tls = server_tls(&config)?;
-    let directory = Arc::new(Directory::default());
+    let cluster = config.cluster()?;
+    let directory = Arc::new(match cluster.is_some() && config.direct_copies {
+        true => Directory::with_direct_copies(),
+        false => Directory::default(),
+    });
     let typing = Arc::new(Typing::default());
     let (ephemeral_tx, ephemeral_rx) = mpsc::channel(EPHEMERAL_QUEUE);
     let wiring = Wiring {
@@ -150,7 +154,7 @@ pub async fn run(
         ephemeral: ephemeral_rx,
         shutdown: shutdown.clone(),
     };
-    let backends = match config.cluster()? {
+    let backends = match cluster {
         None => embedded::start(&config, wiring)?,
         Some(cluster) => cluster::start(&config, &cluster, wiring).await?,
     };

@@ -39,6 +39,9 @@ pub struct Directory {
     hasher: RandomState,
     next_id: AtomicU64,
     sessions: AtomicUsize,
+    /// Whether direct copies are offered ([`Directory::offer`]): each queue then has half its
+    /// capacity again, which only they may fill, so the ordered deliveries keep all of theirs.
+    direct_copies: bool,
 }
 
 /// A session's place in the directory; leaving it (drop) unregisters the session.
@@ -82,11 +85,20 @@ impl Default for Directory {
             hasher: RandomState::new(),
             next_id: AtomicU64::new(1),
             sessions: AtomicUsize::new(0),
+            direct_copies: false,
         }
     }
 }
 
 impl Directory {
+    /// A directory whose sessions also take direct copies ([`Directory::offer`]).
+    pub fn with_direct_copies() -> Self {
+        Directory {
+            direct_copies: true,
+            ..Directory::default()
+        }
+    }
+
     fn shard(&self, user_id: &str) -> &Mutex<HashMap<Arc<str>, Vec<Entry>>> {
         &self.shards[(self.hasher.hash_one(user_id) as usize) % SHARDS]
     }
@@ -98,7 +110,14 @@ impl Directory {
         capacity: usize,
     ) -> Registration {
         let session_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (queue, events) = mpsc::channel(capacity.max(1));
+        let capacity = capacity.max(1);
+        // A bounded queue allocates its slots as they fill, so the extra room costs an idle
+        // session nothing.
+        let capacity = match self.direct_copies {
+            true => capacity + capacity / 2,
+            false => capacity,
+        };
+        let (queue, events) = mpsc::channel(capacity);
         let closed = CancellationToken::new();
         let resync = Arc::new(Notify::new());
         let user_id: Arc<str> = Arc::from(user_id);
@@ -158,6 +177,35 @@ impl Directory {
         }
     }
 
+    /// Queues a direct copy (an event that another delivery also brings) for every session
+    /// of `user_id` except those of `skip_device`, where the queue holds less than a third of
+    /// its capacity (the room beyond the configured queue); elsewhere it is dropped. Never
+    /// closes a session: the ordered delivery decides that. Returns how many sessions took it.
+    pub fn offer(&self, user_id: &str, skip_device: Option<&str>, event: &Committed) -> usize {
+        if !self.direct_copies {
+            return 0;
+        }
+        let shard = self.shard(user_id).lock();
+        let Some(entries) = shard.get(user_id) else {
+            return 0;
+        };
+        let mut taken = 0;
+        for e in entries {
+            if Some(&*e.device_id) == skip_device {
+                continue;
+            }
+            let queued = e.queue.max_capacity() - e.queue.capacity();
+            if queued < e.queue.max_capacity() / 3 && e.queue.try_send(event.clone()).is_ok() {
+                taken += 1;
+            } else {
+                crate::metrics::METRICS
+                    .direct_copies_refused
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        taken
+    }
+
     /// Makes every session re-read its backlog: the node's link to the rest of the cluster was
     /// down, so deliveries may have been lost on the way (each session drops what it already
     /// has, by seq).
@@ -202,6 +250,10 @@ impl Directory {
 impl crate::bus::LocalSessions for Directory {
     fn deliver(&self, user_id: &str, skip_device: Option<&str>, event: &Committed) {
         Directory::deliver(self, user_id, skip_device, event)
+    }
+
+    fn offer(&self, user_id: &str, skip_device: Option<&str>, event: &Committed) -> usize {
+        Directory::offer(self, user_id, skip_device, event)
     }
 
     fn evict(&self, user_id: &str) -> usize {
@@ -258,6 +310,45 @@ mod tests {
         assert!(!slow.evicted(), "an overflow is not an eviction");
         assert!(!fast.closed.is_cancelled());
         assert_eq!(fast.events.try_recv().map(|c| c.commit_id).ok(), Some(1));
+    }
+
+    #[test]
+    fn direct_copies_fill_only_their_own_room_and_never_close_a_session() {
+        let dir = Arc::new(Directory::with_direct_copies());
+        // A queue of 6: 9 slots, of which direct copies may fill up to 3.
+        let mut slow = dir.register("a", "slow", 6);
+        let offered: usize = (1..=10).map(|seq| dir.offer("a", None, &event(seq))).sum();
+        assert_eq!(offered, 3, "copies stop at a third of the queue");
+        assert!(!slow.closed.is_cancelled(), "a refused copy closes nothing");
+        // The ordered deliveries still have the whole configured queue (6) on top.
+        for seq in 1..=6 {
+            dir.deliver("a", None, &event(seq));
+        }
+        assert!(!slow.closed.is_cancelled());
+        assert_eq!(dir.offer("a", None, &event(7)), 0);
+        dir.deliver("a", None, &event(7));
+        assert!(
+            slow.closed.is_cancelled(),
+            "past its queue the session is closed"
+        );
+        let first: Vec<u64> = (0..4)
+            .filter_map(|_| slow.events.try_recv().ok())
+            .map(|c| c.commit_id)
+            .collect();
+        assert_eq!(first, vec![1, 2, 3, 1]);
+        // Skipped devices are skipped, as by deliver.
+        let mut other = dir.register("b", "phone", 6);
+        assert_eq!(dir.offer("b", Some("phone"), &event(1)), 0);
+        assert!(other.events.try_recv().is_err());
+    }
+
+    #[test]
+    fn without_direct_copies_nothing_is_offered_and_queues_keep_their_size() {
+        let dir = Arc::new(Directory::default());
+        let mut r = dir.register("a", "phone", 6);
+        assert_eq!(dir.offer("a", None, &event(1)), 0);
+        assert!(r.events.try_recv().is_err());
+        assert_eq!(r.queue.max_capacity(), 6);
     }
 
     #[test]

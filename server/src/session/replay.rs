@@ -58,6 +58,11 @@ impl SeqTracker {
     }
 }
 
+/// Whether a stream takes a direct copy (see [`DIRECT_COPY`]) of `seq` in `chat_id`.
+fn direct_copy_is_next(seqs: &SeqTracker, chat_id: &str, seq: u64) -> bool {
+    seqs.get(chat_id).is_some() && seqs.classify(chat_id, seq) == Next::Emit
+}
+
 /// Where a chat's replay starts (messages strictly after the returned seq go out).
 ///
 /// A stream that already passed on messages of the chat (a resync) goes on from there, or from
@@ -154,6 +159,15 @@ impl Session {
         let Event::Message(m) = &c.event else {
             return self.emit(Output::Event(c.event)).await;
         };
+        if c.commit_id == DIRECT_COPY {
+            // Only as the chat's very next message: anything else (a chat this stream has no
+            // position in, a copy ahead of a gap, one already out) the ordered copy brings,
+            // in order with the chat's other events, without a store read.
+            if !direct_copy_is_next(&self.seqs, &m.chat_id, m.seq) {
+                return Ok(());
+            }
+            METRICS.direct_copies_delivered.fetch_add(1, Relaxed);
+        }
         if self.seqs.get(&m.chat_id).is_none() {
             // A chat this stream has no position in yet: the user joined it (or it was
             // created) after the stream began. Start where they joined, so nothing from
@@ -247,6 +261,22 @@ mod tests {
             t.classify("c2", 43),
             Next::Gap { after: 40 },
             "fill from joining"
+        );
+    }
+
+    #[test]
+    fn a_direct_copy_goes_out_only_as_the_next_message_of_a_known_chat() {
+        let mut t = SeqTracker::default();
+        assert!(
+            !direct_copy_is_next(&t, "c1", 1),
+            "no position yet: the ordered copy brings it after the chat's own events"
+        );
+        t.passed("c1", 5);
+        assert!(direct_copy_is_next(&t, "c1", 6));
+        assert!(!direct_copy_is_next(&t, "c1", 5), "already out");
+        assert!(
+            !direct_copy_is_next(&t, "c1", 8),
+            "past a gap: no store read for it"
         );
     }
 
