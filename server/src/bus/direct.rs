@@ -101,30 +101,38 @@ impl DirectCopies {
                     Err(_) => break,
                 }
             }
-            let n = batch.len() as u64;
-            match self.send(batch).await {
+            let mut late = 0;
+            match self.send(batch, &mut late).await {
                 Ok(sent) => {
                     METRICS.direct_copies_sent.fetch_add(sent, Relaxed);
-                    METRICS.direct_copies_dropped.fetch_add(n - sent, Relaxed);
+                    METRICS.direct_copies_dropped.fetch_add(late, Relaxed);
                 }
-                Err(e) => {
-                    METRICS.direct_copies_dropped.fetch_add(n, Relaxed);
-                    tracing::debug!(error = %e, messages = n, "direct copies dropped");
+                Err((e, copies)) => {
+                    METRICS
+                        .direct_copies_dropped
+                        .fetch_add(late + copies, Relaxed);
+                    tracing::debug!(error = %e, copies, "direct copies dropped");
                 }
             }
         }
     }
 
-    /// Copies the messages of direct chats among `batch` that are not too old; returns how
-    /// many it copied.
-    async fn send(&mut self, batch: Vec<Arc<Message>>) -> crate::Result<u64> {
+    /// Copies the messages of direct chats among `batch` that are not too old (counted in
+    /// `late`); returns how many it copied, or the error and how many it was copying.
+    async fn send(
+        &mut self,
+        batch: Vec<Arc<Message>>,
+        late: &mut u64,
+    ) -> Result<u64, (crate::Error, u64)> {
         let mut copies = Vec::with_capacity(batch.len());
         let now = now_ms();
         for m in batch {
             if now - m.created_at > MAX_AGE_MS {
+                *late += 1;
                 continue;
             }
-            if let Some(members) = self.direct_members(&m.chat_id).await? {
+            let members = self.direct_members(&m.chat_id).await;
+            if let Some(members) = members.map_err(|e| (e, copies.len() as u64 + 1))? {
                 let event = Event::Message(m);
                 let targets = audience::targets(&event, &members, 0);
                 copies.push((targets, event));
@@ -134,7 +142,10 @@ impl DirectCopies {
             return Ok(0);
         }
         let targets = copies.iter().map(|(targets, _)| targets.as_slice());
-        let located = Located::locate_targets(&*self.registry, targets).await?;
+        let n = copies.len() as u64;
+        let located = Located::locate_targets(&*self.registry, targets)
+            .await
+            .map_err(|e| (e, n))?;
         let mut envelopes = Vec::new();
         for (targets, event) in &copies {
             let per_node = located.per_node(targets);
@@ -159,9 +170,9 @@ impl DirectCopies {
             }
         }
         if !envelopes.is_empty() {
-            self.link.send_many(envelopes).await?;
+            self.link.send_many(envelopes).await.map_err(|e| (e, n))?;
         }
-        Ok(copies.len() as u64)
+        Ok(n)
     }
 
     /// The members of `chat_id` if it is a direct chat (read once: they never change).
