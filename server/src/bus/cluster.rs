@@ -43,28 +43,10 @@ const MEMBERS_MAX_AGE: Duration = Duration::from_secs(5);
 pub fn deliver_envelope(directory: &dyn LocalSessions, payload: &[u8]) {
     match wire::decode_node_message(payload) {
         Ok(wire::NodeMessage::Deliver(targets, event)) => {
-            if let Event::Message(m) = &event {
-                METRICS.cluster_hop(ClusterHop::NodeReceived, m.created_at);
-            }
-            let committed = Committed {
-                commit_id: EPHEMERAL,
-                event,
-            };
-            for t in targets {
-                directory.deliver(&t.user_id, t.skip_device.as_deref(), &committed);
-            }
+            to_sessions(directory, targets, event, false)
         }
         Ok(wire::NodeMessage::Offer(targets, event)) => {
-            if let Event::Message(m) = &event {
-                METRICS.cluster_hop(ClusterHop::DirectReceived, m.created_at);
-            }
-            let committed = Committed {
-                commit_id: DIRECT_COPY,
-                event,
-            };
-            for t in targets {
-                directory.offer(&t.user_id, t.skip_device.as_deref(), &committed);
-            }
+            to_sessions(directory, targets, event, true)
         }
         Ok(wire::NodeMessage::Evict(user_id)) => {
             let n = directory.evict(&user_id);
@@ -75,6 +57,33 @@ pub fn deliver_envelope(directory: &dyn LocalSessions, payload: &[u8]) {
             );
         }
         Err(e) => tracing::error!(error = %e, "dropped an undecodable envelope"),
+    }
+}
+
+/// Queues an event from another node for the sessions of `targets`: its ordered delivery, or
+/// (`direct_copy`) a copy offered ahead of it.
+fn to_sessions(
+    directory: &dyn LocalSessions,
+    targets: Vec<audience::Target>,
+    event: Event,
+    direct_copy: bool,
+) {
+    let (hop, commit_id) = if direct_copy {
+        (ClusterHop::DirectReceived, DIRECT_COPY)
+    } else {
+        (ClusterHop::NodeReceived, EPHEMERAL)
+    };
+    if let Event::Message(m) = &event {
+        METRICS.cluster_hop(hop, m.created_at);
+    }
+    let committed = Committed { commit_id, event };
+    for t in targets {
+        let skip = t.skip_device.as_deref();
+        if direct_copy {
+            directory.offer(&t.user_id, skip, &committed);
+        } else {
+            directory.deliver(&t.user_id, skip, &committed);
+        }
     }
 }
 

@@ -30,8 +30,8 @@ pub trait LocalSessions: Send + Sync + 'static {
 
     /// Queues a direct copy of `event` (its ordered delivery comes too) for the sessions of
     /// `user_id` on this node that have room for it, except those of `skip_device`; never
-    /// closes a session. Returns how many took it.
-    fn offer(&self, user_id: &str, skip_device: Option<&str>, event: &Committed) -> usize;
+    /// closes a session.
+    fn offer(&self, user_id: &str, skip_device: Option<&str>, event: &Committed);
 
     /// Ends every session of `user_id` on this node; returns how many there were.
     fn evict(&self, user_id: &str) -> usize;

@@ -142,9 +142,10 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let server_tls = server_tls(&config)?;
     let cluster = config.cluster()?;
-    let directory = Arc::new(match cluster.is_some() && config.direct_copies {
-        true => Directory::with_direct_copies(),
-        false => Directory::default(),
+    let directory = Arc::new(if cluster.is_some() && config.direct_copies {
+        Directory::with_direct_copies()
+    } else {
+        Directory::default()
     });
     let typing = Arc::new(Typing::default());
     let (ephemeral_tx, ephemeral_rx) = mpsc::channel(EPHEMERAL_QUEUE);

@@ -113,9 +113,10 @@ impl Directory {
         let capacity = capacity.max(1);
         // A bounded queue allocates its slots as they fill, so the extra room costs an idle
         // session nothing.
-        let capacity = match self.direct_copies {
-            true => capacity + capacity / 2,
-            false => capacity,
+        let capacity = if self.direct_copies {
+            capacity + capacity / 2
+        } else {
+            capacity
         };
         let (queue, events) = mpsc::channel(capacity);
         let closed = CancellationToken::new();
@@ -161,49 +162,40 @@ impl Directory {
 
     /// Queues `event` for every session of `user_id`, except those of `skip_device`.
     pub fn deliver(&self, user_id: &str, skip_device: Option<&str>, event: &Committed) {
-        let shard = self.shard(user_id).lock();
-        let Some(entries) = shard.get(user_id) else {
-            return;
-        };
-        for e in entries {
-            if Some(&*e.device_id) == skip_device {
-                continue;
+        self.each_session(user_id, skip_device, |e| {
+            if let Err(TrySendError::Full(_)) = e.queue.try_send(event.clone()) {
+                e.closed.cancel();
             }
-            match e.queue.try_send(event.clone()) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => e.closed.cancel(),
-                Err(TrySendError::Closed(_)) => {}
-            }
-        }
+        });
     }
 
     /// Queues a direct copy (an event that another delivery also brings) for every session
     /// of `user_id` except those of `skip_device`, where the queue holds less than a third of
     /// its capacity (the room beyond the configured queue); elsewhere it is dropped. Never
-    /// closes a session: the ordered delivery decides that. Returns how many sessions took it.
-    pub fn offer(&self, user_id: &str, skip_device: Option<&str>, event: &Committed) -> usize {
+    /// closes a session: the ordered delivery decides that.
+    pub fn offer(&self, user_id: &str, skip_device: Option<&str>, event: &Committed) {
         if !self.direct_copies {
-            return 0;
+            return;
         }
-        let shard = self.shard(user_id).lock();
-        let Some(entries) = shard.get(user_id) else {
-            return 0;
-        };
-        let mut taken = 0;
-        for e in entries {
-            if Some(&*e.device_id) == skip_device {
-                continue;
-            }
+        self.each_session(user_id, skip_device, |e| {
             let queued = e.queue.max_capacity() - e.queue.capacity();
-            if queued < e.queue.max_capacity() / 3 && e.queue.try_send(event.clone()).is_ok() {
-                taken += 1;
-            } else {
+            if queued >= e.queue.max_capacity() / 3 || e.queue.try_send(event.clone()).is_err() {
                 crate::metrics::METRICS
                     .direct_copies_refused
                     .fetch_add(1, Ordering::Relaxed);
             }
+        });
+    }
+
+    /// Runs `f` on every session of `user_id` except those of `skip_device`, under the shard
+    /// lock.
+    fn each_session(&self, user_id: &str, skip_device: Option<&str>, mut f: impl FnMut(&Entry)) {
+        let shard = self.shard(user_id).lock();
+        for e in shard.get(user_id).into_iter().flatten() {
+            if Some(&*e.device_id) != skip_device {
+                f(e);
+            }
         }
-        taken
     }
 
     /// Makes every session re-read its backlog: the node's link to the rest of the cluster was
@@ -252,7 +244,7 @@ impl crate::bus::LocalSessions for Directory {
         Directory::deliver(self, user_id, skip_device, event)
     }
 
-    fn offer(&self, user_id: &str, skip_device: Option<&str>, event: &Committed) -> usize {
+    fn offer(&self, user_id: &str, skip_device: Option<&str>, event: &Committed) {
         Directory::offer(self, user_id, skip_device, event)
     }
 
@@ -317,15 +309,19 @@ mod tests {
         let dir = Arc::new(Directory::with_direct_copies());
         // A queue of 6: 9 slots, of which direct copies may fill up to 3.
         let mut slow = dir.register("a", "slow", 6);
-        let offered: usize = (1..=10).map(|seq| dir.offer("a", None, &event(seq))).sum();
-        assert_eq!(offered, 3, "copies stop at a third of the queue");
+        for seq in 1..=10 {
+            dir.offer("a", None, &event(seq));
+        }
+        let queued = |r: &Registration| r.queue.max_capacity() - r.queue.capacity();
+        assert_eq!(queued(&slow), 3, "copies stop at a third of the queue");
         assert!(!slow.closed.is_cancelled(), "a refused copy closes nothing");
         // The ordered deliveries still have the whole configured queue (6) on top.
         for seq in 1..=6 {
             dir.deliver("a", None, &event(seq));
         }
         assert!(!slow.closed.is_cancelled());
-        assert_eq!(dir.offer("a", None, &event(7)), 0);
+        dir.offer("a", None, &event(7));
+        assert_eq!(queued(&slow), 9, "a full queue takes no copy");
         dir.deliver("a", None, &event(7));
         assert!(
             slow.closed.is_cancelled(),
@@ -338,7 +334,7 @@ mod tests {
         assert_eq!(first, vec![1, 2, 3, 1]);
         // Skipped devices are skipped, as by deliver.
         let mut other = dir.register("b", "phone", 6);
-        assert_eq!(dir.offer("b", Some("phone"), &event(1)), 0);
+        dir.offer("b", Some("phone"), &event(1));
         assert!(other.events.try_recv().is_err());
     }
 
@@ -346,7 +342,7 @@ mod tests {
     fn without_direct_copies_nothing_is_offered_and_queues_keep_their_size() {
         let dir = Arc::new(Directory::default());
         let mut r = dir.register("a", "phone", 6);
-        assert_eq!(dir.offer("a", None, &event(1)), 0);
+        dir.offer("a", None, &event(1));
         assert!(r.events.try_recv().is_err());
         assert_eq!(r.queue.max_capacity(), 6);
     }
