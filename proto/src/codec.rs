@@ -2,8 +2,8 @@
 //!
 //! tonic gives each call an 8 KiB encode and an 8 KiB decode buffer up front. A chat server
 //! holds one long-lived `Connect` call per device, mostly idle, so those 16 KiB were the largest
-//! part of an idle session's memory. Chat frames are small; the buffers start at 1 KiB and grow
-//! in 1 KiB steps when a larger frame comes.
+//! part of an idle session's memory. Chat frames are small (a message event is ~150 bytes);
+//! the buffers start at 256 bytes and grow when a larger frame comes.
 
 use prost::Message;
 use std::marker::PhantomData;
@@ -11,7 +11,7 @@ use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 /// Initial size and growth step of a call's encode and decode buffers.
-const BUFFER_BYTES: usize = 1024;
+const BUFFER_BYTES: usize = 256;
 /// How much encoded output a stream gathers before handing it to HTTP/2 (tonic's default).
 const YIELD_THRESHOLD: usize = 32 * 1024;
 

@@ -14,6 +14,7 @@
 //!   counted in-process or, across a cluster, in Redis.
 //! - [`redis`]: Redis connections and the Pub/Sub link the registry and the bus share.
 //! - [`metrics`]: counters and histograms in Prometheus text.
+//! - [`queue`]: the bounded queue each session reads its events from and writes its output to.
 //! - [`session`]: one connected device: hello, resume, live events, heartbeats, bounded queue.
 //! - [`transport`]: gRPC (and plain HTTP health) on one port; frames in, domain calls, frames out.
 //! - [`push`]: push notifications to offline devices: the providers behind one `Sender` seam.
@@ -31,6 +32,7 @@ pub mod https;
 pub mod metrics;
 pub mod node;
 pub mod push;
+pub mod queue;
 pub mod quota;
 pub mod redis;
 pub mod registry;

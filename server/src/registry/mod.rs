@@ -9,13 +9,12 @@ use crate::domain::model::{Committed, Presence};
 use crate::Result;
 use async_trait::async_trait;
 use std::collections::HashMap;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Where a watching session's presence events go.
 #[derive(Clone)]
 pub struct Watcher {
-    pub queue: mpsc::Sender<Committed>,
+    pub queue: crate::queue::Sender<Committed>,
     /// Cancelled if the queue overflows, like any other event delivery.
     pub overflow: CancellationToken,
 }

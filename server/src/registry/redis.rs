@@ -9,6 +9,7 @@
 
 use super::{Registry, SessionKey, Watcher};
 use crate::domain::model::{Committed, Event, Presence, PresenceStatus, EPHEMERAL};
+use crate::queue::TrySendError;
 use crate::redis::{
     connection_manager, open_client, pubsub::RedisPubSub, query, redis_prefix, RedisTarget, Request,
 };
@@ -21,7 +22,6 @@ use std::{
     sync::Arc,
     time::Duration,
 };
-use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 /// Sessions per pipeline when refreshing, so one refresh never holds Redis for long.
@@ -484,7 +484,6 @@ mod tests {
     use super::*;
     use crate::redis::pubsub::tests::{eventually, namespace, quiet_handlers, redis_url};
     use crate::redis::pubsub::PubSubHandlers;
-    use tokio::sync::mpsc;
 
     struct Node {
         registry: Arc<RedisRegistry>,
@@ -670,7 +669,7 @@ mod tests {
         let (ns, stop) = (namespace(), CancellationToken::new());
         let a = node(&url, &ns, "a", 60_000, &stop).await.registry;
         let b = node(&url, &ns, "b", 60_000, &stop).await.registry;
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, mut rx) = crate::queue::channel(8);
         let w = Watcher {
             queue: tx,
             overflow: CancellationToken::new(),
@@ -709,7 +708,7 @@ mod tests {
         assert!(b.watchers.lock().is_empty());
 
         // A full queue ends the watching session.
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = crate::queue::channel(1);
         let w = Watcher {
             queue: tx,
             overflow: CancellationToken::new(),
@@ -819,7 +818,7 @@ mod tests {
         let stop = CancellationToken::new();
         let (a, a_reconnects) = resilient_node(&url, "a", &stop).await;
         let (b, b_reconnects) = resilient_node(&url, "b", &stop).await;
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, mut rx) = crate::queue::channel(8);
         let w = Watcher {
             queue: tx,
             overflow: CancellationToken::new(),

@@ -30,7 +30,7 @@ use replay::SeqTracker;
 use std::sync::atomic::Ordering::Relaxed;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 use std::{future::Future, pin::Pin};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -86,7 +86,7 @@ struct Session {
     online: OnlineGuard,
     user_id: String,
     device_id: String,
-    out: mpsc::Sender<Output>,
+    out: crate::queue::Sender<Output>,
     registration: directory::Registration,
     seqs: SeqTracker,
     acks: Arc<Semaphore>,

@@ -5,10 +5,11 @@
 //! code never sees the wire format.
 
 use crate::domain::{messaging::SendRequest, model::*};
+use crate::queue;
 use crate::store::Appended;
 use crate::Error;
 use std::{collections::HashMap, sync::Arc};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// The opening frame of a session.
 #[derive(Debug, Clone, Default)]
@@ -48,8 +49,7 @@ pub enum Command {
 }
 
 /// What a session sends to its device. Kept at 24 bytes (the rare, larger frames are boxed):
-/// each session's output queue allocates its slots a block of 32 at a time, up front, so
-/// this size is paid by every idle session.
+/// a session's output queue holds up to 32 of them, and moving a small value is cheap.
 #[derive(Debug)]
 pub enum Output {
     Welcome(Box<Welcome>),
@@ -109,7 +109,7 @@ impl Output {
 /// The two ways a session's output reaches the transport: an ordered queue, and an abort
 /// signal that ends the stream at once, ahead of anything still queued.
 pub struct Outlet {
-    pub out: mpsc::Sender<Output>,
+    pub out: queue::Sender<Output>,
     pub abort: oneshot::Sender<Error>,
 }
 

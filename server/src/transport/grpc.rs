@@ -11,6 +11,7 @@ use crate::domain::{
     messaging::{Messaging, SendRequest},
     push_tokens::PushTokens,
 };
+use crate::queue;
 use crate::session::{self, Outlet, Output};
 use crate::Error;
 use chat_proto::v1::{self as pb, chat_service_server::ChatService};
@@ -20,7 +21,7 @@ use std::{
     sync::Arc,
     task::{Context, Poll},
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Frames waiting between a session task and the HTTP/2 stream; small, since the real
@@ -74,7 +75,7 @@ impl ChatApi {
     }
 
     fn session_outlet(&self) -> (Outlet, OutStream) {
-        let (out, rx) = mpsc::channel(OUT_QUEUE);
+        let (out, rx) = queue::channel(OUT_QUEUE);
         let (abort, abort_rx) = oneshot::channel();
         (
             Outlet { out, abort },
@@ -110,7 +111,7 @@ fn require_device<T>(req: &Request<T>) -> Result<String, Status> {
 /// A session's frames as the response stream: queued outputs in order, but an abort from the
 /// session ends the stream at once with its status.
 pub struct OutStream {
-    rx: mpsc::Receiver<Output>,
+    rx: queue::Receiver<Output>,
     abort: Option<oneshot::Receiver<crate::Error>>,
     done: bool,
 }

@@ -173,7 +173,7 @@ impl Drop for OpenSocket {
 /// Starts the session and relays until it or the client ends.
 async fn relay(conn: &mut Conn, shared: &Shared, user_id: String, hello: Hello) -> Close {
     let (in_tx, mut in_rx) = mpsc::channel(IN_QUEUE);
-    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    let (out_tx, out_rx) = crate::queue::channel(OUT_QUEUE);
     let (abort_tx, abort_rx) = oneshot::channel();
     let device_id = hello.device_id.clone();
     // The queue is empty and holds at least one: the hello always fits.
@@ -384,7 +384,7 @@ struct Relay<'a> {
     inbound: mpsc::Sender<Result<Command, Error>>,
     /// A decoded command waiting for room in `inbound`; the socket is not read meanwhile.
     pending: Option<Command>,
-    out: mpsc::Receiver<Output>,
+    out: crate::queue::Receiver<Output>,
     /// The session's "end now" signal; `None` once the session ended without it.
     abort: Option<oneshot::Receiver<Error>>,
     /// For each ping handed to the session, in order: whether the client asked for its pong
@@ -508,7 +508,7 @@ impl Relay<'_> {
                 }
             }
             if written < WRITE_BATCH {
-                next = self.out.try_recv().ok();
+                next = self.out.try_recv();
             }
         }
         self.conn.socket.flush().await.map_err(|_| Close::Gone)
