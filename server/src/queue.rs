@@ -92,12 +92,18 @@ pub struct Sender<T> {
 impl<T> Sender<T> {
     /// Queues `item` if there is room and the receiver is still there.
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
+        self.try_send_below(item, self.shared.capacity)
+    }
+
+    /// Queues `item` only while fewer than `limit` items are queued (a room reserved for
+    /// others above it): one check and the push under one lock.
+    pub fn try_send_below(&self, item: T, limit: usize) -> Result<(), TrySendError<T>> {
         let waker = {
             let mut state = self.shared.state.lock();
             if state.receiver_gone {
                 return Err(TrySendError::Closed(item));
             }
-            if state.items.len() >= self.shared.capacity {
+            if state.items.len() >= limit.min(self.shared.capacity) {
                 return Err(TrySendError::Full(item));
             }
             state.items.push_back(item);
@@ -276,6 +282,18 @@ mod tests {
         assert_eq!(rx.try_recv(), Some(3));
         assert_eq!(rx.try_recv(), None);
         assert!(tx.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_send_below_a_limit_leaves_the_room_above_it() {
+        let (tx, mut rx) = channel(4);
+        tx.try_send_below(1, 2).unwrap();
+        tx.try_send_below(2, 2).unwrap();
+        assert_eq!(tx.try_send_below(3, 2), Err(TrySendError::Full(3)));
+        tx.try_send(3).unwrap();
+        tx.try_send(4).unwrap();
+        assert_eq!(tx.try_send_below(5, 10), Err(TrySendError::Full(5)));
+        assert_eq!(rx.try_recv(), Some(1));
     }
 
     #[tokio::test]

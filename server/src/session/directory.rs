@@ -176,9 +176,8 @@ impl Directory {
             return;
         }
         self.each_session(user_id, skip_device, |e| {
-            if e.queue.len() >= e.queue.max_capacity() / 3
-                || e.queue.try_send(event.clone()).is_err()
-            {
+            let room = e.queue.max_capacity() / 3;
+            if e.queue.try_send_below(event.clone(), room).is_err() {
                 crate::metrics::METRICS
                     .direct_copies_refused
                     .fetch_add(1, Ordering::Relaxed);
