@@ -15,6 +15,8 @@
 //! - [`redis`]: Redis connections and the Pub/Sub link the registry and the bus share.
 //! - [`metrics`]: counters and histograms in Prometheus text.
 //! - [`queue`]: the bounded queue each session reads its events from and writes its output to.
+//! - [`inbox`]: a session's event queue as its feeders use it: deliveries, and the signals
+//!   (close, resync) that jump the queue.
 //! - [`session`]: one connected device: hello, resume, live events, heartbeats, bounded queue.
 //! - [`transport`]: gRPC (and plain HTTP health) on one port; frames in, domain calls, frames out.
 //! - [`push`]: push notifications to offline devices: the providers behind one `Sender` seam.
@@ -29,6 +31,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod https;
+pub mod inbox;
 pub mod metrics;
 pub mod node;
 pub mod push;

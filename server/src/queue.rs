@@ -28,12 +28,13 @@ pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         state: Mutex::new(State {
             items: VecDeque::new(),
             receiver_waker: None,
+            closed_waker: None,
             senders: 1,
             receiver_gone: false,
+            signals: 0,
         }),
         capacity: capacity.max(1),
         room: Notify::new(),
-        gone: Notify::new(),
     });
     (
         Sender {
@@ -48,15 +49,17 @@ struct Shared<T> {
     capacity: usize,
     /// Signalled when an item leaves: a sender waiting for room checks again.
     room: Notify,
-    /// Signalled when the receiver goes.
-    gone: Notify,
 }
 
 struct State<T> {
     items: VecDeque<T>,
     receiver_waker: Option<Waker>,
+    /// The one task waiting for the receiver to go ([`Sender::poll_closed`]).
+    closed_waker: Option<Waker>,
     senders: usize,
     receiver_gone: bool,
+    /// Raised by [`Sender::signal`], seen by [`Receiver::poll_signal`].
+    signals: u8,
 }
 
 /// Why `try_send` did not queue the item; the item comes back.
@@ -134,16 +137,33 @@ impl<T> Sender<T> {
         }
     }
 
-    /// Completes when the receiver is gone.
+    /// Completes when the receiver is gone. One task at a time may wait (see
+    /// [`Sender::poll_closed`]).
     pub async fn closed(&self) {
-        loop {
-            let gone = self.shared.gone.notified();
-            tokio::pin!(gone);
-            gone.as_mut().enable();
-            if self.shared.state.lock().receiver_gone {
-                return;
-            }
-            gone.await;
+        poll_fn(|cx| self.poll_closed(cx)).await
+    }
+
+    /// Ready once the receiver is gone. Only the last task to poll is woken: one slot, not a
+    /// list, since only the session that owns the queue waits here.
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.shared.state.lock();
+        if state.receiver_gone {
+            return Poll::Ready(());
+        }
+        store_waker(&mut state.closed_waker, cx);
+        Poll::Pending
+    }
+
+    /// Raises `bits` for the receiver: it sees them before any queued item, even when the
+    /// queue is full. They stay raised until the receiver takes them.
+    pub fn signal(&self, bits: u8) {
+        let waker = {
+            let mut state = self.shared.state.lock();
+            state.signals |= bits;
+            state.receiver_waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 
@@ -214,11 +234,34 @@ impl<T> Receiver<T> {
         if state.senders == 0 {
             return Poll::Ready(None);
         }
-        match &mut state.receiver_waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
+        store_waker(&mut state.receiver_waker, cx);
         Poll::Pending
+    }
+
+    /// Ready with the raised signals among `mask`, which stay raised; otherwise the receiver
+    /// is woken when one is raised (or an item comes).
+    pub fn poll_signal(&mut self, cx: &mut Context<'_>, mask: u8) -> Poll<u8> {
+        let mut state = self.shared.state.lock();
+        match state.signals & mask {
+            0 => {
+                store_waker(&mut state.receiver_waker, cx);
+                Poll::Pending
+            }
+            raised => Poll::Ready(raised),
+        }
+    }
+
+    /// The signals raised now (none lowered).
+    pub fn raised(&self) -> u8 {
+        self.shared.state.lock().signals
+    }
+
+    /// Takes (lowers) the raised signals among `mask`, and returns them.
+    pub fn take_signal(&mut self, mask: u8) -> u8 {
+        let mut state = self.shared.state.lock();
+        let raised = state.signals & mask;
+        state.signals &= !mask;
+        raised
     }
 
     /// The next item if one is queued.
@@ -239,15 +282,24 @@ impl<T> Receiver<T> {
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        let items = {
+        let (items, closed) = {
             let mut state = self.shared.state.lock();
             state.receiver_gone = true;
-            std::mem::take(&mut state.items)
+            (std::mem::take(&mut state.items), state.closed_waker.take())
         };
         // Dropped outside the lock: an item's drop may do anything.
         drop(items);
         self.shared.room.notify_waiters();
-        self.shared.gone.notify_waiters();
+        if let Some(w) = closed {
+            w.wake();
+        }
+    }
+}
+
+fn store_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        slot => *slot = Some(cx.waker().clone()),
     }
 }
 
@@ -375,6 +427,33 @@ mod tests {
         );
         // Already gone: returns at once.
         timeout(WAIT, tx.closed()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn signals_wake_the_receiver_ahead_of_a_full_queue_and_stay_until_taken() {
+        const STOP: u8 = 1;
+        const AGAIN: u8 = 2;
+        let (tx, mut rx) = channel::<u32>(1);
+        tx.try_send(1).unwrap();
+        let waiter = tokio::spawn(async move {
+            let stop = poll_fn(|cx| rx.poll_signal(cx, STOP)).await;
+            (stop, rx)
+        });
+        tokio::task::yield_now().await;
+        // A signal the waiter does not wait for leaves it waiting.
+        tx.signal(AGAIN);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        tx.signal(STOP);
+        let (stop, mut rx) = timeout(WAIT, waiter).await.unwrap().unwrap();
+        assert_eq!(stop, STOP);
+        // Polling does not lower a signal; taking does, and only the bits asked for.
+        assert_eq!(poll_fn(|cx| rx.poll_signal(cx, STOP | AGAIN)).await, STOP | AGAIN);
+        assert_eq!(rx.take_signal(AGAIN), AGAIN);
+        assert_eq!(rx.take_signal(AGAIN), 0);
+        assert_eq!(rx.take_signal(STOP), STOP);
+        // The queued item is still there, behind the signals.
+        assert_eq!(rx.try_recv(), Some(1));
     }
 
     #[tokio::test]

@@ -238,6 +238,12 @@ pub async fn run(
         },
         shutdown: shutdown.clone(),
     });
+    // Sessions learn of the shutdown through their inbox, where they wait for everything else.
+    let (closing, on_shutdown) = (directory.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        on_shutdown.cancelled().await;
+        closing.close_all();
+    });
     let throughput = Arc::new(Throughput::default());
     let housekeeping = tokio::spawn(housekeeping(
         store.clone(),

@@ -3,7 +3,6 @@
 pub use super::Watcher;
 use super::{Registry, SessionKey};
 use crate::domain::model::{Committed, Event, Presence, PresenceStatus, EPHEMERAL};
-use crate::queue::TrySendError;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::{collections::HashMap, sync::Arc};
@@ -120,9 +119,7 @@ impl LocalRegistry {
             event: Event::Presence(Arc::new(presence)),
         };
         for w in sessions.values() {
-            if let Err(TrySendError::Full(_)) = w.queue.try_send(event.clone()) {
-                w.overflow.cancel();
-            }
+            crate::inbox::deliver(&w.queue, event.clone());
         }
     }
 }
@@ -219,7 +216,6 @@ fn remove_watcher(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_util::sync::CancellationToken;
 
     #[test]
     fn online_while_any_device_is_and_last_seen_after() {
@@ -269,10 +265,7 @@ mod tests {
     fn watchers_get_events_until_they_stop_watching() {
         let r = LocalRegistry::default();
         let (tx, mut rx) = crate::queue::channel(4);
-        let w = Watcher {
-            queue: tx,
-            overflow: CancellationToken::new(),
-        };
+        let w = Watcher { queue: tx };
         r.watch(1, &w, &[], &["a".to_string()]);
         r.publish(r.connect("a", "d"));
         r.publish(r.connect("b", "d"));

@@ -9,14 +9,12 @@ use crate::domain::model::{Committed, Presence};
 use crate::Result;
 use async_trait::async_trait;
 use std::collections::HashMap;
-use tokio_util::sync::CancellationToken;
 
-/// Where a watching session's presence events go.
+/// Where a watching session's presence events go: its inbox, where a full queue ends the
+/// session like any other delivery ([`crate::inbox::deliver`]).
 #[derive(Clone)]
 pub struct Watcher {
     pub queue: crate::queue::Sender<Committed>,
-    /// Cancelled if the queue overflows, like any other event delivery.
-    pub overflow: CancellationToken,
 }
 
 /// One live session of a device on this node.

@@ -9,7 +9,6 @@
 
 use super::{Registry, SessionKey, Watcher};
 use crate::domain::model::{Committed, Event, Presence, PresenceStatus, EPHEMERAL};
-use crate::queue::TrySendError;
 use crate::redis::{
     connection_manager, open_client, pubsub::RedisPubSub, query, redis_prefix, RedisTarget, Request,
 };
@@ -138,9 +137,7 @@ impl RedisRegistry {
             event: Event::Presence(Arc::new(presence)),
         };
         for w in sessions.values() {
-            if let Err(TrySendError::Full(_)) = w.queue.try_send(event.clone()) {
-                w.overflow.cancel();
-            }
+            crate::inbox::deliver(&w.queue, event.clone());
         }
     }
 
@@ -670,10 +667,7 @@ mod tests {
         let a = node(&url, &ns, "a", 60_000, &stop).await.registry;
         let b = node(&url, &ns, "b", 60_000, &stop).await.registry;
         let (tx, mut rx) = crate::queue::channel(8);
-        let w = Watcher {
-            queue: tx,
-            overflow: CancellationToken::new(),
-        };
+        let w = Watcher { queue: tx };
         b.watch(7, &w, &[], &users(&["alice"])).await.unwrap();
         let p = a
             .connect(&key("alice", "phone", 1), 0)
@@ -708,15 +702,12 @@ mod tests {
         assert!(b.watchers.lock().is_empty());
 
         // A full queue ends the watching session.
-        let (tx, _rx) = crate::queue::channel(1);
-        let w = Watcher {
-            queue: tx,
-            overflow: CancellationToken::new(),
-        };
+        let (tx, rx) = crate::queue::channel(1);
+        let w = Watcher { queue: tx };
         b.watch(8, &w, &[], &users(&["carol"])).await.unwrap();
         a.publish(online("carol", 1)).await.unwrap();
         a.publish(online("carol", 2)).await.unwrap();
-        eventually("overflow", || w.overflow.is_cancelled()).await;
+        eventually("overflow", || rx.raised() == crate::inbox::OVERFLOWED).await;
         stop.cancel();
     }
 
@@ -819,10 +810,7 @@ mod tests {
         let (a, a_reconnects) = resilient_node(&url, "a", &stop).await;
         let (b, b_reconnects) = resilient_node(&url, "b", &stop).await;
         let (tx, mut rx) = crate::queue::channel(8);
-        let w = Watcher {
-            queue: tx,
-            overflow: CancellationToken::new(),
-        };
+        let w = Watcher { queue: tx };
         b.watch(1, &w, &[], &users(&["alice"])).await.unwrap();
         a.connect(&key("alice", "phone", 1), 0)
             .await

@@ -1,21 +1,22 @@
-//! The sessions connected to this node, by user: where the fan-out finds the queues to deliver
-//! to. Each session has a bounded queue; a session whose queue is full is told to close (it
-//! resumes from its cursor on reconnect), so one slow reader never slows anyone else down or
-//! makes memory grow.
+//! The sessions connected to this node, by user: where the fan-out finds the inboxes to
+//! deliver to. Each session has a bounded inbox; a session whose inbox is full is told to
+//! close (it resumes from its cursor on reconnect), so one slow reader never slows anyone else
+//! down or makes memory grow. Everything else the directory tells a session (close, re-read
+//! the backlog) is a signal on the same inbox (see [`crate::inbox`]): a session waits on one
+//! queue, not on a token and a notifier of its own.
 
 use crate::domain::model::Committed;
-use crate::queue::{self, TrySendError};
+use crate::inbox;
+use crate::queue;
 use parking_lot::Mutex;
 use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
 };
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 const SHARDS: usize = 64;
 
@@ -23,13 +24,6 @@ struct Entry {
     session_id: u64,
     device_id: Arc<str>,
     queue: queue::Sender<Committed>,
-    /// Cancelled when the session must end: its queue overflowed, or it was evicted.
-    closed: CancellationToken,
-    /// Why, when it was evicted (its user's data is being erased). A flag beside the one token
-    /// rather than a token of its own: an eviction is rare, and a token is an allocation of
-    /// ~100 bytes per session.
-    evicted: bool,
-    resync: Arc<Notify>,
 }
 
 pub struct Directory {
@@ -37,6 +31,8 @@ pub struct Directory {
     hasher: RandomState,
     next_id: AtomicU64,
     sessions: AtomicUsize,
+    /// Set by [`Directory::close_all`]: a session registered after it is told at once.
+    closing: AtomicBool,
     /// Whether direct copies are offered ([`Directory::offer`]): each queue then has half its
     /// capacity again, which only they may fill, so the ordered deliveries keep all of theirs.
     direct_copies: bool,
@@ -47,27 +43,11 @@ pub struct Registration {
     directory: Arc<Directory>,
     user_id: Arc<str>,
     pub session_id: u64,
+    /// The session's inbox: its events, and the signals of [`crate::inbox`].
     pub events: queue::Receiver<Committed>,
     /// The sending side of `events`, for deliveries that don't go through the directory
     /// (presence events to watchers).
     pub queue: queue::Sender<Committed>,
-    /// Cancelled when the session must end: its queue overflowed, or [`Directory::evict`]
-    /// (then [`Registration::evicted`] says so).
-    pub closed: CancellationToken,
-    /// Notified when the session must re-read its backlog (see [`Directory::resync_all`]).
-    pub resync: Arc<Notify>,
-}
-
-impl Registration {
-    /// Whether [`Directory::evict`] closed this session.
-    pub fn evicted(&self) -> bool {
-        let shard = self.directory.shard(&self.user_id).lock();
-        shard.get(&self.user_id).is_some_and(|entries| {
-            entries
-                .iter()
-                .any(|e| e.session_id == self.session_id && e.evicted)
-        })
-    }
 }
 
 impl Drop for Registration {
@@ -83,6 +63,7 @@ impl Default for Directory {
             hasher: RandomState::new(),
             next_id: AtomicU64::new(1),
             sessions: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
             direct_copies: false,
         }
     }
@@ -117,8 +98,6 @@ impl Directory {
             capacity
         };
         let (queue, events) = queue::channel(capacity);
-        let closed = CancellationToken::new();
-        let resync = Arc::new(Notify::new());
         let user_id: Arc<str> = Arc::from(user_id);
         self.shard(&user_id)
             .lock()
@@ -128,19 +107,18 @@ impl Directory {
                 session_id,
                 device_id: Arc::from(device_id),
                 queue: queue.clone(),
-                closed: closed.clone(),
-                evicted: false,
-                resync: resync.clone(),
             });
         self.sessions.fetch_add(1, Ordering::Relaxed);
+        // After the entry is in: either `close_all` finds it, or this sees its flag.
+        if self.closing.load(Ordering::SeqCst) {
+            queue.signal(inbox::SHUTDOWN);
+        }
         Registration {
             directory: self.clone(),
             user_id,
             session_id,
             events,
             queue,
-            closed,
-            resync,
         }
     }
 
@@ -161,9 +139,7 @@ impl Directory {
     /// Queues `event` for every session of `user_id`, except those of `skip_device`.
     pub fn deliver(&self, user_id: &str, skip_device: Option<&str>, event: &Committed) {
         self.each_session(user_id, skip_device, |e| {
-            if let Err(TrySendError::Full(_)) = e.queue.try_send(event.clone()) {
-                e.closed.cancel();
-            }
+            inbox::deliver(&e.queue, event.clone())
         });
     }
 
@@ -200,29 +176,38 @@ impl Directory {
     /// down, so deliveries may have been lost on the way (each session drops what it already
     /// has, by seq).
     pub fn resync_all(&self) {
-        let mut n = 0u64;
-        for shard in &self.shards {
-            for e in shard.lock().values().flatten() {
-                e.resync.notify_one();
-                n += 1;
-            }
-        }
+        let n = self.signal_all(inbox::RESYNC);
         crate::metrics::METRICS
             .resyncs
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Ends every session on this node, now and registered later: the node is shutting down.
+    pub fn close_all(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.signal_all(inbox::SHUTDOWN);
+    }
+
+    fn signal_all(&self, signal: u8) -> u64 {
+        let mut n = 0u64;
+        for shard in &self.shards {
+            for e in shard.lock().values().flatten() {
+                e.queue.signal(signal);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Ends every session of `user_id` on this node (their data is being erased); returns how
     /// many there were.
     pub fn evict(&self, user_id: &str) -> usize {
-        let mut shard = self.shard(user_id).lock();
-        let Some(entries) = shard.get_mut(user_id) else {
+        let shard = self.shard(user_id).lock();
+        let Some(entries) = shard.get(user_id) else {
             return 0;
         };
-        for e in entries.iter_mut() {
-            // The flag first: the session reads it once the token wakes it.
-            e.evicted = true;
-            e.closed.cancel();
+        for e in entries {
+            e.queue.signal(inbox::EVICTED);
         }
         entries.len()
     }
@@ -296,9 +281,8 @@ mod tests {
             dir.deliver("a", None, &event(seq));
             dir.deliver("b", None, &event(seq));
         }
-        assert!(slow.closed.is_cancelled());
-        assert!(!slow.evicted(), "an overflow is not an eviction");
-        assert!(!fast.closed.is_cancelled());
+        assert_eq!(slow.events.raised(), inbox::OVERFLOWED, "an overflow, not an eviction");
+        assert_eq!(fast.events.raised(), 0);
         assert_eq!(fast.events.try_recv().map(|c| c.commit_id), Some(1));
     }
 
@@ -312,17 +296,18 @@ mod tests {
         }
         let queued = |r: &Registration| r.queue.len();
         assert_eq!(queued(&slow), 3, "copies stop at a third of the queue");
-        assert!(!slow.closed.is_cancelled(), "a refused copy closes nothing");
+        assert_eq!(slow.events.raised(), 0, "a refused copy closes nothing");
         // The ordered deliveries still have the whole configured queue (6) on top.
         for seq in 1..=6 {
             dir.deliver("a", None, &event(seq));
         }
-        assert!(!slow.closed.is_cancelled());
+        assert_eq!(slow.events.raised(), 0);
         dir.offer("a", None, &event(7));
         assert_eq!(queued(&slow), 9, "a full queue takes no copy");
         dir.deliver("a", None, &event(7));
-        assert!(
-            slow.closed.is_cancelled(),
+        assert_eq!(
+            slow.events.raised(),
+            inbox::OVERFLOWED,
             "past its queue the session is closed"
         );
         let first: Vec<u64> = (0..4)
@@ -351,14 +336,26 @@ mod tests {
         let phone = dir.register("a", "phone", 4);
         let laptop = dir.register("a", "laptop", 4);
         let other = dir.register("b", "phone", 4);
-        assert!(!phone.evicted());
         assert_eq!(dir.evict("a"), 2);
         for r in [&phone, &laptop] {
-            assert!(r.closed.is_cancelled());
-            assert!(r.evicted());
+            assert_eq!(r.events.raised(), inbox::EVICTED);
         }
-        assert!(!other.closed.is_cancelled());
-        assert!(!other.evicted());
+        assert_eq!(other.events.raised(), 0);
         assert_eq!(dir.evict("nobody"), 0);
+    }
+
+    #[test]
+    fn resync_and_shutdown_reach_every_session_and_shutdown_those_that_come_later() {
+        let dir = Arc::new(Directory::default());
+        let mut a = dir.register("a", "phone", 4);
+        let b = dir.register("b", "phone", 4);
+        dir.resync_all();
+        assert_eq!(a.events.take_signal(inbox::RESYNC), inbox::RESYNC);
+        assert_eq!(b.events.raised(), inbox::RESYNC);
+        dir.close_all();
+        assert_eq!(a.events.raised(), inbox::SHUTDOWN);
+        assert_eq!(b.events.raised(), inbox::RESYNC | inbox::SHUTDOWN);
+        let late = dir.register("c", "phone", 4);
+        assert_eq!(late.events.raised(), inbox::SHUTDOWN);
     }
 }

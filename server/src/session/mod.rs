@@ -14,6 +14,8 @@ mod protocol;
 mod replay;
 
 use crate::clock::now_ms;
+use crate::inbox;
+use crate::queue::TrySendError;
 use crate::domain::{
     ids, messaging::Messaging, model::*, presence::PresenceService, typing::TypingService,
 };
@@ -22,17 +24,18 @@ use crate::registry::SessionKey;
 use crate::store::{Appended, Store};
 use crate::Error;
 pub use directory::Directory;
-use futures_util::{stream::FuturesOrdered, Stream, StreamExt};
+use futures_util::{stream::FuturesOrdered, FutureExt, Stream, StreamExt};
 use presence::OnlineGuard;
 use protocol::send_answer;
 pub use protocol::{Command, FrameRefusal, Hello, Outlet, Output, SendRefusal, Welcome};
 use replay::SeqTracker;
 use std::sync::atomic::Ordering::Relaxed;
 use std::{collections::HashMap, sync::Arc, time::Duration};
-use std::{future::Future, pin::Pin};
-use tokio::sync::Semaphore;
-use tokio::time::{sleep_until, Instant};
-use tokio_util::sync::CancellationToken;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::{oneshot, Semaphore};
+use tokio::time::{Instant, Sleep};
 use tracing::Instrument;
 
 /// Sends one session may have waiting for their commit; they share commits with each other.
@@ -61,8 +64,9 @@ pub struct Services {
     pub store: Arc<dyn Store>,
     pub directory: Arc<Directory>,
     pub settings: Settings,
-    /// Cancelled when the node shuts down.
-    pub shutdown: CancellationToken,
+    /// Cancelled when the node shuts down. Sessions hear of it through their inbox
+    /// ([`Directory::close_all`]); the transports watch it while no session runs.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Why a session stopped.
@@ -80,26 +84,78 @@ type InFlightSend = Pin<Box<dyn Future<Output = (String, crate::Result<Appended>
 
 struct Session {
     svc: Arc<Services>,
-    /// Sends waiting for their commit, answered in the order they were sent.
-    sends: FuturesOrdered<InFlightSend>,
-    /// Keeps the device counted online and the presence watches alive while the session is.
+    /// Sends waiting for their commit, answered in the order they were sent; made by the first
+    /// send (a `FuturesOrdered` allocates as it is made, and many sessions never send).
+    sends: Option<FuturesOrdered<InFlightSend>>,
+    /// Keeps the device counted online and the presence watches alive while the session is;
+    /// it also holds the session's user and device.
     online: OnlineGuard,
-    user_id: String,
-    device_id: String,
     out: crate::queue::Sender<Output>,
     registration: directory::Registration,
     seqs: SeqTracker,
-    acks: Arc<Semaphore>,
+    /// Cursor moves committing in the background; made by the first.
+    acks: Option<Arc<Semaphore>>,
+}
+
+/// A session past its start: all its live loop needs.
+struct Opened<S> {
+    session: Session,
+    inbound: Option<S>,
+    abort: oneshot::Sender<Error>,
+    span: tracing::Span,
+}
+
+/// What woke the live loop, in the order it looks (as a `biased` select would).
+enum Wake {
+    /// The directory ended the session (the [`inbox::STOPS`] raised).
+    Stop(u8),
+    /// The transport dropped the output stream.
+    ClientGone,
+    Answer(String, crate::Result<Appended>),
+    Event(Option<Committed>),
+    Resync,
+    Frame(Option<Result<Command, Error>>),
+    /// The heartbeat deadline (`Connect`) or the next keepalive (`Subscribe`).
+    Timer,
 }
 
 /// Runs a `Connect` session: `inbound` yields the client's frames (an `Err` ends the session).
-pub async fn run_connect<S>(
+///
+/// An idle session keeps this future for hours, so it holds only the live loop's state: the
+/// start (the hello, registration, the welcome and the replay) runs boxed and is freed once it
+/// is done.
+pub fn run_connect<S>(
+    svc: Arc<Services>,
+    user_id: String,
+    device_hint: Option<String>,
+    inbound: S,
+    outlet: Outlet,
+) -> impl Future<Output = ()> + Send
+where
+    S: Stream<Item = Result<Command, Error>> + Unpin + Send,
+{
+    Box::pin(open_connect(svc, user_id, device_hint, inbound, outlet)).then(run_opened)
+}
+
+/// Runs a `Subscribe` session: the same events, no client frames.
+pub fn run_subscribe(
+    svc: Arc<Services>,
+    user_id: String,
+    hello: Hello,
+    outlet: Outlet,
+) -> impl Future<Output = ()> + Send {
+    type NoFrames = futures_util::stream::Empty<Result<Command, Error>>;
+    Box::pin(open::<NoFrames>(svc, user_id, hello, None, outlet)).then(run_opened)
+}
+
+async fn open_connect<S>(
     svc: Arc<Services>,
     user_id: String,
     device_hint: Option<String>,
     mut inbound: S,
     outlet: Outlet,
-) where
+) -> Option<Opened<S>>
+where
     S: Stream<Item = Result<Command, Error>> + Unpin + Send,
 {
     let timeout = Duration::from_millis(svc.settings.heartbeat_timeout_ms.into());
@@ -112,7 +168,7 @@ pub async fn run_connect<S>(
             )
         }
         Ok(Some(Err(e))) => return end(outlet, e),
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(_) => {
             return end(
                 outlet,
@@ -132,28 +188,25 @@ pub async fn run_connect<S>(
             ),
         );
     }
-    run(svc, user_id, hello, Some(inbound), outlet).await
+    open(svc, user_id, hello, Some(inbound), outlet).await
 }
 
-/// Runs a `Subscribe` session: the same events, no client frames.
-pub async fn run_subscribe(svc: Arc<Services>, user_id: String, hello: Hello, outlet: Outlet) {
-    run::<futures_util::stream::Empty<Result<Command, Error>>>(svc, user_id, hello, None, outlet)
-        .await
-}
-
-fn end(outlet: Outlet, error: Error) {
+/// Ends a session that did not start, with `error`.
+fn end<S>(outlet: Outlet, error: Error) -> Option<Opened<S>> {
     let _ = outlet.abort.send(error);
+    None
 }
 
-/// Runs a session inside its span (user and device; never a token): every log line of the
+/// Starts a session inside its span (user and device; never a token): every log line of the
 /// session, and of the messages it sends, names them.
-async fn run<S>(
+async fn open<S>(
     svc: Arc<Services>,
     user_id: String,
     hello: Hello,
     inbound: Option<S>,
     outlet: Outlet,
-) where
+) -> Option<Opened<S>>
+where
     S: Stream<Item = Result<Command, Error>> + Unpin + Send,
 {
     let span = tracing::info_span!(
@@ -162,188 +215,273 @@ async fn run<S>(
         device = %hello.device_id,
         session_id = tracing::field::Empty,
     );
-    run_session(svc, user_id, hello, inbound, outlet)
-        .instrument(span)
-        .await
+    let started = start(svc, user_id, hello, outlet.out)
+        .instrument(span.clone())
+        .await;
+    match started {
+        Ok(session) => Some(Opened {
+            session,
+            inbound,
+            abort: outlet.abort,
+            span,
+        }),
+        Err(Some(e)) => {
+            let _ = outlet.abort.send(e);
+            None
+        }
+        Err(None) => None,
+    }
 }
 
-async fn run_session<S>(
+/// Registers the session and sends the welcome, the backlog and `SyncComplete`. An `Err`
+/// carries the error to end the stream with at once, if there is one.
+async fn start(
     svc: Arc<Services>,
     user_id: String,
     hello: Hello,
-    inbound: Option<S>,
-    outlet: Outlet,
-) where
-    S: Stream<Item = Result<Command, Error>> + Unpin + Send,
-{
-    if let Err(e) = ids::check_device_id(&hello.device_id) {
-        return end(outlet, e);
-    }
-    if let Err(e) = svc
-        .store
+    out: crate::queue::Sender<Output>,
+) -> Result<Session, Option<Error>> {
+    ids::check_device_id(&hello.device_id)?;
+    svc.store
         .register_device(&user_id, &hello.device_id, now_ms())
-        .await
-    {
-        return end(outlet, e);
-    }
+        .await?;
     let registration = svc
         .directory
         .register(&user_id, &hello.device_id, svc.settings.queue);
     tracing::Span::current().record("session_id", registration.session_id);
     let key = SessionKey {
-        user_id: user_id.clone(),
+        user_id,
         device_id: hello.device_id.clone(),
         session_id: registration.session_id,
     };
     let max_sessions = svc.settings.max_sessions_per_user;
-    let online = match Box::pin(OnlineGuard::new(&svc.presence, key, max_sessions)).await {
-        Ok(online) => online,
-        Err(e) => return end(outlet, e),
-    };
+    let online = OnlineGuard::new(&svc.presence, key, max_sessions).await?;
     let mut session = Session {
         svc,
-        user_id,
-        device_id: hello.device_id.clone(),
-        out: outlet.out,
+        out,
         registration,
         online,
-        sends: FuturesOrdered::new(),
+        sends: None,
         seqs: SeqTracker::default(),
-        acks: Arc::new(Semaphore::new(ACKS_IN_FLIGHT)),
+        acks: None,
     };
-    // The start (welcome, replay) runs once: boxed, so its state does not size the task that
-    // an idle session keeps for hours (a future is as large as its largest await point).
-    let started = Box::pin(session.start(&hello)).await;
-    drop(hello);
-    let stop = match started {
-        Ok(()) => session.live(inbound).await,
-        Err(stop) => stop,
+    let settings = &session.svc.settings;
+    let welcome = Output::Welcome(Box::new(Welcome {
+        session_id: format!("{}-{}", settings.node_id, session.registration.session_id),
+        node_id: settings.node_id.clone(),
+        heartbeat_interval_ms: settings.heartbeat_interval_ms,
+        heartbeat_timeout_ms: settings.heartbeat_timeout_ms,
+    }));
+    let started = async {
+        session.emit(welcome).await?;
+        let replayed = session.replay(&hello.delivered_seq).await?;
+        session.emit(Output::SyncComplete { replayed }).await
     };
-    match stop {
-        Stop::Gone => {}
-        Stop::End(e) => {
-            // After what is already queued (a SendAck the client waits for), if there is room;
-            // a client that doesn't read gets the status at once instead.
-            if session
-                .out
-                .try_send(Output::End(Box::new(e.clone())))
-                .is_err()
-            {
-                let _ = outlet.abort.send(e);
+    match started.await {
+        Ok(()) => Ok(session),
+        Err(stop) => Err(session.ended(stop)),
+    }
+}
+
+/// The live loop of an opened session, then its end. A block over its one argument, not an
+/// `async fn`: an `async fn` keeps a second copy of its arguments in its future.
+#[allow(clippy::manual_async_fn)]
+fn run_opened<S>(mut opened: Option<Opened<S>>) -> impl Future<Output = ()> + Send
+where
+    S: Stream<Item = Result<Command, Error>> + Unpin + Send,
+{
+    async move {
+        let stop = match opened.as_mut() {
+            Some(o) => {
+                let live = o.session.live(&mut o.inbound);
+                live.instrument(o.span.clone()).await
             }
-        }
-        Stop::Abort(e) => {
-            tracing::debug!(user = %session.user_id, device = %session.device_id, error = %e, "session aborted");
-            let _ = outlet.abort.send(e);
+            None => return,
+        };
+        if let Some(o) = opened {
+            let _entered = o.span.enter();
+            let mut session = o.session;
+            if let Some(e) = session.ended(stop) {
+                let _ = o.abort.send(e);
+            }
         }
     }
 }
 
 impl Session {
-    /// Sends one output, unless the session must stop before there is room for it. Sending
-    /// goes first, so an answer to a committed send still goes out during shutdown.
-    async fn emit(&mut self, output: Output) -> Result<(), Stop> {
-        let message = matches!(output, Output::Event(Event::Message(_)));
-        tokio::select! {
-            biased;
-            sent = self.out.send(output) => {
-                if message {
-                    METRICS.messages_delivered.fetch_add(1, Relaxed);
-                }
-                sent.map_err(|_| Stop::Gone)
+    fn user_id(&self) -> &str {
+        &self.online.key.user_id
+    }
+
+    fn device_id(&self) -> &str {
+        &self.online.key.device_id
+    }
+
+    /// Tells the client why the session stopped: returns the error to end the stream with at
+    /// once, if any (an `End` goes out after what is queued, if there is room for it).
+    fn ended(&mut self, stop: Stop) -> Option<Error> {
+        match stop {
+            Stop::Gone => None,
+            Stop::End(e) => {
+                // After what is already queued (a SendAck the client waits for), if there is
+                // room; a client that doesn't read gets the status at once instead.
+                let end = Output::End(Box::new(e.clone()));
+                self.out.try_send(end).err().map(|_| e)
             }
-            _ = self.registration.closed.cancelled() => Err(self.closed()),
-            _ = self.svc.shutdown.cancelled() => Err(shutting_down()),
+            Stop::Abort(e) => {
+                tracing::debug!(user = %self.user_id(), device = %self.device_id(), error = %e, "session aborted");
+                Some(e)
+            }
         }
     }
 
-    /// Why the directory closed this session: an eviction if it was marked so (the rare
-    /// case), otherwise its queue overflowed.
-    fn closed(&mut self) -> Stop {
-        if self.registration.evicted() {
+    /// Sends one output, unless the session must stop before there is room for it.
+    async fn emit(&mut self, output: Output) -> Result<(), Stop> {
+        let message = matches!(output, Output::Event(Event::Message(_)));
+        match self.out.try_send(output) {
+            Ok(()) => {}
+            Err(TrySendError::Closed(_)) => return Err(Stop::Gone),
+            // Rare (the client reads slowly): boxed, so its state is not in every session.
+            Err(TrySendError::Full(output)) => Box::pin(self.emit_when_room(output)).await?,
+        }
+        if message {
+            METRICS.messages_delivered.fetch_add(1, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Waits for room for `output`. Sending goes first, so an answer to a committed send
+    /// still goes out during shutdown.
+    async fn emit_when_room(&mut self, output: Output) -> Result<(), Stop> {
+        let events = &mut self.registration.events;
+        let signals = tokio::select! {
+            biased;
+            sent = self.out.send(output) => return sent.map_err(|_| Stop::Gone),
+            signals = poll_fn(|cx| events.poll_signal(cx, inbox::STOPS)) => signals,
+        };
+        Err(self.stopped(signals))
+    }
+
+    /// Why the directory ended this session, from the signals it raised.
+    fn stopped(&mut self, signals: u8) -> Stop {
+        if signals & inbox::EVICTED != 0 {
             // Its going away then records no last seen.
             self.online.evicted = true;
             evicted()
-        } else {
+        } else if signals & inbox::OVERFLOWED != 0 {
             slow_consumer()
+        } else {
+            shutting_down()
         }
     }
 
-    /// Welcome, the backlog, SyncComplete.
-    async fn start(&mut self, hello: &Hello) -> Result<(), Stop> {
-        let settings = &self.svc.settings;
-        self.emit(Output::Welcome(Box::new(Welcome {
-            session_id: format!("{}-{}", settings.node_id, self.registration.session_id),
-            node_id: settings.node_id.clone(),
-            heartbeat_interval_ms: settings.heartbeat_interval_ms,
-            heartbeat_timeout_ms: settings.heartbeat_timeout_ms,
-        })))
-        .await?;
-        let replayed = self.replay(&hello.delivered_seq).await?;
-        self.emit(Output::SyncComplete { replayed }).await
+    fn sends_in_flight(&self) -> usize {
+        self.sends.as_ref().map_or(0, |s| s.len())
     }
 
-    async fn live<S>(&mut self, mut inbound: Option<S>) -> Stop
+    /// Everything the live loop waits for, polled in place: the session holds no future per
+    /// thing it waits for, only its timer.
+    fn poll_wake<S>(
+        &mut self,
+        cx: &mut Context<'_>,
+        inbound: &mut Option<S>,
+        timer: Pin<&mut Sleep>,
+    ) -> Poll<Wake>
+    where
+        S: Stream<Item = Result<Command, Error>> + Unpin,
+    {
+        let events = &mut self.registration.events;
+        if let Poll::Ready(signals) = events.poll_signal(cx, inbox::STOPS) {
+            return Poll::Ready(Wake::Stop(signals));
+        }
+        // A Subscribe client has no frames to end with: its stream being dropped is the only
+        // sign that it left.
+        if self.out.poll_closed(cx).is_ready() {
+            return Poll::Ready(Wake::ClientGone);
+        }
+        if let Some(sends) = self.sends.as_mut() {
+            if let Poll::Ready(Some((client_msg_id, result))) = sends.poll_next_unpin(cx) {
+                return Poll::Ready(Wake::Answer(client_msg_id, result));
+            }
+        }
+        if let Poll::Ready(event) = events.poll_recv(cx) {
+            return Poll::Ready(Wake::Event(event));
+        }
+        if events.take_signal(inbox::RESYNC) != 0 {
+            return Poll::Ready(Wake::Resync);
+        }
+        // With MAX_SENDS_IN_FLIGHT sends pending, the client waits for an answer.
+        if self.sends_in_flight() < MAX_SENDS_IN_FLIGHT {
+            if let Some(frames) = inbound.as_mut() {
+                if let Poll::Ready(frame) = frames.poll_next_unpin(cx) {
+                    return Poll::Ready(Wake::Frame(frame));
+                }
+            }
+        }
+        if timer.poll(cx).is_ready() {
+            return Poll::Ready(Wake::Timer);
+        }
+        Poll::Pending
+    }
+
+    async fn live<S>(&mut self, inbound: &mut Option<S>) -> Stop
     where
         S: Stream<Item = Result<Command, Error>> + Unpin + Send,
     {
-        let timeout = Duration::from_millis(self.svc.settings.heartbeat_timeout_ms.into());
-        let mut deadline = Instant::now() + timeout;
+        let settings = &self.svc.settings;
+        let timeout = Duration::from_millis(settings.heartbeat_timeout_ms.into());
         // A Subscribe client cannot ping, so the server speaks up every heartbeat interval: a
         // write to a connection that silently died fails and ends the session (marking the
-        // device offline), and the client learns that a silent stream is a dead one.
-        // Only a Subscribe session has one: an interval is a timer allocation of its own.
-        let interval = Duration::from_millis(self.svc.settings.heartbeat_interval_ms.into());
-        let mut keepalive = inbound.is_none().then(|| {
-            let mut k = tokio::time::interval_at(Instant::now() + interval, interval);
-            k.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            k
-        });
+        // device offline), and the client learns that a silent stream is a dead one. A
+        // Connect client must send something within the heartbeat timeout. One timer serves
+        // either.
+        let interval = Duration::from_millis(settings.heartbeat_interval_ms.into());
+        let period = if inbound.is_some() { timeout } else { interval };
+        let timer = tokio::time::sleep(period);
+        tokio::pin!(timer);
         loop {
-            let step = tokio::select! {
-                biased;
-                _ = self.registration.closed.cancelled() => Err(self.closed()),
-                _ = self.svc.shutdown.cancelled() => {
-                    Box::pin(self.finish_sends()).await;
-                    Err(shutting_down())
+            let wake = poll_fn(|cx| self.poll_wake(cx, inbound, timer.as_mut())).await;
+            let step = match wake {
+                Wake::Stop(signals) => {
+                    if signals == inbox::SHUTDOWN {
+                        Box::pin(self.finish_sends()).await;
+                    }
+                    Err(self.stopped(signals))
                 }
-                // A Subscribe client has no frames to end with: its stream being dropped is
-                // the only sign that it left.
-                _ = self.out.closed() => Err(Stop::Gone),
-                Some((client_msg_id, result)) = self.sends.next(), if !self.sends.is_empty() => {
+                Wake::ClientGone => Err(Stop::Gone),
+                Wake::Answer(client_msg_id, result) => {
                     self.emit(send_answer(client_msg_id, result)).await
                 }
-                event = self.registration.events.recv() => match event {
-                    Some(c) => self.forward(c).await,
-                    None => Err(Stop::Gone),
-                },
+                Wake::Event(Some(c)) => self.forward(c).await,
+                Wake::Event(None) => Err(Stop::Gone),
                 // The node may have missed deliveries (its link to the other nodes was down).
-                _ = self.registration.resync.notified() => {
-                    Box::pin(self.replay(&HashMap::new())).await.map(|_| ())
+                Wake::Resync => Box::pin(self.replay(&HashMap::new())).await.map(|_| ()),
+                Wake::Frame(Some(Ok(cmd))) => {
+                    timer.as_mut().reset(Instant::now() + timeout);
+                    // Boxed: the commands' states (a submit, a presence watch) are the
+                    // largest in the session and an idle session never holds them.
+                    Box::pin(self.handle(cmd)).await
                 }
-                // With MAX_SENDS_IN_FLIGHT sends pending, the client waits for an answer.
-                frame = next_frame(&mut inbound), if self.sends.len() < MAX_SENDS_IN_FLIGHT => match frame {
-                    Some(Ok(cmd)) => {
-                        deadline = Instant::now() + timeout;
-                        // Boxed: the commands' states (a submit, a presence watch) are the
-                        // largest in the session and an idle session never holds them.
-                        Box::pin(self.handle(cmd)).await
-                    }
-                    Some(Err(e)) => Err(Stop::Abort(e)),
-                    // The client is done sending but may still read: answer what it sent
-                    // (bounded, in case it stopped reading too), then end the stream.
-                    None => {
-                        let _ = tokio::time::timeout(timeout, Box::pin(self.finish_sends())).await;
-                        Err(Stop::Gone)
-                    }
-                },
-                _ = tick(&mut keepalive), if keepalive.is_some() => {
-                    self.emit(Output::Pong { nonce: 0, server_time: now_ms() }).await
+                Wake::Frame(Some(Err(e))) => Err(Stop::Abort(e)),
+                // The client is done sending but may still read: answer what it sent
+                // (bounded, in case it stopped reading too), then end the stream.
+                Wake::Frame(None) => {
+                    let answers = tokio::time::timeout(timeout, self.finish_sends());
+                    let _ = Box::pin(answers).await;
+                    Err(Stop::Gone)
                 }
-                _ = sleep_until(deadline), if inbound.is_some() => Err(Stop::Abort(Error::Unavailable(format!(
+                Wake::Timer if inbound.is_some() => Err(Stop::Abort(Error::Unavailable(format!(
                     "no frame received for {} ms (heartbeat timeout); reconnect to resume",
                     timeout.as_millis()
                 )))),
+                Wake::Timer => {
+                    timer.as_mut().reset(Instant::now() + interval);
+                    self.emit(Output::Pong {
+                        nonce: 0,
+                        server_time: now_ms(),
+                    })
+                    .await
+                }
             };
             if let Err(stop) = step {
                 return stop;
@@ -354,7 +492,10 @@ impl Session {
     /// Answers the sends still waiting for their commit (they commit regardless), as long as
     /// the client takes the answers.
     async fn finish_sends(&mut self) {
-        while let Some((client_msg_id, result)) = self.sends.next().await {
+        while let Some(sends) = self.sends.as_mut() {
+            let Some((client_msg_id, result)) = sends.next().await else {
+                return;
+            };
             if self.emit(send_answer(client_msg_id, result)).await.is_err() {
                 return;
             }
@@ -369,9 +510,10 @@ impl Session {
                 let messaging = &self.svc.messaging;
                 // Refusals queue behind earlier sends too: answers come in the order of sends.
                 let submitted = messaging
-                    .submit(&self.user_id, &self.device_id, req, now)
+                    .submit(self.user_id(), self.device_id(), req, now)
                     .await;
-                self.sends.push_back(Box::pin(async move {
+                let sends = self.sends.get_or_insert_with(FuturesOrdered::new);
+                sends.push_back(Box::pin(async move {
                     let result = match submitted {
                         Ok(pending) => pending.await,
                         Err(error) => Err(error),
@@ -391,8 +533,10 @@ impl Session {
             Command::Ping { nonce } => {
                 // A Pong confirms every Ack and Read sent before the Ping as durable: a client
                 // that pings before it goes away resumes exactly where it acked.
-                let all = ACKS_IN_FLIGHT as u32;
-                drop(self.acks.acquire_many(all).await.map_err(|_| Stop::Gone)?);
+                if let Some(acks) = &self.acks {
+                    let all = ACKS_IN_FLIGHT as u32;
+                    drop(acks.acquire_many(all).await.map_err(|_| Stop::Gone)?);
+                }
                 self.emit(Output::Pong {
                     nonce,
                     server_time: now_ms(),
@@ -410,7 +554,7 @@ impl Session {
                     None => Err(Error::invalid("state", "must be STARTED or STOPPED")),
                     Some(started) => {
                         let svc = &self.svc.typing;
-                        svc.set(&self.user_id, &self.device_id, &chat_id, started, now_ms())
+                        svc.set(self.user_id(), self.device_id(), &chat_id, started, now_ms())
                             .await
                     }
                 };
@@ -440,14 +584,12 @@ impl Session {
         chat_id: String,
         seq: u64,
     ) -> Result<(), Stop> {
-        let permit = self
+        let acks = self
             .acks
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Stop::Gone)?;
+            .get_or_insert_with(|| Arc::new(Semaphore::new(ACKS_IN_FLIGHT)));
+        let permit = acks.clone().acquire_owned().await.map_err(|_| Stop::Gone)?;
         let (messaging, out) = (self.svc.messaging.clone(), self.out.clone());
-        let (user_id, device_id) = (self.user_id.clone(), self.device_id.clone());
+        let (user_id, device_id) = (self.user_id().to_string(), self.device_id().to_string());
         tokio::spawn(async move {
             let result = messaging
                 .move_cursor(&user_id, &device_id, &chat_id, seq, kind, now_ms())
@@ -462,25 +604,6 @@ impl Session {
             drop(permit);
         });
         Ok(())
-    }
-}
-
-async fn next_frame<S>(inbound: &mut Option<S>) -> Option<Result<Command, Error>>
-where
-    S: Stream<Item = Result<Command, Error>> + Unpin,
-{
-    match inbound {
-        Some(s) => s.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn tick(keepalive: &mut Option<tokio::time::Interval>) {
-    match keepalive {
-        Some(k) => {
-            k.tick().await;
-        }
-        None => std::future::pending().await,
     }
 }
 

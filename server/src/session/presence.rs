@@ -14,7 +14,7 @@ use std::sync::Arc;
 /// registered until this is dropped, however the session ends.
 pub(super) struct OnlineGuard {
     presence: Arc<PresenceService>,
-    key: SessionKey,
+    pub(super) key: SessionKey,
     /// The users this session watches (those it may see).
     watched: Vec<String>,
     /// Set when the session was ended because its user's data is being erased: its going
@@ -58,12 +58,11 @@ impl Session {
     pub(super) async fn watch_presence(&mut self, user_ids: Vec<String>) -> Result<(), Stop> {
         let watcher = Watcher {
             queue: self.registration.queue.clone(),
-            overflow: self.registration.closed.clone(),
         };
         let presence = self.svc.presence.clone();
         let watched = presence
             .watch(
-                &self.user_id,
+                self.user_id(),
                 self.registration.session_id,
                 &watcher,
                 &self.online.watched,
@@ -73,7 +72,7 @@ impl Session {
         let current = match watched {
             Ok(watched) => {
                 self.online.watched = watched;
-                presence.get(&self.user_id, &user_ids).await
+                presence.get(self.user_id(), &user_ids).await
             }
             Err(e) => Err(e),
         };

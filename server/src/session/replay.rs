@@ -87,7 +87,7 @@ impl Session {
         let plan = self
             .svc
             .store
-            .resume_plan(&self.user_id, &self.device_id)
+            .resume_plan(self.user_id(), self.device_id())
             .await
             .map_err(Stop::Abort)?;
         let mut replayed = 0u64;
@@ -150,7 +150,7 @@ impl Session {
     }
 
     fn is_own(&self, m: &Message) -> bool {
-        m.sender_device_id == self.device_id && m.sender_user_id == self.user_id
+        m.sender_device_id == self.device_id() && m.sender_user_id == self.user_id()
     }
 
     /// Passes on one event from the session's queue; messages go through the dedup and gap
@@ -177,7 +177,7 @@ impl Session {
             let membership = self
                 .svc
                 .store
-                .membership(&m.chat_id, &self.user_id)
+                .membership(&m.chat_id, self.user_id())
                 .await
                 .map_err(Stop::Abort)?;
             match membership {
