@@ -448,7 +448,10 @@ mod tests {
         let (stop, mut rx) = timeout(WAIT, waiter).await.unwrap().unwrap();
         assert_eq!(stop, STOP);
         // Polling does not lower a signal; taking does, and only the bits asked for.
-        assert_eq!(poll_fn(|cx| rx.poll_signal(cx, STOP | AGAIN)).await, STOP | AGAIN);
+        assert_eq!(
+            poll_fn(|cx| rx.poll_signal(cx, STOP | AGAIN)).await,
+            STOP | AGAIN
+        );
         assert_eq!(rx.take_signal(AGAIN), AGAIN);
         assert_eq!(rx.take_signal(AGAIN), 0);
         assert_eq!(rx.take_signal(STOP), STOP);

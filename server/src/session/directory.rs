@@ -281,7 +281,11 @@ mod tests {
             dir.deliver("a", None, &event(seq));
             dir.deliver("b", None, &event(seq));
         }
-        assert_eq!(slow.events.raised(), inbox::OVERFLOWED, "an overflow, not an eviction");
+        assert_eq!(
+            slow.events.raised(),
+            inbox::OVERFLOWED,
+            "an overflow, not an eviction"
+        );
         assert_eq!(fast.events.raised(), 0);
         assert_eq!(fast.events.try_recv().map(|c| c.commit_id), Some(1));
     }

@@ -14,12 +14,12 @@ mod protocol;
 mod replay;
 
 use crate::clock::now_ms;
-use crate::inbox;
-use crate::queue::TrySendError;
 use crate::domain::{
     ids, messaging::Messaging, model::*, presence::PresenceService, typing::TypingService,
 };
+use crate::inbox;
 use crate::metrics::METRICS;
+use crate::queue::TrySendError;
 use crate::registry::SessionKey;
 use crate::store::{Appended, Store};
 use crate::Error;
@@ -29,11 +29,11 @@ use presence::OnlineGuard;
 use protocol::send_answer;
 pub use protocol::{Command, FrameRefusal, Hello, Outlet, Output, SendRefusal, Welcome};
 use replay::SeqTracker;
-use std::sync::atomic::Ordering::Relaxed;
-use std::{collections::HashMap, sync::Arc, time::Duration};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tracing::Instrument;
@@ -554,8 +554,14 @@ impl Session {
                     None => Err(Error::invalid("state", "must be STARTED or STOPPED")),
                     Some(started) => {
                         let svc = &self.svc.typing;
-                        svc.set(self.user_id(), self.device_id(), &chat_id, started, now_ms())
-                            .await
+                        svc.set(
+                            self.user_id(),
+                            self.device_id(),
+                            &chat_id,
+                            started,
+                            now_ms(),
+                        )
+                        .await
                     }
                 };
                 match result {
