@@ -123,17 +123,46 @@ impl<T> Sender<T> {
     pub async fn send(&self, item: T) -> Result<(), Closed<T>> {
         let mut item = item;
         loop {
-            // Registered before the check, so room made between the check and the wait wakes
-            // this sender.
-            let room = self.shared.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
             match self.try_send(item) {
                 Ok(()) => return Ok(()),
                 Err(TrySendError::Closed(back)) => return Err(Closed(back)),
                 Err(TrySendError::Full(back)) => item = back,
             }
+            // Another sender may take the room first; then this waits again.
+            if self.room().await.is_err() {
+                return Err(Closed(item));
+            }
+        }
+    }
+
+    /// Waits until the queue has room for an item, or fails when the receiver is gone. The
+    /// room is not reserved: with other senders, one may take it first. Dropping the future
+    /// loses nothing, so a caller can keep its item until there is room.
+    pub async fn room(&self) -> Result<(), Closed<()>> {
+        loop {
+            if let Some(ready) = self.has_room() {
+                return ready;
+            }
+            // Registered before the second check, so room made between the check and the
+            // wait wakes this sender.
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if let Some(ready) = self.has_room() {
+                return ready;
+            }
             room.await;
+        }
+    }
+
+    fn has_room(&self) -> Option<Result<(), Closed<()>>> {
+        let state = self.shared.state.lock();
+        if state.receiver_gone {
+            Some(Err(Closed(())))
+        } else if state.items.len() < self.shared.capacity {
+            Some(Ok(()))
+        } else {
+            None
         }
     }
 
@@ -457,6 +486,24 @@ mod tests {
         assert_eq!(rx.take_signal(STOP), STOP);
         // The queued item is still there, behind the signals.
         assert_eq!(rx.try_recv(), Some(1));
+    }
+
+    #[tokio::test]
+    async fn room_is_awaited_without_giving_up_an_item() {
+        let (tx, mut rx) = channel::<u32>(1);
+        tx.try_send(1).unwrap();
+        // Full: room() waits, and dropping the wait costs nothing.
+        assert!(timeout(Duration::from_millis(50), tx.room()).await.is_err());
+        let waiter = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.room().await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(rx.try_recv(), Some(1));
+        assert_eq!(timeout(WAIT, waiter).await.unwrap().unwrap(), Ok(()));
+        tx.try_send(2).unwrap();
+        drop(rx);
+        assert_eq!(tx.room().await, Err(Closed(())));
     }
 
     #[tokio::test]

@@ -136,8 +136,5 @@ async fn upgrade(
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| async move {
-            socket::serve(socket, shared).await;
-            drop(open);
-        })
+        .on_upgrade(move |socket| socket::serve(socket, shared, open))
 }

@@ -17,6 +17,7 @@
 use super::frames::{self, Inbound, Peer, Refusal};
 use super::Shared;
 use crate::metrics::METRICS;
+use crate::queue::TrySendError;
 use crate::session::{self, Command, Hello, Outlet, Output};
 use crate::Error;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -25,7 +26,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout, Instant};
 
 /// Outputs waiting between the session and the socket; small, the session's event queue is
@@ -138,19 +139,33 @@ struct Conn {
 }
 
 /// Serves one upgraded socket to its end.
-pub(super) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
-    let _open = OpenSocket::count();
+///
+/// A plain function that builds the socket's state and returns the future that runs it: the
+/// future then holds the socket once (an `async fn` would keep its argument and the `Conn`
+/// made from it). `open` keeps the node's shutdown waiting for this socket.
+pub(super) fn serve(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    open: tokio_util::task::task_tracker::TaskTrackerToken,
+) -> impl std::future::Future<Output = ()> + Send {
+    let counted = OpenSocket::count();
     let settings = &shared.sessions.settings;
     let mut conn = Conn {
         socket,
         max_frame_bytes: shared.max_frame_bytes,
         write_timeout: Duration::from_millis(settings.heartbeat_timeout_ms.into()),
     };
-    let close = match conn.open(&shared).await {
-        Ok((user_id, hello)) => relay(&mut conn, &shared, user_id, hello).await,
-        Err(close) => close,
-    };
-    conn.finish(close).await;
+    async move {
+        let close = match conn.open(&shared).await {
+            Ok((user_id, hello)) => match relay(&mut conn, &shared, user_id, hello) {
+                Ok(mut relay) => relay.run().await,
+                Err(close) => close,
+            },
+            Err(close) => close,
+        };
+        conn.finish(close).await;
+        drop((counted, open));
+    }
 }
 
 /// Counts a socket as open in the metrics for as long as it lives, however its task ends.
@@ -170,17 +185,24 @@ impl Drop for OpenSocket {
     }
 }
 
-/// Starts the session and relays until it or the client ends.
-async fn relay(conn: &mut Conn, shared: &Shared, user_id: String, hello: Hello) -> Close {
-    let (in_tx, mut in_rx) = mpsc::channel(IN_QUEUE);
+/// Starts the session; the relay between it and the client runs until one of them ends.
+fn relay<'a>(
+    conn: &'a mut Conn,
+    shared: &Shared,
+    user_id: String,
+    hello: Hello,
+) -> Result<Relay<'a>, Close> {
+    // Our queue, not tokio's channel: that allocates a block of 32 slots of 120 bytes up front
+    // for every socket.
+    let (in_tx, mut in_rx) = crate::queue::channel(IN_QUEUE);
     let (out_tx, out_rx) = crate::queue::channel(OUT_QUEUE);
     let (abort_tx, abort_rx) = oneshot::channel();
     let device_id = hello.device_id.clone();
     // The queue is empty and holds at least one: the hello always fits.
     if in_tx.try_send(Ok(Command::Hello(hello))).is_err() {
-        return Close::error(&Error::internal(
+        return Err(Close::error(&Error::internal(
             "websocket: the hello did not fit its queue",
-        ));
+        )));
     }
     let inbound = futures_util::stream::poll_fn(move |cx| in_rx.poll_recv(cx));
     tokio::spawn(session::run_connect(
@@ -193,7 +215,7 @@ async fn relay(conn: &mut Conn, shared: &Shared, user_id: String, hello: Hello) 
             abort: abort_tx,
         },
     ));
-    Relay {
+    Ok(Relay {
         conn,
         peer: (user_id, device_id),
         inbound: in_tx,
@@ -202,9 +224,7 @@ async fn relay(conn: &mut Conn, shared: &Shared, user_id: String, hello: Hello) 
         abort: Some(abort_rx),
         pongs: VecDeque::new(),
         last_error: None,
-    }
-    .run()
-    .await
+    })
 }
 
 impl Conn {
@@ -381,7 +401,7 @@ struct Relay<'a> {
     conn: &'a mut Conn,
     /// (user, device) of the session, for the `welcome` frame.
     peer: (String, String),
-    inbound: mpsc::Sender<Result<Command, Error>>,
+    inbound: crate::queue::Sender<Result<Command, Error>>,
     /// A decoded command waiting for room in `inbound`; the socket is not read meanwhile.
     pending: Option<Command>,
     out: crate::queue::Receiver<Output>,
@@ -396,7 +416,7 @@ struct Relay<'a> {
 }
 
 impl Relay<'_> {
-    async fn run(mut self) -> Close {
+    async fn run(&mut self) -> Close {
         loop {
             let step = tokio::select! {
                 biased;
@@ -517,10 +537,19 @@ impl Relay<'_> {
 
 /// Sends the pending command once the session has room for it. If the session stopped reading,
 /// the command is dropped: the session's end is on its way through `out`.
-async fn hand_over(inbound: &mpsc::Sender<Result<Command, Error>>, pending: &mut Option<Command>) {
-    let permit = inbound.reserve().await;
-    if let (Ok(permit), Some(command)) = (permit, pending.take()) {
-        permit.send(Ok(command));
+async fn hand_over(
+    inbound: &crate::queue::Sender<Result<Command, Error>>,
+    pending: &mut Option<Command>,
+) {
+    let Some(command) = pending.take() else {
+        return;
+    };
+    // Full: the command waits in `pending` until there is room, so this can be dropped at
+    // any await. Closed: the session is over (the relay learns it from its output) and the
+    // command goes with it.
+    if let Err(TrySendError::Full(Ok(command))) = inbound.try_send(Ok(command)) {
+        *pending = Some(command);
+        let _ = inbound.room().await;
     }
 }
 
