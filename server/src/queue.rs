@@ -166,12 +166,6 @@ impl<T> Sender<T> {
         }
     }
 
-    /// Completes when the receiver is gone. One task at a time may wait (see
-    /// [`Sender::poll_closed`]).
-    pub async fn closed(&self) {
-        poll_fn(|cx| self.poll_closed(cx)).await
-    }
-
     /// Ready once the receiver is gone. Only the last task to poll is woken: one slot, not a
     /// list, since only the session that owns the queue waits here.
     pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
@@ -281,7 +275,8 @@ impl<T> Receiver<T> {
     }
 
     /// The signals raised now (none lowered).
-    pub fn raised(&self) -> u8 {
+    #[cfg(test)]
+    pub(crate) fn raised(&self) -> u8 {
         self.shared.state.lock().signals
     }
 
@@ -441,7 +436,7 @@ mod tests {
         };
         let closed = {
             let tx = tx.clone();
-            tokio::spawn(async move { tx.closed().await })
+            tokio::spawn(async move { poll_fn(|cx| tx.poll_closed(cx)).await })
         };
         tokio::task::yield_now().await;
         drop(rx);
@@ -455,7 +450,9 @@ mod tests {
             Err(TrySendError::Closed("c".to_string()))
         );
         // Already gone: returns at once.
-        timeout(WAIT, tx.closed()).await.unwrap();
+        timeout(WAIT, poll_fn(|cx| tx.poll_closed(cx)))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
